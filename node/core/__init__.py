@@ -1,0 +1,8 @@
+"""The pure scheduling core: a state machine over one node's tasks and workers (no I/O)."""
+
+from node.core.config import CoreConfig
+from node.core.core import Core, HeartbeatReply
+from node.core.outbox import Outbox
+from node.core.workers import ScalingAdvice, WorkerInfo, WorkerState
+
+__all__ = ["Core", "CoreConfig", "HeartbeatReply", "Outbox", "ScalingAdvice", "WorkerInfo", "WorkerState"]

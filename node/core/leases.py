@@ -1,0 +1,64 @@
+"""Lease deadlines: when each leased task must be reported on, and which leases have expired.
+
+One FIFO per timeout length: with a monotonic clock, deadlines within one FIFO are in order, so
+watching a lease is an append and finding expired ones looks only at heads. An entry is
+``(deadline_ns, attempt, task)``; it is stale once the task moved on (finished, re-leased,
+started, which sets a new deadline) and is skipped when reached.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from node.model import Task, TaskStatus
+
+__all__ = ["LeaseClock"]
+
+_LEASED = (TaskStatus.ASSIGNED, TaskStatus.IN_PROGRESS)
+Entry = tuple[int, int, Task]
+
+
+class LeaseClock:
+    def __init__(self) -> None:
+        self.queues: dict[int, deque[Entry]] = {}  # timeout_ns -> entries in deadline order
+        self.entries = 0
+
+    def watch(self, t: Task, timeout_ns: int, deadline_ns: int) -> None:
+        q = self.queues.get(timeout_ns)
+        if q is None:
+            q = self.queues[timeout_ns] = deque()
+        q.append((deadline_ns, t.attempt, t))
+        self.entries += 1
+
+    def expired(self, now_ns: int) -> list[Task]:
+        """Leased tasks whose current lease deadline is at or before ``now_ns``, oldest first."""
+        out: list[Entry] = []
+        for q in self.queues.values():
+            while q and q[0][0] <= now_ns:
+                e = q.popleft()
+                self.entries -= 1
+                t = e[2]
+                if t.attempt == e[1] and t.lease_deadline_ns == e[0] and t.status in _LEASED:
+                    out.append(e)
+        if len(out) > 1:
+            out.sort(key=lambda e: (e[0], e[2].id))
+        return [e[2] for e in out]
+
+    def compact(self, live: int) -> None:
+        """Drop stale entries once they outnumber live leases (they would otherwise pile up
+        until their deadlines pass, which for long timeouts is a lot of memory)."""
+        if self.entries <= 2 * live + 1024:
+            return
+        n = 0
+        for timeout_ns, q in list(self.queues.items()):
+            kept = deque(e for e in q if e[2].lease_deadline_ns == e[0] and e[2].attempt == e[1])
+            if kept:
+                self.queues[timeout_ns] = kept
+                n += len(kept)
+            else:
+                del self.queues[timeout_ns]
+        self.entries = n
+
+    def next_deadline_ns(self) -> int | None:
+        heads = [q[0][0] for q in self.queues.values() if q]
+        return min(heads) if heads else None

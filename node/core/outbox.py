@@ -1,0 +1,53 @@
+"""What the core asks the runtime to persist and announce: the mutations since the last drain.
+
+The outbox is the core's only output. The runtime swaps it out at each group commit, writes
+it durably, and only then acknowledges the callers and publishes its events. Tests assert
+its exact contents.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from node.model import Event, EventKind, Lease, Task, TaskStatus
+
+if TYPE_CHECKING:
+    from node.core.workers import WorkerState
+
+__all__ = ["Outbox", "RawEvent"]
+
+# (kind, task, status, worker id, attempt, time, error): cheap to make; Event objects are built
+# only when somebody listens (see Outbox.event_list). The task's id, type and priority never change.
+RawEvent = tuple[EventKind, Task, TaskStatus, str | None, int, int, str | None]
+
+
+@dataclass(slots=True)
+class Outbox:
+    saved: dict[str, Task] = field(default_factory=dict)  # active records to upsert (latest state wins)
+    finished: dict[str, Task] = field(default_factory=dict)  # terminal: leave the active set, archive
+    workers: dict[str, WorkerState] = field(default_factory=dict)  # worker records to upsert
+    dropped_workers: set[str] = field(default_factory=set)
+    idempotency: dict[str, str] = field(default_factory=dict)  # new key -> task id
+    events: list[RawEvent] = field(default_factory=list)
+    grants: dict[str, list[Lease]] = field(default_factory=dict)  # waiting claims that got work
+    counters: Counter[str] = field(default_factory=Counter)  # submitted, retried, timed_out, ...
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.saved
+            or self.finished
+            or self.workers
+            or self.dropped_workers
+            or self.idempotency
+            or self.events
+            or self.grants
+            or self.counters
+        )
+
+    def event_list(self) -> list[Event]:
+        return [
+            Event(kind, t.id, st, t.type, t.priority, worker, attempt, ts, error)
+            for kind, t, st, worker, attempt, ts, error in self.events
+        ]

@@ -1,0 +1,134 @@
+"""Worker registry state, the seed's assignment score, and the autoscaling advice."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from node.model import Priority, Task
+
+if TYPE_CHECKING:
+    from node.core.queues import TaskClass
+
+__all__ = ["PRIORITY_BOOST", "ScalingAdvice", "WorkerInfo", "WorkerState", "scaling_advice", "score"]
+
+# Seed 000: capability match +50, priority boost, load penalty 5 per task held,
+# success rate * 20, speed bonus 10 / max(avg time, 0.1) for quick tasks.
+CAPABILITY_MATCH = 50.0
+PRIORITY_BOOST = {Priority.CRITICAL: 40.0, Priority.HIGH: 25.0, Priority.MEDIUM: 10.0, Priority.LOW: 5.0}
+LOAD_PENALTY = 5.0
+SUCCESS_WEIGHT = 20.0
+SPEED_WEIGHT = 10.0
+GENERAL = "general"
+
+
+@dataclass(slots=True, eq=False)
+class WorkerState:
+    id: str
+    capabilities: frozenset[str]
+    skill: int
+    concurrency: int
+    registered_ns: int
+    last_seen_ns: int
+    healthy: bool = True
+    completed: int = 0
+    failed: int = 0
+    timed_out: int = 0
+    success_rate: float = 1.0  # EMA, alpha from the config
+    avg_completion_s: float = 0.0  # EMA
+    busy_s: float = 0.0  # total time spent on tasks (for utilization)
+    unhealthy_since_ns: int | None = None
+    # Not persisted: derived or transient.
+    active: set[str] = field(default_factory=set)  # task ids leased to this worker
+    revoked: list[tuple[str, int]] = field(default_factory=list)  # (task id, attempt) to stop, told on heartbeat
+    eligible: list[TaskClass] = field(default_factory=list)
+
+    def can_take(self, cls: TaskClass, strict: bool) -> bool:
+        return cls.capabilities <= self.capabilities and (not strict or cls.difficulty <= self.skill)
+
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(
+            id=self.id,
+            capabilities=tuple(sorted(self.capabilities)),
+            skill=self.skill,
+            concurrency=self.concurrency,
+            healthy=self.healthy,
+            active=len(self.active),
+            completed=self.completed,
+            failed=self.failed,
+            timed_out=self.timed_out,
+            success_rate=self.success_rate,
+            avg_completion_s=self.avg_completion_s,
+            busy_s=self.busy_s,
+            registered_ns=self.registered_ns,
+            last_seen_ns=self.last_seen_ns,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A read-only snapshot of a worker, for callers."""
+
+    id: str
+    capabilities: tuple[str, ...]
+    skill: int
+    concurrency: int
+    healthy: bool
+    active: int
+    completed: int
+    failed: int
+    timed_out: int
+    success_rate: float
+    avg_completion_s: float
+    busy_s: float
+    registered_ns: int
+    last_seen_ns: int
+
+
+def score(worker: WorkerState, task: Task, fast_difficulty: int) -> float:
+    """How well ``worker`` suits ``task`` (seed 000's assignment score); higher is better."""
+    s = PRIORITY_BOOST[task.priority] - LOAD_PENALTY * len(worker.active) + SUCCESS_WEIGHT * worker.success_rate
+    caps = worker.capabilities
+    if task.type in caps or GENERAL in caps:
+        s += CAPABILITY_MATCH
+    if task.difficulty <= fast_difficulty:
+        s += SPEED_WEIGHT / max(worker.avg_completion_s, 0.1)
+    return s
+
+
+@dataclass(frozen=True, slots=True)
+class ScalingAdvice:
+    """Seed 001's worker scaling rule made explicit: aim at ``target_load``; add workers above it,
+    remove idle ones under half of it."""
+
+    load: float  # (running + queued) / healthy worker slots; inf when there is work but no slot
+    target_load: float
+    workers: int  # healthy workers now
+    recommended_workers: int
+    action: str  # "scale_up" | "scale_down" | "hold"
+
+    @property
+    def delta(self) -> int:
+        return self.recommended_workers - self.workers
+
+
+def scaling_advice(demand: int, workers: int, slots: int, target_load: float) -> ScalingAdvice:
+    """``demand`` = running + queued tasks; ``slots`` = concurrency summed over healthy workers."""
+    if slots == 0:
+        load = math.inf if demand else 0.0
+        rec = 1 if demand else 0
+    else:
+        load = demand / slots
+        per_worker = slots / workers
+        rec = max(1, math.ceil(demand / (per_worker * target_load))) if demand else (1 if workers else 0)
+    if load > target_load:
+        action = "scale_up"
+        rec = max(rec, workers + 1)
+    elif load < target_load * 0.5 and workers > 1:
+        action = "scale_down"
+        rec = min(max(rec, 1), workers - 1)
+    else:
+        action = "hold"
+        rec = workers
+    return ScalingAdvice(load=load, target_load=target_load, workers=workers, recommended_workers=rec, action=action)

@@ -1,0 +1,118 @@
+"""The exception hierarchy of a node.
+
+Every error a caller can get from the node API derives from :class:`FedcoordError`; the
+subclasses say what went wrong so a caller (and later the gRPC layer) can map them:
+
+* :class:`ValidationError` - bad input; names the field and the limit (``INVALID_ARGUMENT``)
+* :class:`NotFoundError` - unknown task or worker id (``NOT_FOUND``)
+* :class:`InvalidTransitionError` - the task is not in a state that allows the call
+* :class:`StaleLeaseError` - the lease is no longer the current one (fencing)
+* :class:`StoreUnavailableError` - the durable store cannot be reached; nothing was acknowledged
+* :class:`NodeOwnedError` - another live process serves this node id
+* :class:`FencedError` - this process lost ownership of the node while running
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FedcoordError",
+    "FencedError",
+    "InvalidTransitionError",
+    "NodeClosedError",
+    "NodeOwnedError",
+    "NotFoundError",
+    "StaleLeaseError",
+    "StoreError",
+    "StoreUnavailableError",
+    "TaskNotFoundError",
+    "ValidationError",
+    "WorkerNotFoundError",
+]
+
+
+class FedcoordError(Exception):
+    """Base class of every error raised by fedcoord."""
+
+
+class ValidationError(FedcoordError, ValueError):
+    """Input that breaks a rule. ``field`` names it, ``limit`` states the rule.
+
+    ``index`` is the position in a batch when the bad value came in one.
+    """
+
+    def __init__(self, field: str, message: str, *, limit: str | None = None, index: int | None = None):
+        self.field = field
+        self.limit = limit
+        self.index = index
+        self.detail = message
+        where = f"{field}" if index is None else f"specs[{index}].{field}"
+        text = f"{where}: {message}"
+        if limit is not None:
+            text += f" (limit: {limit})"
+        super().__init__(text)
+
+    def at(self, index: int) -> ValidationError:
+        """The same error, placed at ``index`` of a batch."""
+        return type(self)(self.field, self.detail, limit=self.limit, index=index)
+
+
+class NotFoundError(FedcoordError, KeyError):
+    """An id the node does not know."""
+
+    def __init__(self, kind: str, ident: str):
+        self.kind = kind
+        self.ident = ident
+        super().__init__(f"{kind} {ident!r} not found")
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
+        return str(self.args[0])
+
+
+class TaskNotFoundError(NotFoundError):
+    def __init__(self, task_id: str):
+        super().__init__("task", task_id)
+
+
+class WorkerNotFoundError(NotFoundError):
+    def __init__(self, worker_id: str):
+        super().__init__("worker", worker_id)
+
+
+class InvalidTransitionError(FedcoordError):
+    """The task's status does not allow this operation (e.g. requeue of a completed task)."""
+
+    def __init__(self, task_id: str, status: str, operation: str, allowed: str):
+        self.task_id = task_id
+        self.status = status
+        self.operation = operation
+        super().__init__(f"cannot {operation} task {task_id!r}: it is {status}; {operation} needs {allowed}")
+
+
+class StaleLeaseError(FedcoordError):
+    """The lease is not the current one: the task was re-leased, cancelled, finished or timed out."""
+
+    def __init__(self, task_id: str, attempt: int, reason: str):
+        self.task_id = task_id
+        self.attempt = attempt
+        self.reason = reason
+        super().__init__(f"lease on task {task_id!r} attempt {attempt} is stale: {reason}")
+
+
+class StoreError(FedcoordError):
+    """The durable store failed."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store cannot be reached. The operation was not acknowledged; retry when it is back."""
+
+
+class FencedError(StoreError):
+    """Another process took over this node id; this process must stop serving it."""
+
+
+class NodeOwnedError(FedcoordError):
+    """Another live process already serves this node id."""
+
+
+class NodeClosedError(FedcoordError):
+    """The node is closed (or closing) and takes no more calls."""
