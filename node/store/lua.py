@@ -1,0 +1,117 @@
+"""Lua scripts run by RedisStore. Each runs atomically inside Redis.
+
+Ownership: a node's owner lock holds ``epoch|host|pid|nonce``; ``epoch`` comes from a counter
+that every new owner increments. A write is accepted only from the current owner. If the lock
+vanished (it expired during a long pause, or Redis lost it) the writer may take it back only
+if nobody acquired the node since, i.e. the epoch counter still equals its own epoch.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ACQUIRE", "FLUSH", "REFRESH", "RELEASE", "TAKEOVER"]
+
+# KEYS: owner, epoch. ARGV: "|host|pid|nonce" suffix, ttl ms. Returns the new epoch, or false.
+ACQUIRE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local epoch = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], epoch .. ARGV[1], 'PX', ARGV[2])
+return epoch
+"""
+
+# KEYS: owner, epoch. ARGV: token seen (of a dead process), suffix, ttl ms. Returns epoch or false.
+TAKEOVER = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
+local epoch = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], epoch .. ARGV[2], 'PX', ARGV[3])
+return epoch
+"""
+
+# KEYS: owner, epoch. ARGV: token, epoch, ttl ms. Returns 1 (held), 2 (taken back), or the holder.
+REFRESH = """
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return 1
+end
+if v == false and redis.call('GET', KEYS[2]) == ARGV[2] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+  return 2
+end
+return tostring(v)
+"""
+
+# KEYS: owner. ARGV: token.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# One group commit.
+# KEYS: owner, epoch, active, workers, counters, done bucket, idempotency keys...
+# ARGV: token, epoch, lock ttl ms, #upserts, #finished, #workers, #dropped, #counters,
+#       bucket expire-at (s), idempotency ttl (s), channel ('' = no event), event message,
+#       then upserts (id, json)..., finished (id, json)..., workers (id, json)..., dropped ids...,
+#       counters (field, delta)..., one task id per idempotency key.
+FLUSH = """
+local v = redis.call('GET', KEYS[1])
+if v ~= ARGV[1] then
+  if v == false and redis.call('GET', KEYS[2]) == ARGV[2] then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+  else
+    return redis.error_reply('FENCED node owned by ' .. tostring(v))
+  end
+end
+local nu, nf, nw = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local nd, nc = tonumber(ARGV[7]), tonumber(ARGV[8])
+local CHUNK = 7000
+local i = 13
+
+local function hset_pairs(key, from, npairs)
+  local last = from + 2 * npairs - 1
+  local j = from
+  while j <= last do
+    local e = math.min(j + CHUNK - 1, last)
+    redis.call('HSET', key, unpack(ARGV, j, e))
+    j = e + 1
+  end
+end
+
+if nu > 0 then
+  hset_pairs(KEYS[3], i, nu)
+  i = i + 2 * nu
+end
+if nf > 0 then
+  local ids = {}
+  for j = i, i + 2 * nf - 1, 2 do
+    ids[#ids + 1] = ARGV[j]
+    if #ids == CHUNK then
+      redis.call('HDEL', KEYS[3], unpack(ids))
+      ids = {}
+    end
+  end
+  if #ids > 0 then redis.call('HDEL', KEYS[3], unpack(ids)) end
+  hset_pairs(KEYS[6], i, nf)
+  redis.call('EXPIREAT', KEYS[6], ARGV[9])
+  i = i + 2 * nf
+end
+if nw > 0 then
+  hset_pairs(KEYS[4], i, nw)
+  i = i + 2 * nw
+end
+if nd > 0 then
+  redis.call('HDEL', KEYS[4], unpack(ARGV, i, i + nd - 1))
+  i = i + nd
+end
+for j = i, i + 2 * nc - 1, 2 do
+  redis.call('HINCRBY', KEYS[5], ARGV[j], ARGV[j + 1])
+end
+i = i + 2 * nc
+for k = 7, #KEYS do
+  redis.call('SET', KEYS[k], ARGV[i], 'EX', ARGV[10])
+  i = i + 1
+end
+if ARGV[11] ~= '' then
+  redis.call('PUBLISH', ARGV[11], ARGV[12])
+end
+return 1
+"""

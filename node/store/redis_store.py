@@ -1,0 +1,313 @@
+"""RedisStore: the durable store of a node, on a real Redis (>= 6.2).
+
+Writes go through one dedicated thread with a synchronous redis-py connection (hiredis): each
+group commit is one ``EVALSHA`` of the flush script, which checks the owner lock (fencing) and
+applies the whole batch atomically. Measured here, a sync pipeline writes about twice as fast
+as redis.asyncio, and a thread keeps the event loop free while Redis works. Reads (recovery,
+lookups of finished tasks, history) use redis.asyncio on the event loop.
+
+Layout: see :mod:`node.store.keys`. Task records are packed as fields of one hash per purpose
+(not one key per task): one command per flush per hash, which sets the throughput ceiling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import redis
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, ResponseError
+from redis.retry import Retry
+
+from node.errors import FencedError, NodeOwnedError, StoreUnavailableError
+from node.store import lua
+from node.store.base import (
+    HistoryRow,
+    OwnerToken,
+    Snapshot,
+    Store,
+    bucket_of,
+    buckets_to_search,
+    owned_message,
+    wall_s,
+)
+from node.store.codec import WriteBatch
+from node.store.keys import NodeKeys
+
+__all__ = ["RedisStore"]
+
+log = logging.getLogger("fedcoord.store")
+
+_UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError)
+T = TypeVar("T")
+
+
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()
+
+
+class RedisStore(Store):
+    def __init__(
+        self,
+        node_id: str,
+        url: str,
+        *,
+        retention_s: float = 86400.0,
+        bucket_s: int | None = None,
+        socket_timeout_s: float = 10.0,
+        connect_timeout_s: float = 2.0,
+        history_keep_s: float = 86400.0,
+    ):
+        self.node_id = node_id
+        self.url = url
+        self.retention_s = retention_s
+        self.bucket_s = bucket_s or max(1, math.ceil(retention_s / 24))
+        self.keys = NodeKeys(node_id)
+        self.history_keep_s = history_keep_s
+        self.durability_warning: str | None = None
+        self._token: OwnerToken | None = None
+        self._lock_ttl_ms = 10_000
+        opts: dict[str, Any] = {
+            "socket_timeout": socket_timeout_s,
+            "socket_connect_timeout": connect_timeout_s,
+            "client_name": f"fedcoord:{node_id}",
+        }
+        # The writer never retries by itself: a flush whose reply was lost may have been applied,
+        # and the runtime resolves that by reloading from Redis (counters must not count twice).
+        self._sync = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), single_connection_client=True, **opts)
+        self._aio = aioredis.Redis.from_url(url, **opts)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"fc-writer-{node_id}")
+        self._shas = {name: _sha(getattr(lua, name)) for name in ("ACQUIRE", "TAKEOVER", "REFRESH", "RELEASE", "FLUSH")}
+
+    @property
+    def description(self) -> str:
+        return f"redis at {_redact(self.url)}"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        try:
+            info = await self._aio.info("server")
+        except _UNAVAILABLE as e:
+            raise StoreUnavailableError(f"cannot reach {self.description}: {e}") from e
+        version = str(info.get("redis_version", "0"))
+        if tuple(int(x) for x in version.split(".")[:2]) < (6, 2):
+            raise StoreUnavailableError(f"{self.description} runs Redis {version}; fedcoord needs 6.2 or newer")
+        self.durability_warning = await self._durability_warning()
+
+    async def _durability_warning(self) -> str | None:
+        try:
+            aof = await self._aio.config_get("appendonly")
+            save = await self._aio.config_get("save")
+        except (ResponseError, *_UNAVAILABLE):
+            return None  # CONFIG may be disabled (managed Redis): nothing to say
+        if aof.get("appendonly") == "yes" or save.get("save"):
+            return None
+        return (
+            f"{self.description} keeps nothing on disk (no AOF, no RDB): acknowledged tasks survive a node "
+            "crash but not a Redis restart"
+        )
+
+    async def close(self) -> None:
+        with contextlib.suppress(*_UNAVAILABLE):
+            await self._aio.aclose()
+        await asyncio.get_running_loop().run_in_executor(self._writer, self._sync.close)
+        self._writer.shutdown(wait=True)
+
+    async def ping(self) -> None:
+        await self._call(self._aio.ping())
+
+    async def _call(self, aw: Any) -> Any:
+        try:
+            return await aw
+        except _UNAVAILABLE as e:
+            raise StoreUnavailableError(f"{self.description} is unreachable: {e}") from e
+
+    async def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        sha = self._shas[name]
+        try:
+            return await self._call(self._aio.evalsha(sha, len(keys), *keys, *args))
+        except NoScriptError:
+            await self._call(self._aio.script_load(getattr(lua, name)))
+            return await self._call(self._aio.evalsha(sha, len(keys), *keys, *args))
+
+    # ------------------------------------------------------------------ owner lock
+
+    async def acquire(self, *, wait_s: float = 0.0, lock_ttl_s: float = 10.0) -> OwnerToken:
+        self._lock_ttl_ms = max(1, int(lock_ttl_s * 1000))
+        k = self.keys
+        deadline = time.monotonic() + wait_s
+        while True:
+            mine = OwnerToken.mine(0)
+            suffix = f"|{mine.host}|{mine.pid}|{mine.nonce}"
+            epoch = await self._script("ACQUIRE", [k.owner, k.epoch], [suffix, self._lock_ttl_ms])
+            if epoch is None:
+                held = await self._call(self._aio.get(k.owner))
+                holder = OwnerToken.decode(held.decode()) if held else None
+                if held is not None and holder is not None and holder.is_dead_local_process():
+                    log.warning("node %s: taking over the lock of dead process %s", self.node_id, holder.pid)
+                    epoch = await self._script("TAKEOVER", [k.owner, k.epoch], [held, suffix, self._lock_ttl_ms])
+            if epoch is not None:
+                self._token = OwnerToken(int(epoch), mine.host, mine.pid, mine.nonce)
+                return self._token
+            if time.monotonic() >= deadline:
+                held = await self._call(self._aio.get(k.owner))
+                raise NodeOwnedError(owned_message(self.node_id, held.decode() if held else None))
+            await asyncio.sleep(0.1)  # waiting for another process to let go, not for our own work
+
+    def _require_token(self) -> OwnerToken:
+        if self._token is None:
+            raise FencedError(f"node {self.node_id!r}: this store does not hold the owner lock")
+        return self._token
+
+    async def refresh(self) -> None:
+        tok = self._require_token()
+        k = self.keys
+        r = await self._script("REFRESH", [k.owner, k.epoch], [tok.encode(), tok.epoch, self._lock_ttl_ms])
+        if r == 2:
+            log.warning("node %s: owner lock had vanished; taken back (epoch %s)", self.node_id, tok.epoch)
+        elif r != 1:
+            held = r.decode() if isinstance(r, bytes) else str(r)
+            raise FencedError(f"node {self.node_id!r} is now owned by {held}; this process must stop serving it")
+
+    async def release(self) -> None:
+        if self._token is None:
+            return
+        with contextlib.suppress(StoreUnavailableError):
+            await self._script("RELEASE", [self.keys.owner], [self._token.encode()])
+        self._token = None
+
+    # ------------------------------------------------------------------ writes
+
+    async def write(self, batch: WriteBatch) -> None:
+        tok = self._require_token()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer, self._write_sync, batch, tok)
+
+    def _write_sync(self, batch: WriteBatch, tok: OwnerToken) -> None:
+        k = self.keys
+        bucket = bucket_of(batch.now_ns / 1e9, self.bucket_s)
+        keys = [k.owner, k.epoch, k.active, k.workers, k.counters, k.done(bucket)]
+        keys.extend(k.idem(key) for key, _ in batch.idempotency)
+        counters = list(batch.counters.items())
+        args: list[Any] = [
+            tok.encode(),
+            tok.epoch,
+            self._lock_ttl_ms,
+            len(batch.upserts),
+            len(batch.finished),
+            len(batch.workers),
+            len(batch.dropped_workers),
+            len(counters),
+            int(bucket + self.bucket_s + self.retention_s),
+            max(1, int(self.retention_s)),
+            k.events if batch.events is not None else "",
+            batch.events or b"",
+        ]
+        for pairs in (batch.upserts, batch.finished, batch.workers):
+            for a, b in pairs:
+                args.append(a)
+                args.append(b)
+        args.extend(batch.dropped_workers)
+        for a, n in counters:
+            args.append(a)
+            args.append(n)
+        args.extend(tid for _, tid in batch.idempotency)
+        self._evalsha_sync("FLUSH", keys, args)
+
+    def _evalsha_sync(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        run: Callable[..., Any] = self._sync.execute_command
+        try:
+            try:
+                return run("EVALSHA", self._shas[name], len(keys), *keys, *args)
+            except NoScriptError:
+                run("SCRIPT", "LOAD", getattr(lua, name))
+                return run("EVALSHA", self._shas[name], len(keys), *keys, *args)
+        except ResponseError as e:
+            if str(e).startswith("FENCED"):
+                raise FencedError(f"node {self.node_id!r}: write refused, {e}") from e
+            raise
+        except _UNAVAILABLE as e:
+            raise StoreUnavailableError(f"{self.description} is unreachable: {e}") from e
+
+    # ------------------------------------------------------------------ reads
+
+    async def load(self) -> Snapshot:
+        k = self.keys
+        tasks: dict[bytes, bytes] = {}
+        cursor = 0
+        while True:
+            cursor, chunk = await self._call(self._aio.hscan(k.active, cursor, count=10_000))
+            tasks.update(chunk)
+            if cursor == 0:
+                break
+        workers = await self._call(self._aio.hgetall(k.workers))
+        counters = await self._call(self._aio.hgetall(k.counters))
+        return Snapshot(
+            tasks=list(tasks.values()),
+            workers=list(workers.values()),
+            counters={f.decode(): int(v) for f, v in counters.items()},
+        )
+
+    async def get_finished(self, ids: Sequence[str]) -> dict[str, bytes]:
+        if not ids:
+            return {}
+        buckets = buckets_to_search(wall_s(), self.retention_s, self.bucket_s)
+        pipe = self._aio.pipeline(transaction=False)
+        for b in buckets:
+            pipe.hmget(self.keys.done(b), list(ids))
+        rows = await self._call(pipe.execute())
+        found: dict[str, bytes] = {}
+        for row in rows:  # newest bucket first: a requeued-then-finished task's newest record wins
+            for tid, raw in zip(ids, row, strict=True):
+                if raw is not None and tid not in found:
+                    found[tid] = raw
+        return found
+
+    async def get_idempotency(self, keys: Sequence[str]) -> dict[str, str]:
+        if not keys:
+            return {}
+        vals = await self._call(self._aio.mget([self.keys.idem(key) for key in keys]))
+        return {key: v.decode() for key, v in zip(keys, vals, strict=True) if v is not None}
+
+    async def append_history(self, minute_ms: int, row: bytes) -> None:
+        cutoff = max(0, minute_ms - int(self.history_keep_s * 1000))
+        await self._call(
+            self._aio.xadd(self.keys.history, {"minute_ms": minute_ms, "row": row}, minid=cutoff, approximate=True)
+        )
+
+    async def read_history(self, since_ms: int) -> list[HistoryRow]:
+        entries = await self._call(self._aio.xrange(self.keys.history, min=str(max(0, since_ms - 60_000))))
+        rows: dict[int, bytes] = {}
+        for _, fields in entries:
+            minute = int(fields[b"minute_ms"])
+            if minute >= since_ms:
+                rows[minute] = fields[b"row"]  # a later entry for the same minute wins
+        return sorted(rows.items())
+
+    async def subscribers(self) -> int:
+        res = await self._call(self._aio.pubsub_numsub(self.keys.events))
+        return int(res[0][1]) if res else 0
+
+    def run_sync(self, fn: Callable[[redis.Redis], T]) -> T:
+        """Run ``fn(sync_client)`` on the writer thread's connection (tests, benchmarks)."""
+        return self._writer.submit(fn, self._sync).result()
+
+
+def _redact(url: str) -> str:
+    """The URL without its password."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user + ':***@' if user else '***@'}{host}"
