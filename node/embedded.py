@@ -98,14 +98,15 @@ class EmbeddedRedis:
             "--pidfile", str(self.pidfile),
             "--logfile", str(self.logfile),
         ]  # fmt: skip
-        self.proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - started before any thread of ours
-            start_new_session=True,  # a Ctrl-C in the terminal goes to the node, which stops Redis itself
-        )
+        with (self.dir / "redis.stderr").open("wb") as err:
+            self.proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - started before any thread of ours
+                start_new_session=True,  # a Ctrl-C in the terminal goes to the node, which stops Redis itself
+            )
         self.owned = True
         self._wait_ready()
         log.info("embedded redis-server %s started (pid %s, socket %s)", binary, self.proc.pid, self.socket_path)
@@ -118,7 +119,7 @@ class EmbeddedRedis:
         while True:
             code = self.proc.poll()
             if code is not None:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                err = (self.dir / "redis.stderr").read_text(errors="replace")
                 tail = self._log_tail()
                 raise EmbeddedRedisError(f"redis-server exited with code {code} at start: {err.strip()} {tail}")
             if self._answers():
@@ -189,5 +190,3 @@ class EmbeddedRedis:
                 log.error("redis-server did not stop within %ss; killing it", timeout_s)
                 proc.kill()
                 proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
