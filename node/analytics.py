@@ -24,6 +24,8 @@ __all__ = ["Analytics", "LogHistogram", "MinuteRow", "NodeStats", "PerformanceRe
 
 _NS = 1e9
 HISTORY_MINUTES = 24 * 60
+_log = math.log
+_ceil = math.ceil
 
 
 class LogHistogram:
@@ -44,16 +46,17 @@ class LogHistogram:
         self.min = math.inf
         self.max = 0.0
 
-    def add(self, value: float, n: int = 1) -> None:
-        self.count += n
-        self.total += value * n
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.total += value
         self.min = min(self.min, value)
         self.max = max(self.max, value)
-        if value <= self.MIN_VALUE:
-            self.zeros += n
+        if value <= 1e-6:
+            self.zeros += 1
             return
-        i = math.ceil(math.log(value) * self._inv_log_gamma)
-        self.counts[i] = self.counts.get(i, 0) + n
+        i = _ceil(_log(value) * self._inv_log_gamma)
+        counts = self.counts
+        counts[i] = counts.get(i, 0) + 1
 
     def merge(self, other: LogHistogram) -> None:
         for i, n in other.counts.items():
@@ -241,8 +244,9 @@ class Analytics:
         self.node_id = node_id
         self.started_ns = started_ns
         self.totals: Counter[str] = Counter()  # cumulative, as in the store's counters
-        self.completion_s = LogHistogram()  # since this process started
-        self.queue_wait_s = LogHistogram()
+        # Since this process started: closed minutes are folded in; the current one is added on read.
+        self._completion_s = LogHistogram()
+        self._queue_wait_s = LogHistogram()
         self.failures_by_kind: Counter[str] = Counter()
         self.minute = MinuteRow(minute_ms=_minute_of(started_ns))
         self.history: deque[MinuteRow] = deque(maxlen=HISTORY_MINUTES)
@@ -272,13 +276,9 @@ class Analytics:
                 m.completed += 1
                 began = t.started_ns if t.started_ns is not None else t.claimed_ns
                 if began is not None and t.finished_ns is not None:
-                    v = (t.finished_ns - began) / _NS
-                    self.completion_s.add(v)
-                    m.completion_s.add(v)
+                    m.completion_s.add((t.finished_ns - began) / _NS)
                 if t.claimed_ns is not None and t.queued_ns is not None:
-                    w = (t.claimed_ns - t.queued_ns) / _NS
-                    self.queue_wait_s.add(w)
-                    m.queue_wait_s.add(w)
+                    m.queue_wait_s.add((t.claimed_ns - t.queued_ns) / _NS)
             elif st is TaskStatus.FAILED:
                 m.failed += 1
                 self.failures_by_kind[error_kind(t.error)] += 1
@@ -292,10 +292,28 @@ class Analytics:
         while self.minute.minute_ms < minute:
             closed.append(self.minute)
             self.history.append(self.minute)
+            self._completion_s.merge(self.minute.completion_s)
+            self._queue_wait_s.merge(self.minute.queue_wait_s)
             self.minute = MinuteRow(minute_ms=self.minute.minute_ms + 60_000)
             if minute - self.minute.minute_ms > 60_000 * HISTORY_MINUTES:
                 self.minute = MinuteRow(minute_ms=minute)
         return closed
+
+    @property
+    def completion_s(self) -> LogHistogram:
+        """Completion times (start to finish) of tasks completed since this process started."""
+        h = LogHistogram()
+        h.merge(self._completion_s)
+        h.merge(self.minute.completion_s)
+        return h
+
+    @property
+    def queue_wait_s(self) -> LogHistogram:
+        """Queue waits (ready to claimed) of tasks completed since this process started."""
+        h = LogHistogram()
+        h.merge(self._queue_wait_s)
+        h.merge(self.minute.queue_wait_s)
+        return h
 
     def last_hour(self, now_ns: int) -> list[MinuteRow]:
         cutoff = _minute_of(now_ns) - 60 * 60_000
@@ -353,7 +371,10 @@ class Analytics:
         )
 
     def report(self, now_ns: int, workers: list[WorkerInfo]) -> PerformanceReport:
-        done = self.completion_s.count
+        self.roll(now_ns)
+        completion = self.completion_s
+        wait = self.queue_wait_s
+        done = completion.count
         failed = sum(self.failures_by_kind.values())
         cancelled = sum(r.cancelled for r in (*self.history, self.minute) if r.minute_ms >= _minute_of(self.started_ns))
         wall = max((now_ns - self.started_ns) / _NS, 1e-9)
@@ -377,12 +398,12 @@ class Analytics:
             completed=done,
             failed=failed,
             cancelled=cancelled,
-            avg_completion_s=self.completion_s.mean,
-            p50_completion_s=self.completion_s.quantile(0.5),
-            p95_completion_s=self.completion_s.quantile(0.95),
-            p99_completion_s=self.completion_s.quantile(0.99),
-            avg_queue_wait_s=self.queue_wait_s.mean,
-            p99_queue_wait_s=self.queue_wait_s.quantile(0.99),
+            avg_completion_s=completion.mean,
+            p50_completion_s=completion.quantile(0.5),
+            p95_completion_s=completion.quantile(0.95),
+            p99_completion_s=completion.quantile(0.99),
+            avg_queue_wait_s=wait.mean,
+            p99_queue_wait_s=wait.quantile(0.99),
             error_rate=failed / (done + failed) if done + failed else 0.0,
             errors_by_kind=dict(self.failures_by_kind),
             worker_stats=worker_stats,

@@ -20,13 +20,24 @@ import random
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from node.core.config import CoreConfig
 from node.core.deps import DependencyGraph, order_batch
 from node.core.leases import LeaseClock
 from node.core.outbox import Outbox
 from node.core.queues import ReadyQueues, TaskClass
-from node.core.workers import ScalingAdvice, WorkerInfo, WorkerState, scaling_advice, score
+from node.core.workers import (
+    CAPABILITY_MATCH,
+    GENERAL,
+    LOAD_PENALTY,
+    SPEED_WEIGHT,
+    SUCCESS_WEIGHT,
+    ScalingAdvice,
+    WorkerInfo,
+    WorkerState,
+    scaling_advice,
+)
 from node.errors import (
     InvalidTransitionError,
     StaleLeaseError,
@@ -412,39 +423,65 @@ class Core:
         return Lease(t.id, t.attempt, w.id, deadline, t.spec)
 
     def _dispatch(self, now_ns: int) -> None:
-        """Hand tasks that became ready to waiting claims (best score first), queue the rest."""
+        """Hand tasks that became ready to waiting claims (best score first), queue the rest.
+
+        Scores follow :func:`~node.core.workers.score`; the parts that do not change while
+        tasks are handed out are computed once per dispatch, the load penalty per task.
+        """
         fresh = self._fresh
         if not fresh:
             return
         self._fresh = []
         queues = self._queues
-        waiters = self._waiters
         if len(fresh) > 1:
             fresh.sort(key=queues.line_key)
-        granted: dict[str, list[Lease]] = {}
+        fast = self._fast
+        strict = self._strict
+        # [worker, room left, fixed score part, speed bonus, "general" capability, leases]
+        cands: list[list[Any]] = []
+        for wid, max_tasks in self._waiters.items():
+            w = self.workers[wid]
+            room = min(max_tasks, w.concurrency - len(w.active))
+            if room > 0 and w.healthy:
+                fixed = SUCCESS_WEIGHT * w.success_rate
+                speed = SPEED_WEIGHT / max(w.avg_completion_s, 0.1)
+                cands.append([w, room, fixed, speed, GENERAL in w.capabilities, []])
+        eligible: dict[int, list[list[Any]]] = {}  # id(class) -> candidates that may take it
         for t in fresh:
             if t.status is not QUEUED or t.queued_ns is None:
                 continue
             cls = self._class_of(t)
-            best: WorkerState | None = None
+            if not cands:
+                queues.push(t, cls)
+                continue
+            can = eligible.get(id(cls))
+            if can is None:
+                can = eligible[id(cls)] = [c for c in cands if c[0].can_take(cls, strict)]
+            sp = t.spec
+            quick = sp.difficulty <= fast
+            best: list[Any] | None = None
             best_score = 0.0
-            for wid, max_tasks in waiters.items():
-                w = self.workers[wid]
-                got = granted.get(wid)
-                if (got is not None and len(got) >= max_tasks) or len(w.active) >= w.concurrency:
+            for c in can:
+                if c[1] <= 0:
                     continue
-                if not w.healthy or not w.can_take(cls, self._strict):
-                    continue
-                s = score(w, t, self._fast)
-                if best is None or s > best_score:
-                    best, best_score = w, s
+                w = c[0]
+                sc = c[2] - LOAD_PENALTY * len(w.active)
+                if c[4] or sp.type in w.capabilities:
+                    sc += CAPABILITY_MATCH
+                if quick:
+                    sc += c[3]
+                if best is None or sc > best_score:
+                    best, best_score = c, sc
             if best is None:
                 queues.push(t, cls)
             else:
-                granted.setdefault(best.id, []).append(self._assign(t, best, now_ns))
-        for wid, leases in granted.items():
-            del waiters[wid]
-            self.out.grants[wid] = leases
+                best[1] -= 1
+                best[5].append(self._assign(t, best[0], now_ns))
+        for c in cands:
+            if c[5]:
+                wid = c[0].id
+                del self._waiters[wid]
+                self.out.grants[wid] = c[5]
 
     def _class_of(self, t: Task) -> TaskClass:
         cls, created = self._queues.class_of(t)

@@ -99,7 +99,13 @@ if nw > 0 then
   i = i + 2 * nw
 end
 if nd > 0 then
-  redis.call('HDEL', KEYS[4], unpack(ARGV, i, i + nd - 1))
+  local last = i + nd - 1
+  local j = i
+  while j <= last do
+    local e = math.min(j + CHUNK - 1, last)
+    redis.call('HDEL', KEYS[4], unpack(ARGV, j, e))
+    j = e + 1
+  end
   i = i + nd
 end
 for j = i, i + 2 * nc - 1, 2 do

@@ -116,7 +116,7 @@ class MemoryStore(Store):
     async def refresh(self) -> None:
         tok = self._require_token()
         held = self._owner_now()
-        if held is not None and held != tok.encode():
+        if held != tok.encode() and (held is not None or self._d.epoch != tok.epoch):
             raise FencedError(f"node {self.node_id!r} was taken over by {held}")
         self._d.owner = (tok.encode(), self.backend.clock() + self._lock_ttl_s)
 
@@ -135,9 +135,14 @@ class MemoryStore(Store):
 
     async def write(self, batch: WriteBatch) -> None:
         tok = self._require_token()
-        if self._owner_now() != tok.encode():
-            raise FencedError(f"node {self.node_id!r} is owned by {self._owner_now()!r}, not by this process")
+        held = self._owner_now()
         d = self._d
+        if held != tok.encode():
+            # Like the Redis flush script: a lock that vanished is taken back only if nobody
+            # acquired the node since (the epoch counter is still ours).
+            if held is not None or d.epoch != tok.epoch:
+                raise FencedError(f"node {self.node_id!r} is owned by {held!r}, not by this process")
+            d.owner = (tok.encode(), self.backend.clock() + self._lock_ttl_s)
         now = self.backend.clock()
         for tid, raw in batch.upserts:
             d.active[tid] = raw
@@ -201,4 +206,5 @@ class MemoryStore(Store):
         return sorted((k, v) for k, v in self._d.history.items() if k >= since_ms)
 
     async def subscribers(self) -> int:
+        _ = self._d  # unavailable like every other call during an outage
         return self.backend.subscribers.get(self.node_id, 0)

@@ -83,7 +83,8 @@ class RedisStore(Store):
         }
         # The writer never retries by itself: a flush whose reply was lost may have been applied,
         # and the runtime resolves that by reloading from Redis (counters must not count twice).
-        self._sync = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), single_connection_client=True, **opts)
+        # Connects lazily (on the writer thread): a store made while Redis is down reports it from open().
+        self._sync = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **opts)
         self._aio = aioredis.Redis.from_url(url, **opts)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"fc-writer-{node_id}")
         self._shas = {name: _sha(getattr(lua, name)) for name in ("ACQUIRE", "TAKEOVER", "REFRESH", "RELEASE", "FLUSH")}
