@@ -251,9 +251,15 @@ class Analytics:
         self.minute = MinuteRow(minute_ms=_minute_of(started_ns))
         self.history: deque[MinuteRow] = deque(maxlen=HISTORY_MINUTES)
         self.finished_since_start = 0
+        # Worker counters as they were when this process loaded them: the report subtracts them.
+        self._worker_base: dict[str, tuple[int, int, int, float]] = {}
 
-    def restore(self, counters: Mapping[str, int], history: Iterable[MinuteRow]) -> None:
+    def restore(
+        self, counters: Mapping[str, int], history: Iterable[MinuteRow], workers: Iterable[WorkerInfo] = ()
+    ) -> None:
         self.totals = Counter(counters)
+        for w in workers:  # a reload after an outage keeps the baseline of the first load
+            self._worker_base.setdefault(w.id, (w.completed, w.failed, w.timed_out, w.busy_s))
         self.history.clear()
         self.history.extend(r for r in history if r.minute_ms < self.minute.minute_ms)
 
@@ -371,6 +377,8 @@ class Analytics:
         )
 
     def report(self, now_ns: int, workers: list[WorkerInfo]) -> PerformanceReport:
+        """Everything since this process started (per-worker counts too; the success-rate and
+        completion-time EMAs are the workers' current values)."""
         self.roll(now_ns)
         completion = self.completion_s
         wait = self.queue_wait_s
@@ -378,20 +386,21 @@ class Analytics:
         failed = sum(self.failures_by_kind.values())
         cancelled = sum(r.cancelled for r in (*self.history, self.minute) if r.minute_ms >= _minute_of(self.started_ns))
         wall = max((now_ns - self.started_ns) / _NS, 1e-9)
-        worker_stats = {
-            w.id: {
+        worker_stats: dict[str, dict[str, Any]] = {}
+        for w in workers:
+            c0, f0, t0, b0 = self._worker_base.get(w.id, (0, 0, 0, 0.0))
+            completed, failed = w.completed - c0, w.failed - f0
+            worker_stats[w.id] = {
                 "skill": w.skill,
-                "completed_tasks": w.completed,
-                "failed_tasks": w.failed,
-                "timed_out": w.timed_out,
-                "success_rate": (w.completed / (w.completed + w.failed)) if w.completed + w.failed else None,
+                "completed_tasks": completed,
+                "failed_tasks": failed,
+                "timed_out": w.timed_out - t0,
+                "success_rate": completed / (completed + failed) if completed + failed else None,
                 "success_rate_ema": w.success_rate,
                 "avg_completion_s_ema": w.avg_completion_s,
-                "total_time_s": w.busy_s,
+                "total_time_s": w.busy_s - b0,
                 "healthy": w.healthy,
             }
-            for w in workers
-        }
         return PerformanceReport(
             node_id=self.node_id,
             tasks_finished=self.finished_since_start,

@@ -396,7 +396,7 @@ class LocalNode:
             for _, raw in await self._store.read_history(now // 1_000_000 - 86_400_000):
                 with contextlib.suppress(ValueError, KeyError, TypeError):
                     rows.append(MinuteRow.from_json(raw))
-        self._analytics.restore(snap.counters, rows)
+        self._analytics.restore(snap.counters, rows, [w.info() for w in workers])
         self._core = core
         out = core.drain()
         if out:  # what restoring changed (leases of lost workers put back in line)
@@ -479,21 +479,28 @@ class LocalNode:
         specs = list(specs) if not isinstance(specs, list) else specs
         known: dict[str, TaskStatus] = {}
         known_keys: dict[str, str] = {}
-        lookups, keys = self._lookups_for(core, specs)
-        if lookups or keys:
-            if lookups:
-                for tid, t in (await self._finished(lookups)).items():
-                    known[tid] = t.status
-            if keys:
-                known_keys = await self._store.get_idempotency(keys)
+        refs, keys = self._references(specs)
+        if keys:
+            known_keys = await self._store.get_idempotency(keys)
+        # Dependencies (and explicit ids) that are not active are looked up among finished
+        # tasks. One may finish while we await, so look again until a pass needs no lookup:
+        # then what the core sees is consistent. Every pass resolves at least one id.
+        missing: set[str] = set()
+        while True:
             core = self._check()
+            lookups = [tid for tid in refs if tid not in core.tasks and tid not in known and tid not in missing]
+            if not lookups:
+                break
+            found = await self._finished(lookups)
+            known.update((tid, t.status) for tid, t in found.items())
+            missing.update(tid for tid in lookups if tid not in found)
         ids = core.submit(specs, self._now(), known=known, known_keys=known_keys)
         await self._commit()
         return ids
 
     @staticmethod
-    def _lookups_for(core: Core, specs: list[TaskSpec]) -> tuple[list[str], list[str]]:
-        """Ids (dependencies, explicit ids) and idempotency keys to look up in the store."""
+    def _references(specs: list[TaskSpec]) -> tuple[list[str], list[str]]:
+        """Task ids the specs refer to (dependencies, explicit ids) and their idempotency keys."""
         ids: list[str] = []
         keys: list[str] = []
         for s in specs:
@@ -501,8 +508,8 @@ class LocalNode:
                 continue  # the core rejects it with a precise error
             deps = s.dependencies
             if deps and isinstance(deps, list | tuple):
-                ids.extend(d for d in deps if isinstance(d, str) and d not in core.tasks)
-            if isinstance(s.id, str) and s.id not in core.tasks:
+                ids.extend(d for d in deps if isinstance(d, str))
+            if isinstance(s.id, str):
                 ids.append(s.id)
             if isinstance(s.idempotency_key, str) and s.idempotency_key:
                 keys.append(s.idempotency_key)

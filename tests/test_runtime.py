@@ -470,3 +470,19 @@ def test_stats_and_report(redis_url: str) -> None:
             assert rep.worker_stats["w"]["success_rate"] == 0.5
 
     run(main())
+
+
+def test_dependency_finishing_while_submit_awaits_the_store(redis_url: str) -> None:
+    async def main() -> None:
+        async with LocalNode.open("n1", redis_url, config=fast_config()) as node:
+            await node.register_worker(WorkerSpec("w"))
+            (parent,) = await node.submit([TaskSpec("a")])
+            (lease,) = await node.claim("w", 1)
+            # the idempotency key makes submit await a store lookup; the parent finishes meanwhile
+            child = asyncio.create_task(node.submit([TaskSpec("b", dependencies=[parent], idempotency_key="k")]))
+            await asyncio.sleep(0)
+            await node.complete(lease)
+            (cid,) = await child
+            assert (await node.get(cid)).status is TaskStatus.QUEUED
+
+    run(main())

@@ -767,11 +767,17 @@ class Core:
                 self.out.dropped_workers.add(w.id)
 
     def _release_all(self, w: WorkerState, reason: str, now_ns: int) -> None:
-        """Give every task the worker holds back to the line, at once (no backoff)."""
+        """Give every task the worker holds back to the line, at once (no backoff). Each lost
+        lease counts as a failure of the worker."""
+        a = self._alpha
         for tid in sorted(w.active):
             t = self.tasks[tid]
             w.revoked.append((tid, t.attempt))
+            w.failed += 1
+            w.success_rate = (1 - a) * w.success_rate
             self._attempt_failed(t, reason, now_ns, retry=True, backoff=False)
+        if w.active:
+            self.out.workers[w.id] = w
         w.active.clear()
 
     def next_deadline_ns(self) -> int | None:
