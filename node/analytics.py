@@ -389,13 +389,13 @@ class Analytics:
         worker_stats: dict[str, dict[str, Any]] = {}
         for w in workers:
             c0, f0, t0, b0 = self._worker_base.get(w.id, (0, 0, 0, 0.0))
-            completed, failed = w.completed - c0, w.failed - f0
+            w_done, w_failed = w.completed - c0, w.failed - f0
             worker_stats[w.id] = {
                 "skill": w.skill,
-                "completed_tasks": completed,
-                "failed_tasks": failed,
+                "completed_tasks": w_done,
+                "failed_tasks": w_failed,
                 "timed_out": w.timed_out - t0,
-                "success_rate": completed / (completed + failed) if completed + failed else None,
+                "success_rate": w_done / (w_done + w_failed) if w_done + w_failed else None,
                 "success_rate_ema": w.success_rate,
                 "avg_completion_s_ema": w.avg_completion_s,
                 "total_time_s": w.busy_s - b0,

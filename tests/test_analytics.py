@@ -106,3 +106,21 @@ def test_history_survives_restore() -> None:
     a.restore({"completed": 10}, rows)
     assert [r.completed for r in a.history] == [0, 1, 2, 3, 4]
     assert a.totals["completed"] == 10
+
+
+def test_report_counts_tasks_not_worker_attempts() -> None:
+    """Task failures and worker failures differ: a worker that fails attempts of tasks that
+    are retried and then complete has failures, while no task failed."""
+    core = Core(CoreConfig(node_id="n", backoff_base_s=0.001))
+    core.register_worker(WorkerSpec("w", concurrency=10), T0)
+    a = Analytics("n", T0)
+    core.submit([TaskSpec("t") for _ in range(3)], T0)
+    for lease in core.claim("w", 3, T0):
+        core.fail(lease, "flaky", T0 + S)
+    core.tick(T0 + 2 * S)
+    for lease in core.claim("w", 3, T0 + 2 * S):
+        core.complete(lease, b"", T0 + 3 * S)
+    a.record(core.drain(), T0 + 3 * S)
+    rep = a.report(T0 + 3 * S, [w.info() for w in core.workers.values()])
+    assert (rep.completed, rep.failed) == (3, 0)
+    assert rep.worker_stats["w"]["failed_tasks"] == 3 and rep.worker_stats["w"]["completed_tasks"] == 3

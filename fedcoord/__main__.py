@@ -1,0 +1,5 @@
+"""``python -m fedcoord``: the same as the ``fedcoord`` command."""
+
+from fedcoord.cli import main
+
+main()

@@ -1,0 +1,46 @@
+"""House rules a broken commit would break: CI runs the README's test command exactly; lint
+and strict typing pass."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)\n```", text, re.S)
+    return [b.strip() for b in blocks[:2]]
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    demo, tests = readme_commands()
+    assert "fedcoord demo" in demo and "pytest" in tests
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
+    assert ci[-1] == tests
+
+
+def test_ruff_is_clean() -> None:
+    r = subprocess.run([BIN / "ruff", "check", "."], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_mypy_strict_is_clean() -> None:
+    r = subprocess.run([BIN / "mypy"], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_readme_python_example_runs(tmp_path: Path) -> None:
+    (example,) = re.findall(r"```python\n(.*?)\n```", (ROOT / "README.md").read_text(), re.S)
+    script = tmp_path / "example.py"
+    script.write_text(example)
+    r = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "status=<TaskStatus." in r.stdout and "PerformanceReport(" in r.stdout
