@@ -1,38 +1,40 @@
 """Time-ordered task ids: UUIDv7 (RFC 9562) strings, monotonic within one generator.
 
 Layout: 48-bit Unix milliseconds, version 7, 12 + 14 random bits fixed per generator, then a
-48-bit counter that starts at a random value (RFC 9562 section 6.2 allows a counter). Ids from
-one generator sort in creation order; generators differ in their 74 random starting bits. The
-generator is pure: the caller passes the time and the seed. The text before the counter only
-changes once per millisecond, so it is cached.
+48-bit counter (RFC 9562 section 6.2 allows a counter) that starts at a random value with its
+top bit set, so it always prints as exactly 12 hex digits. Ids from one generator sort in
+creation order; generators differ in 73 random starting bits. The generator is pure: the caller
+passes the time and the seed. The text before the counter changes once per millisecond and is
+cached, so an id costs one ``hex()`` and one concatenation.
 """
 
 from __future__ import annotations
 
 __all__ = ["IdGenerator", "uuid7_time_ms"]
 
-_MASK48 = (1 << 48) - 1
+_CTR_LOW = 1 << 47  # counters live in [2**47, 2**48): always 12 hex digits
+_CTR_END = 1 << 48
 
 
 class IdGenerator:
     def __init__(self, seed: int):
         self._rand_a = (seed >> 62) & 0xFFF  # 12 bits
         self._rand_b_hi = (seed >> 48) & 0x3FFF  # 14 bits
-        self._ctr = seed & _MASK48
+        self._ctr = _CTR_LOW | (seed & (_CTR_LOW - 1))
         self._ms = -1
         self._prefix = ""
 
     def next(self, now_ns: int) -> str:
         ms = now_ns // 1_000_000
         if ms != self._ms:
-            if ms < self._ms:  # the clock went back: stay monotonic
-                ms = self._ms
-            else:
+            if ms > self._ms:
                 self._set_prefix(ms)
-        self._ctr = ctr = (self._ctr + 1) & _MASK48
-        if not ctr:  # the counter wrapped: move on to the next millisecond
+            # else the clock went back: keep the newer prefix, stay monotonic
+        self._ctr = ctr = self._ctr + 1
+        if ctr == _CTR_END:  # the counter ran out: restart it under the next millisecond
+            self._ctr = ctr = _CTR_LOW
             self._set_prefix(self._ms + 1)
-        return f"{self._prefix}{ctr:012x}"
+        return self._prefix + hex(ctr)[2:]
 
     def _set_prefix(self, ms: int) -> None:
         self._ms = ms

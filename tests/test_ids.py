@@ -31,7 +31,7 @@ def test_time_is_readable_back() -> None:
 
 
 def test_counter_wrap_keeps_order() -> None:
-    g = IdGenerator((1 << 48) - 3)  # counter about to wrap
+    g = IdGenerator((1 << 48) - 3)  # counter about to run out
     now = 1_700_000_000_000_000_000
     ids = [g.next(now) for _ in range(6)]
     assert ids == sorted(ids) and len(set(ids)) == 6
