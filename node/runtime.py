@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
+import gc
 import logging
 import os
 import random
@@ -71,6 +72,9 @@ class NodeConfig:
     history: bool = True  # keep per-minute analytics in the store (24 h)
     listener_check_s: float = 1.0  # how often to look for subscribers of the event channel
     seed: int | None = None  # random seed (ids, backoff jitter); None: from the OS
+    # After loading, move what was loaded out of the garbage collector's sight (gc.freeze):
+    # long-lived task records then cost nothing in later collections. Process-wide.
+    gc_freeze: bool = True
 
 
 def default_data_dir(node_id: str) -> Path:
@@ -369,34 +373,51 @@ class LocalNode:
             log.warning("node %s: store is back; reloaded %d active tasks", self.node_id, len(self._core.tasks))
 
     async def _reload(self) -> None:
-        """Rebuild the core from the store: active tasks, queues, workers; expired leases requeued."""
+        """Rebuild the core from the store: active tasks, queues, workers; expired leases requeued.
+
+        Records are decoded chunk by chunk as they arrive. The cyclic garbage collector is off
+        meanwhile (a million new objects would trigger full collections over a growing heap)
+        and the loaded objects are then frozen out of later collections (``gc.freeze``).
+        """
         t0 = time.perf_counter()
-        snap = await self._store.load()
-        now = self._now()
-        tasks: list[Task] = []
-        for raw in snap.tasks:
-            try:
-                tasks.append(decode_task(raw))
-            except CorruptRecordError as e:
-                self.corrupt_records += 1
-                log.error("node %s: skipping a corrupt task record: %s", self.node_id, e)
-        workers = []
-        for raw in snap.workers:
-            try:
-                workers.append(decode_worker(raw))
-            except CorruptRecordError as e:
-                self.corrupt_records += 1
-                log.error("node %s: skipping a corrupt worker record: %s", self.node_id, e)
-        core = Core(self._core_cfg, random.Random(self._rng.getrandbits(64)))
-        core.emit_events = bool(self._hub) or self._redis_listeners > 0
-        core.restore(tasks, workers, now)
-        core.tick(now)
+        gc_was_on = gc.isenabled()
+        gc.disable()
+        try:
+            tasks: dict[str, Task] = {}
+            async for chunk in self._store.iter_active():
+                for raw in chunk:
+                    try:
+                        t = decode_task(raw)
+                    except CorruptRecordError as e:
+                        self.corrupt_records += 1
+                        log.error("node %s: skipping a corrupt task record: %s", self.node_id, e)
+                        continue
+                    tasks[t.id] = t
+            snap = await self._store.load(with_tasks=False)
+            now = self._now()
+            workers = []
+            for raw in snap.workers:
+                try:
+                    workers.append(decode_worker(raw))
+                except CorruptRecordError as e:
+                    self.corrupt_records += 1
+                    log.error("node %s: skipping a corrupt worker record: %s", self.node_id, e)
+            core = Core(self._core_cfg, random.Random(self._rng.getrandbits(64)))
+            core.emit_events = bool(self._hub) or self._redis_listeners > 0
+            core.restore(tasks.values(), workers, now)
+            core.tick(now)
+        finally:
+            if gc_was_on:
+                gc.enable()
+        if self.config.gc_freeze:
+            gc.freeze()
         rows: list[MinuteRow] = []
         if self.config.history:
             for _, raw in await self._store.read_history(now // 1_000_000 - 86_400_000):
                 with contextlib.suppress(ValueError, KeyError, TypeError):
                     rows.append(MinuteRow.from_json(raw))
-        self._analytics.restore(snap.counters, rows, [w.info() for w in workers])
+        first_load = self._state is NodeState.STARTING
+        self._analytics.restore(snap.counters, rows, [w.info() for w in workers] if first_load else ())
         self._core = core
         out = core.drain()
         if out:  # what restoring changed (leases of lost workers put back in line)

@@ -515,8 +515,10 @@ class Core:
         self._move(t, IN_PROGRESS)
         t.started_ns = now_ns
         timeout_ns = _timeout_ns(t.spec)
-        t.lease_deadline_ns = deadline = now_ns + timeout_ns
-        self._leases.watch(t, timeout_ns, deadline)
+        deadline = now_ns + timeout_ns
+        if deadline != t.lease_deadline_ns:  # else started the instant it was claimed: already watched
+            t.lease_deadline_ns = deadline
+            self._leases.watch(t, timeout_ns, deadline)
         self.out.saved[t.id] = t
         if self.emit_events:
             self._event(t, now_ns)
@@ -655,12 +657,12 @@ class Core:
                 continue
             for d in deps.take_dependents(t.id):
                 dt = self.tasks.get(d)
-                if dt is None or dt.status is not PENDING:
-                    continue
+                if dt is None or dt.status is not PENDING or not deps.waits_on(d, t.id):
+                    continue  # gone, or a stale or repeated entry (already failed in this cascade)
                 if status is not COMPLETED:
                     deps.forget(d)
                     stack.append((dt, FAILED, f"dependency {t.id} {status.value}"))
-                elif deps.met_one(d):
+                elif deps.met_one(d, t.id):
                     self._make_ready(dt, now_ns)
 
     def _forget_key(self, t: Task) -> None:

@@ -13,25 +13,31 @@ class DependencyGraph:
     """Pending tasks and the active tasks they wait on."""
 
     def __init__(self) -> None:
-        self.unmet: dict[str, int] = {}  # waiting task id -> dependencies not yet completed
+        # waiting task id -> the dependencies it still waits on (a set: an entry of ``dependents``
+        # that is repeated or left over from before a requeue must not count twice)
+        self.unmet: dict[str, set[str]] = {}
         self.dependents: dict[str, list[str]] = {}  # task id -> tasks waiting on it
 
     def wait(self, task_id: str, on: Sequence[str]) -> None:
         for d in on:
             self.dependents.setdefault(d, []).append(task_id)
-        self.unmet[task_id] = len(on)
+        self.unmet[task_id] = set(on)
 
     def take_dependents(self, task_id: str) -> list[str]:
         """The tasks waiting on ``task_id`` (which just finished); forgets them as its dependents."""
         return self.dependents.pop(task_id, [])
 
-    def met_one(self, task_id: str) -> bool:
-        """One dependency of ``task_id`` completed; True when none is left (it is ready)."""
+    def waits_on(self, task_id: str, dep_id: str) -> bool:
         left = self.unmet.get(task_id)
-        if left is None:
+        return left is not None and dep_id in left
+
+    def met_one(self, task_id: str, dep_id: str) -> bool:
+        """``dep_id`` of ``task_id`` completed; True when none is left (it is ready)."""
+        left = self.unmet.get(task_id)
+        if left is None or dep_id not in left:
             return False
-        if left > 1:
-            self.unmet[task_id] = left - 1
+        left.discard(dep_id)
+        if left:
             return False
         del self.unmet[task_id]
         return True

@@ -78,6 +78,7 @@ class ReadyQueues:
 
         Takes runs: once the best head is found, keeps taking from the same deque while its
         head stays ahead of the runner-up, so a batch from one deque costs one comparison pass.
+        On equal line keys the lower priority goes first: it has waited longer.
         """
         out: list[Task] = []
         offsets = self.offsets
@@ -85,7 +86,7 @@ class ReadyQueues:
             best_key = second_key = None
             best_cls: TaskClass | None = None
             best_dq: deque[Task] | None = None
-            best_off = 0
+            best_off = best_rank = second_rank = 0
             for cls in classes:
                 if not cls.size:
                     continue
@@ -94,11 +95,11 @@ class ReadyQueues:
                         head = dq[0]
                         if head.status is _QUEUED:
                             key = head.queued_ns + offsets[rank]  # type: ignore[operator]
-                            if best_key is None or key < best_key:
-                                second_key = best_key
-                                best_key, best_cls, best_dq, best_off = key, cls, dq, offsets[rank]
-                            elif second_key is None or key < second_key:
-                                second_key = key
+                            if best_key is None or key < best_key or (key == best_key and rank > best_rank):
+                                second_key, second_rank = best_key, best_rank
+                                best_key, best_cls, best_dq, best_off, best_rank = key, cls, dq, offsets[rank], rank
+                            elif second_key is None or key < second_key or (key == second_key and rank > second_rank):
+                                second_key, second_rank = key, rank
                             break
                         dq.popleft()  # cancelled or otherwise gone: drop the stale entry
                         cls.size -= 1
@@ -114,8 +115,10 @@ class ReadyQueues:
                     popleft()
                     taken += 1
                     continue
-                if second_key is not None and head.queued_ns + best_off > second_key:  # type: ignore[operator]
-                    break
+                if second_key is not None:
+                    key = head.queued_ns + best_off  # type: ignore[operator]
+                    if key > second_key or (key == second_key and second_rank > best_rank):
+                        break
                 append(popleft())
                 taken += 1
             best_cls.size -= taken

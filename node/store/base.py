@@ -12,7 +12,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from node.store.codec import WriteBatch
@@ -129,7 +129,12 @@ class Store(abc.ABC):
         Raises StoreUnavailableError (nothing or all may have been applied) or FencedError."""
 
     @abc.abstractmethod
-    async def load(self) -> Snapshot: ...
+    async def load(self, *, with_tasks: bool = True) -> Snapshot:
+        """Workers and counters, and (unless ``with_tasks`` is False) every active task record."""
+
+    @abc.abstractmethod
+    def iter_active(self) -> AsyncIterator[list[bytes]]:
+        """Active task records in chunks (a record may appear twice: callers dedupe by id)."""
 
     @abc.abstractmethod
     async def get_finished(self, ids: Sequence[str]) -> dict[str, bytes]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from node.errors import FencedError, NodeOwnedError, StoreUnavailableError
@@ -173,9 +173,15 @@ class MemoryStore(Store):
         for k in [k for k, (_, exp) in d.idem.items() if exp <= now]:
             del d.idem[k]
 
-    async def load(self) -> Snapshot:
+    async def load(self, *, with_tasks: bool = True) -> Snapshot:
         d = self._d
-        return Snapshot(tasks=list(d.active.values()), workers=list(d.workers.values()), counters=dict(d.counters))
+        tasks = list(d.active.values()) if with_tasks else []
+        return Snapshot(tasks=tasks, workers=list(d.workers.values()), counters=dict(d.counters))
+
+    async def iter_active(self) -> AsyncIterator[list[bytes]]:
+        records = list(self._d.active.values())
+        for i in range(0, len(records), 10_000):
+            yield records[i : i + 10_000]
 
     async def get_finished(self, ids: Sequence[str]) -> dict[str, bytes]:
         self._expire()

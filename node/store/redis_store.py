@@ -18,9 +18,9 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -242,22 +242,40 @@ class RedisStore(Store):
 
     # ------------------------------------------------------------------ reads
 
-    async def load(self) -> Snapshot:
-        k = self.keys
-        tasks: dict[bytes, bytes] = {}
-        cursor = 0
-        while True:
-            cursor, chunk = await self._call(self._aio.hscan(k.active, cursor, count=10_000))
-            tasks.update(chunk)
-            if cursor == 0:
-                break
-        workers = await self._call(self._aio.hgetall(k.workers))
-        counters = await self._call(self._aio.hgetall(k.counters))
+    async def load(self, *, with_tasks: bool = True) -> Snapshot:
+        tasks: list[bytes] = []
+        if with_tasks:
+            async for chunk in self.iter_active():
+                tasks.extend(chunk)
+        workers = await self._call(self._aio.hgetall(self.keys.workers))
+        counters = await self._call(self._aio.hgetall(self.keys.counters))
         return Snapshot(
-            tasks=list(tasks.values()),
+            tasks=list(dict.fromkeys(tasks)),  # HSCAN may return a record twice
             workers=list(workers.values()),
             counters={f.decode(): int(v) for f, v in counters.items()},
         )
+
+    async def iter_active(self, chunk: int = 20_000) -> AsyncIterator[list[bytes]]:
+        """HSCAN on the writer thread's connection (hiredis, no event loop in the way), one chunk
+        ahead: Redis and the network work on the next chunk while the caller decodes this one."""
+        loop = asyncio.get_running_loop()
+        key = self.keys.active
+
+        def scan(cursor: int) -> tuple[int, list[bytes]]:
+            try:
+                nxt, data = self._sync.hscan(key, cursor, count=chunk)
+            except _UNAVAILABLE as e:
+                raise StoreUnavailableError(f"{self.description} is unreachable: {e}") from e
+            return int(nxt), list(cast(dict[bytes, bytes], data).values())
+
+        fut = loop.run_in_executor(self._writer, scan, 0)
+        while True:
+            cursor, records = await fut
+            if cursor:
+                fut = loop.run_in_executor(self._writer, scan, cursor)
+            yield records
+            if not cursor:
+                return
 
     async def get_finished(self, ids: Sequence[str]) -> dict[str, bytes]:
         if not ids:
