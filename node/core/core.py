@@ -20,6 +20,7 @@ import random
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from node.core.config import CoreConfig
@@ -48,6 +49,7 @@ from node.errors import (
 from node.ids import IdGenerator
 from node.model import (
     PRIORITY_ORDER,
+    TERMINAL_STATUSES,
     EventKind,
     Lease,
     Priority,
@@ -110,6 +112,9 @@ class Core:
         self._recent_idem_order: deque[str] = deque()
         self._waiters: dict[str, int] = {}  # worker id -> max tasks of its waiting claim
         self._fresh: list[Task] = []  # became ready while claims wait; dispatched at command end
+        # queued_ns is strictly increasing (tasks made ready by one command get consecutive
+        # nanoseconds), so it is also the FIFO order: restore() sorts by it alone.
+        self._last_queued_ns = 0
         # Active tasks by status, by priority and by type, exact at every transition.
         self._by_status: dict[TaskStatus, int] = dict.fromkeys(_ACTIVE_ORDER, 0)
         self._by_priority: dict[Priority, int] = dict.fromkeys(PRIORITY_ORDER, 0)
@@ -198,9 +203,12 @@ class Core:
         by_type = self._by_type
         queues = self._queues
         by_req = queues.by_requirements
+        q = max(now_ns, self._last_queued_ns + 1)
+        self._last_queued_ns = q + len(norm) - 1
         for s in norm:
             tid = next_id(now_ns)
-            t = Task(tid, s, QUEUED, node_id, node_id, now_ns, None, 0, 0, 0, now_ns)
+            t = Task(tid, s, QUEUED, node_id, node_id, now_ns, None, 0, 0, 0, q)
+            q += 1
             tasks[tid] = t
             saved[tid] = t
             by_priority[s.priority] += 1  # type: ignore[index]
@@ -609,7 +617,7 @@ class Core:
     def _make_ready(self, t: Task, now_ns: int, *, event: bool = True) -> None:
         """-> QUEUED and in line (or to a waiting claim, at the end of the command)."""
         self._move(t, QUEUED)
-        t.queued_ns = now_ns
+        t.queued_ns = self._last_queued_ns = max(now_ns, self._last_queued_ns + 1)
         t.not_before_ns = 0
         self.out.saved[t.id] = t
         if event and self.emit_events:
@@ -812,46 +820,68 @@ class Core:
             if not w.healthy and w.unhealthy_since_ns is None:
                 w.unhealthy_since_ns = now_ns
             self.workers[w.id] = w
-        for t in tasks:
-            if t.status.terminal:
-                raise ValueError(f"restore() got terminal task {t.id} ({t.status.value})")
-            self._enter(t)
-            if t.spec.idempotency_key is not None:
-                self._idem[t.spec.idempotency_key] = t.id
+        # The loop below is _enter() and ReadyQueues.push() written out: a restart may load a
+        # million tasks, and it must serve within seconds.
+        by_id = self.tasks
+        by_status = self._by_status
+        by_priority = self._by_priority
+        by_type = self._by_type
+        idem = self._idem
         ready: list[Task] = []
+        unmet_ready: list[Task] = []  # pending, but every dependency finished meanwhile
         orphans: list[Task] = []
         leased: list[Task] = []
-        for t in self.tasks.values():
+        for t in tasks:
             st = t.status
-            if st is PENDING:
-                unmet = [d for d in t.spec.dependencies if d in self.tasks]
-                if unmet:
-                    self._deps.wait(t.id, unmet)
-                else:
-                    ready.append(t)
-            elif st is QUEUED:
+            if st in TERMINAL_STATUSES:
+                raise ValueError(f"restore() got terminal task {t.id} ({st.value})")
+            sp = t.spec
+            by_id[t.id] = t
+            by_status[st] += 1
+            by_priority[sp.priority] += 1  # type: ignore[index]
+            by_type[sp.type] = by_type.get(sp.type, 0) + 1
+            if sp.idempotency_key is not None:
+                idem[sp.idempotency_key] = t.id
+            if st is QUEUED:
                 if t.queued_ns is None:
                     self._delay_seq += 1
                     self._delayed.append((t.not_before_ns, self._delay_seq, t))
                 else:
                     ready.append(t)
-            else:
-                holder = self.workers.get(t.assigned_worker or "")
-                if holder is None or not holder.healthy or t.lease_deadline_ns is None:
-                    orphans.append(t)
-                    continue
-                holder.active.add(t.id)
+            elif st is not PENDING:
                 leased.append(t)
-        heapq.heapify(self._delayed)
-        leased.sort(key=lambda t: (t.lease_deadline_ns or 0, t.id))
-        for t in leased:
-            self._leases.watch(t, _timeout_ns(t.spec), t.lease_deadline_ns or 0)
-        ready.sort(key=lambda t: (t.queued_ns if t.queued_ns is not None else now_ns, t.id))
-        for t in ready:
+        for t in by_id.values():
             if t.status is PENDING:
-                self._make_ready(t, now_ns)
+                unmet = [d for d in t.spec.dependencies if d in by_id]
+                if unmet:
+                    self._deps.wait(t.id, unmet)
+                else:
+                    unmet_ready.append(t)
+        heapq.heapify(self._delayed)
+        live_leases: list[Task] = []
+        for t in leased:
+            holder = self.workers.get(t.assigned_worker or "")
+            if holder is None or not holder.healthy or t.lease_deadline_ns is None:
+                orphans.append(t)
             else:
-                self._queues.push(t, self._class_of(t))
+                holder.active.add(t.id)
+                live_leases.append(t)
+        live_leases.sort(key=attrgetter("lease_deadline_ns", "id"))
+        for t in live_leases:
+            self._leases.watch(t, _timeout_ns(t.spec), t.lease_deadline_ns or 0)
+        ready.sort(key=attrgetter("queued_ns"))  # back in line in the order they were in (unique times)
+        if ready:
+            self._last_queued_ns = max(self._last_queued_ns, ready[-1].queued_ns or 0)
+        by_req = self._queues.by_requirements
+        for t in ready:
+            sp = t.spec
+            cls = by_req.get((sp.required_capabilities, sp.difficulty))
+            if cls is None:
+                cls = self._class_of(t)
+            cls.deques[_RANK[sp.priority]].append(t)  # type: ignore[index]
+            cls.size += 1
+        for t in unmet_ready:
+            self._make_ready(t, now_ns)
         for t in orphans:
             self._attempt_failed(t, f"worker {t.assigned_worker} is gone", now_ns, retry=True, backoff=False)
 
