@@ -26,6 +26,8 @@ _NS = 1e9
 HISTORY_MINUTES = 24 * 60
 _log = math.log
 _ceil = math.ceil
+_COMPLETED = TaskStatus.COMPLETED
+_FAILED = TaskStatus.FAILED
 
 
 class LogHistogram:
@@ -263,33 +265,32 @@ class Analytics:
         self.history.clear()
         self.history.extend(r for r in history if r.minute_ms < self.minute.minute_ms)
 
-    def record(self, out: Outbox, now_ns: int) -> None:
-        """Count a durable flush."""
+    def record(self, out: Outbox, now_ns: int, counters: Mapping[str, int]) -> None:
+        """Count a durable flush. ``counters`` are the ones it wrote (see ``encode_batch``)."""
         self.roll(now_ns)
         m = self.minute
-        c = out.counters
-        if c:
-            self.totals.update(c)
-            m.submitted += c.get("submitted", 0)
-            m.retried += c.get("retried", 0)
-            m.timed_out += c.get("timed_out", 0)
+        self.totals.update(counters)
+        m.submitted += counters.get("submitted", 0)
+        m.retried += counters.get("retried", 0)
+        m.timed_out += counters.get("timed_out", 0)
+        m.completed += counters.get("completed", 0)
+        m.failed += counters.get("failed", 0)
+        m.cancelled += counters.get("cancelled", 0)
+        if not out.finished:
+            return
+        self.finished_since_start += len(out.finished)
+        completion = m.completion_s
+        wait = m.queue_wait_s
         for t in out.finished.values():
             st = t.status
-            self.totals[st.value] += 1
-            self.totals[f"type:{t.spec.type}:{st.value}"] += 1
-            self.finished_since_start += 1
-            if st is TaskStatus.COMPLETED:
-                m.completed += 1
+            if st is _COMPLETED:
                 began = t.started_ns if t.started_ns is not None else t.claimed_ns
                 if began is not None and t.finished_ns is not None:
-                    m.completion_s.add((t.finished_ns - began) / _NS)
+                    completion.add((t.finished_ns - began) / _NS)
                 if t.claimed_ns is not None and t.queued_ns is not None:
-                    m.queue_wait_s.add((t.claimed_ns - t.queued_ns) / _NS)
-            elif st is TaskStatus.FAILED:
-                m.failed += 1
+                    wait.add((t.claimed_ns - t.queued_ns) / _NS)
+            elif st is _FAILED:
                 self.failures_by_kind[error_kind(t.error)] += 1
-            elif st is TaskStatus.CANCELLED:
-                m.cancelled += 1
 
     def roll(self, now_ns: int) -> list[MinuteRow]:
         """Close the current minute if time moved past it; return the rows closed."""

@@ -215,15 +215,18 @@ class WriteBatch:
 
 
 def encode_batch(out: Outbox, now_ns: int, *, with_events: bool) -> WriteBatch:
-    """Encode an outbox. Counters of finished tasks are derived here (by status and type)."""
+    """Encode an outbox. Counters of finished tasks are derived here: by status, and by type and
+    status (``type:<type>:<status>``)."""
     counters: dict[str, int] = {k: v for k, v in out.counters.items() if v}
     finished: list[tuple[str, bytes]] = []
+    by_kind: dict[tuple[TaskStatus, str], int] = {}
     for tid, t in out.finished.items():
         finished.append((tid, encode_task(t)))
-        st = t.status.value
-        counters[st] = counters.get(st, 0) + 1
-        k = f"type:{t.spec.type}:{st}"
-        counters[k] = counters.get(k, 0) + 1
+        k = (t.status, t.spec.type)
+        by_kind[k] = by_kind.get(k, 0) + 1
+    for (st, ttype), n in by_kind.items():
+        counters[st.value] = counters.get(st.value, 0) + n
+        counters[f"type:{ttype}:{st.value}"] = n
     return WriteBatch(
         upserts=[(tid, encode_task(t)) for tid, t in out.saved.items()],
         finished=finished,
