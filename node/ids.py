@@ -26,10 +26,8 @@ class IdGenerator:
 
     def next(self, now_ns: int) -> str:
         ms = now_ns // 1_000_000
-        if ms != self._ms:
-            if ms > self._ms:
-                self._set_prefix(ms)
-            # else the clock went back: keep the newer prefix, stay monotonic
+        if ms > self._ms:  # (if the clock went back, keep the newer prefix: stay monotonic)
+            self._set_prefix(ms)
         self._ctr = ctr = self._ctr + 1
         if ctr == _CTR_END:  # the counter ran out: restart it under the next millisecond
             self._ctr = ctr = _CTR_LOW

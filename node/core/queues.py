@@ -12,6 +12,7 @@ Cancelled tasks stay in their deque and are skipped when they reach the head (la
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from collections.abc import Iterator, Sequence
 
@@ -76,52 +77,50 @@ class ReadyQueues:
     def pop_for(self, classes: list[TaskClass], n: int) -> list[Task]:
         """Remove and return up to ``n`` tasks in line order among ``classes``.
 
-        Takes runs: once the best head is found, keeps taking from the same deque while its
-        head stays ahead of the runner-up, so a batch from one deque costs one comparison pass.
-        On equal line keys the lower priority goes first: it has waited longer.
+        The heads of the non-empty deques go in a small heap ordered by line key (on equal
+        keys the lower priority first: it has waited longer). Tasks are taken in runs: from
+        the first deque while its head stays ahead of the heap's top, so a batch from one deque
+        costs no heap work and a switch between deques costs O(log k).
         """
         out: list[Task] = []
         offsets = self.offsets
-        while len(out) < n:
-            best_key = second_key = None
-            best_cls: TaskClass | None = None
-            best_dq: deque[Task] | None = None
-            best_off = best_rank = second_rank = 0
-            for cls in classes:
-                if not cls.size:
-                    continue
-                for rank, dq in enumerate(cls.deques):
-                    while dq:
-                        head = dq[0]
-                        if head.status is _QUEUED:
-                            key = head.queued_ns + offsets[rank]  # type: ignore[operator]
-                            if best_key is None or key < best_key or (key == best_key and rank > best_rank):
-                                second_key, second_rank = best_key, best_rank
-                                best_key, best_cls, best_dq, best_off, best_rank = key, cls, dq, offsets[rank], rank
-                            elif second_key is None or key < second_key or (key == second_key and rank > second_rank):
-                                second_key, second_rank = key, rank
-                            break
-                        dq.popleft()  # cancelled or otherwise gone: drop the stale entry
-                        cls.size -= 1
-            if best_dq is None or best_cls is None:
-                break
-            # Take a run from the best deque while it stays first in line.
-            popleft = best_dq.popleft
-            append = out.append
+        heap: list[tuple[int, int, int, deque[Task], TaskClass]] = []
+        for cls in classes:
+            if not cls.size:
+                continue
+            for rank, dq in enumerate(cls.deques):
+                while dq:
+                    head = dq[0]
+                    if head.status is _QUEUED:
+                        heap.append((head.queued_ns + offsets[rank], -rank, len(heap), dq, cls))  # type: ignore[operator]
+                        break
+                    dq.popleft()  # cancelled or otherwise gone: drop the stale entry
+                    cls.size -= 1
+        if not heap:
+            return out
+        heapq.heapify(heap)
+        append = out.append
+        while heap and len(out) < n:
+            _, neg_rank, idx, dq, cls = heapq.heappop(heap)
+            off = offsets[-neg_rank]
+            next_key, next_neg_rank = (heap[0][0], heap[0][1]) if heap else (None, 0)
+            popleft = dq.popleft
             taken = 0
-            while best_dq and len(out) < n:
-                head = best_dq[0]
+            while dq:
+                head = dq[0]
                 if head.status is not _QUEUED:
                     popleft()
                     taken += 1
                     continue
-                if second_key is not None:
-                    key = head.queued_ns + best_off  # type: ignore[operator]
-                    if key > second_key or (key == second_key and second_rank > best_rank):
-                        break
+                key = head.queued_ns + off  # type: ignore[operator]
+                if len(out) >= n:
+                    break
+                if next_key is not None and (key > next_key or (key == next_key and neg_rank > next_neg_rank)):
+                    heapq.heappush(heap, (key, neg_rank, idx, dq, cls))
+                    break
                 append(popleft())
                 taken += 1
-            best_cls.size -= taken
+            cls.size -= taken
         return out
 
     def live(self) -> Iterator[Task]:
