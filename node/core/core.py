@@ -266,6 +266,8 @@ class Core:
                 self._idem[s.idempotency_key] = t.id
                 out.idempotency[s.idempotency_key] = t.id
             if s.dependencies:
+                if s.delay_s:
+                    t.not_before_ns = now_ns + int(s.delay_s * _NS)  # counts from submit, applies once ready
                 if emit:
                     self._event(t, now_ns, NEW_TASK)
                 self._wait_for(t, known, now_ns)
@@ -295,6 +297,13 @@ class Core:
         if unmet:
             self._deps.wait(t.id, unmet)
             self.out.saved[t.id] = t
+        else:
+            self._ready_or_delay(t, now_ns)
+
+    def _ready_or_delay(self, t: Task, now_ns: int) -> None:
+        """A task whose dependencies are met: in line now, or at its not-before time."""
+        if t.not_before_ns > now_ns:
+            self._delay(t, t.not_before_ns, now_ns)
         else:
             self._make_ready(t, now_ns)
 
@@ -671,7 +680,7 @@ class Core:
                     deps.forget(d)
                     stack.append((dt, FAILED, f"dependency {t.id} {status.value}"))
                 elif deps.met_one(d, t.id):
-                    self._make_ready(dt, now_ns)
+                    self._ready_or_delay(dt, now_ns)
 
     def _forget_key(self, t: Task) -> None:
         """The task leaves: its idempotency key moves to the bounded memory of recent keys."""
@@ -692,12 +701,13 @@ class Core:
         if t is None:
             raise TaskNotFoundError(task_id)
         prev = t.status
-        if prev in _LEASED:
-            w = self.workers.get(t.assigned_worker or "")
-            if w is not None:
-                w.active.discard(t.id)
-                w.revoked.append((t.id, t.attempt))
+        w = self.workers.get(t.assigned_worker or "") if prev in _LEASED else None
+        if w is not None:
+            w.active.discard(t.id)
+            w.revoked.append((t.id, t.attempt))
         self._finish(t, CANCELLED, now_ns, error="cancelled")
+        if w is not None and w.id in self._waiters:  # its freed slot serves its waiting claim
+            self._refill(w, now_ns)
         self._dispatch(now_ns)
         return prev
 
@@ -817,6 +827,7 @@ class Core:
             w.last_seen_ns = now_ns
             w.active = set()
             w.revoked = []
+            w.eligible = []
             if not w.healthy and w.unhealthy_since_ns is None:
                 w.unhealthy_since_ns = now_ns
             self.workers[w.id] = w
@@ -881,7 +892,7 @@ class Core:
             cls.deques[_RANK[sp.priority]].append(t)  # type: ignore[index]
             cls.size += 1
         for t in unmet_ready:
-            self._make_ready(t, now_ns)
+            self._ready_or_delay(t, now_ns)
         for t in orphans:
             self._attempt_failed(t, f"worker {t.assigned_worker} is gone", now_ns, retry=True, backoff=False)
 
