@@ -34,6 +34,18 @@ class IdGenerator:
             self._set_prefix(self._ms + 1)
         return self._prefix + hex(ctr)[2:]
 
+    def many(self, now_ns: int, n: int) -> list[str]:
+        """``n`` ids at once (a batch): the same as ``n`` calls of :meth:`next`, cheaper."""
+        ms = now_ns // 1_000_000
+        if ms > self._ms:
+            self._set_prefix(ms)
+        start = self._ctr + 1
+        if start + n > _CTR_END:
+            return [self.next(now_ns) for _ in range(n)]
+        self._ctr = start + n - 1
+        prefix = self._prefix
+        return [prefix + hex(c)[2:] for c in range(start, start + n)]
+
     def _set_prefix(self, ms: int) -> None:
         self._ms = ms
         h = f"{ms:012x}"

@@ -35,3 +35,12 @@ def test_counter_wrap_keeps_order() -> None:
     now = 1_700_000_000_000_000_000
     ids = [g.next(now) for _ in range(6)]
     assert ids == sorted(ids) and len(set(ids)) == 6
+
+
+@given(st.integers(0, (1 << 74) - 1), st.lists(st.tuples(st.integers(0, 3_000_000), st.integers(1, 50)), max_size=30))
+def test_many_is_the_same_as_repeated_next(seed: int, batches: list[tuple[int, int]]) -> None:
+    a, b = IdGenerator(seed), IdGenerator(seed)
+    now = 1_700_000_000_000_000_000
+    for step, n in batches:
+        now += step * 1000
+        assert a.many(now, n) == [b.next(now) for _ in range(n)]
