@@ -361,6 +361,7 @@ class LocalNode:
                 log.warning("node %s: embedded redis-server restarted", self.node_id)
             try:
                 await self._store.ping()
+                await self._store.reconnect()
                 await self._store.refresh()
                 await self._reload()
             except FencedError as e:

@@ -157,6 +157,10 @@ class Store(abc.ABC):
     async def ping(self) -> None:
         """Raise StoreUnavailableError unless the store answers."""
 
+    async def reconnect(self) -> None:
+        """Drop connections that may predate an outage (called when the store is back)."""
+        return None
+
 
 def wall_s() -> float:
     return time.time()
