@@ -60,6 +60,25 @@ class LogHistogram:
         counts = self.counts
         counts[i] = counts.get(i, 0) + 1
 
+    def add_many(self, values: list[float]) -> None:
+        if not values:
+            return
+        self.count += len(values)
+        self.total += sum(values)
+        lo, hi = min(values), max(values)
+        if lo < self.min:
+            self.min = lo
+        if hi > self.max:
+            self.max = hi
+        counts = self.counts
+        inv = self._inv_log_gamma
+        for v in values:
+            if v <= 1e-6:
+                self.zeros += 1
+            else:
+                i = _ceil(_log(v) * inv)
+                counts[i] = counts.get(i, 0) + 1
+
     def merge(self, other: LogHistogram) -> None:
         for i, n in other.counts.items():
             self.counts[i] = self.counts.get(i, 0) + n
@@ -279,18 +298,20 @@ class Analytics:
         if not out.finished:
             return
         self.finished_since_start += len(out.finished)
-        completion = m.completion_s
-        wait = m.queue_wait_s
+        done: list[float] = []
+        waits: list[float] = []
         for t in out.finished.values():
             st = t.status
             if st is _COMPLETED:
                 began = t.started_ns if t.started_ns is not None else t.claimed_ns
                 if began is not None and t.finished_ns is not None:
-                    completion.add((t.finished_ns - began) / _NS)
+                    done.append((t.finished_ns - began) / _NS)
                 if t.claimed_ns is not None and t.queued_ns is not None:
-                    wait.add((t.claimed_ns - t.queued_ns) / _NS)
+                    waits.append((t.claimed_ns - t.queued_ns) / _NS)
             elif st is _FAILED:
                 self.failures_by_kind[error_kind(t.error)] += 1
+        m.completion_s.add_many(done)
+        m.queue_wait_s.add_many(waits)
 
     def roll(self, now_ns: int) -> list[MinuteRow]:
         """Close the current minute if time moved past it; return the rows closed."""

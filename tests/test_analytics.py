@@ -131,3 +131,13 @@ def test_report_counts_tasks_not_worker_attempts() -> None:
     rep = a.report(T0 + 3 * S, [w.info() for w in core.workers.values()])
     assert (rep.completed, rep.failed) == (3, 0)
     assert rep.worker_stats["w"]["failed_tasks"] == 3 and rep.worker_stats["w"]["completed_tasks"] == 3
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(min_value=0, max_value=1e4), max_size=200))
+def test_add_many_is_repeated_add(values: list[float]) -> None:
+    a, b = LogHistogram(), LogHistogram()
+    for v in values:
+        a.add(v)
+    b.add_many(values)
+    assert (a.counts, a.zeros, a.count, a.min, a.max) == (b.counts, b.zeros, b.count, b.min, b.max)

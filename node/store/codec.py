@@ -11,7 +11,6 @@ version. Example of a queued task::
 
 from __future__ import annotations
 
-import base64
 import binascii
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ __all__ = [
 ]
 
 RECORD_VERSION = 1
-_b64encode = base64.b64encode
+_b64encode = binascii.b2a_base64
 _dumps = orjson.dumps
 
 
@@ -62,7 +61,7 @@ def encode_task(t: Task) -> bytes:
         "created_ns": t.created_ns,
     }
     if s.payload:
-        d["payload"] = _b64encode(s.payload).decode()
+        d["payload"] = _b64encode(s.payload, newline=False).decode()
     if s.context:
         d["context"] = dict(s.context)
     if s.required_capabilities:
@@ -89,7 +88,7 @@ def encode_task(t: Task) -> bytes:
     if t.lease_deadline_ns is not None:
         d["lease_deadline_ns"] = t.lease_deadline_ns
     if t.result is not None:
-        d["result"] = _b64encode(t.result).decode()
+        d["result"] = _b64encode(t.result, newline=False).decode()
     if t.error is not None:
         d["error"] = t.error
     return _dumps(d)
