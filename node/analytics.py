@@ -66,10 +66,8 @@ class LogHistogram:
         self.count += len(values)
         self.total += sum(values)
         lo, hi = min(values), max(values)
-        if lo < self.min:
-            self.min = lo
-        if hi > self.max:
-            self.max = hi
+        self.min = min(self.min, lo)
+        self.max = max(self.max, hi)
         counts = self.counts
         inv = self._inv_log_gamma
         for v in values:

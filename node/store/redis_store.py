@@ -24,9 +24,9 @@ from typing import Any, TypeVar, cast
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, ResponseError
-from redis.asyncio.retry import Retry as AsyncRetry
 from redis.retry import Retry
 
 from node.errors import FencedError, NodeOwnedError, StoreUnavailableError
