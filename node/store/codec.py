@@ -1,12 +1,13 @@
 """Task and worker records as JSON (what Redis holds), and an outbox as a write batch.
 
-A task record is one flat JSON object with the fields of :class:`Task` that are set (a missing
-field is None, empty or 0); ``payload`` and ``result`` are base64 text. ``v`` is the record
-version. Example of a queued task::
+A task record is one flat JSON object with the fields of :class:`Task` that differ from their
+defaults: a missing field is None, empty or 0, except ``priority`` (medium), ``difficulty`` (1),
+``max_retries`` (3), ``timeout_s`` (2 x difficulty) and ``owner_node`` (the origin node).
+``payload`` and ``result`` are base64 text; ``v`` is the record version. A queued task::
 
-    {"v":1,"id":"019a...","type":"resize","status":"queued","priority":"high","difficulty":3,
-     "max_retries":3,"timeout_s":6.0,"origin_node":"n1","owner_node":"n1",
-     "created_ns":1764079...,"payload":"aW1nLTE=","queued_ns":1764079...}
+    {"v":1,"id":"019a...","type":"resize","status":"queued","origin_node":"n1",
+     "created_ns":1764079...,"priority":"high","difficulty":3,"payload":"aW1nLTE=",
+     "queued_ns":1764079...}
 """
 
 from __future__ import annotations
@@ -52,14 +53,19 @@ def encode_task(t: Task) -> bytes:
         "id": t.id,
         "type": s.type,
         "status": t.status,
-        "priority": s.priority,
-        "difficulty": s.difficulty,
-        "max_retries": s.max_retries,
-        "timeout_s": 2.0 * s.difficulty if s.timeout_s is None else s.timeout_s,
         "origin_node": t.origin_node,
-        "owner_node": t.owner_node,
         "created_ns": t.created_ns,
     }
+    if t.owner_node != t.origin_node:
+        d["owner_node"] = t.owner_node
+    if s.priority is not _MEDIUM:
+        d["priority"] = s.priority
+    if s.difficulty != 1:
+        d["difficulty"] = s.difficulty
+    if s.max_retries != 3:
+        d["max_retries"] = s.max_retries
+    if s.timeout_s is not None and s.timeout_s != 2.0 * s.difficulty:
+        d["timeout_s"] = s.timeout_s
     if s.payload:
         d["payload"] = _b64encode(s.payload, newline=False).decode()
     if s.context:
@@ -94,7 +100,20 @@ def encode_task(t: Task) -> bytes:
     return _dumps(d)
 
 
+_names: dict[str, str] = {}  # one string object per task type / node / worker name
+
+
+def _name(v: str) -> str:
+    n = _names.get(v)
+    if n is None:
+        if len(_names) > 100_000:
+            _names.clear()
+        n = _names[v] = v
+    return n
+
+
 _PRIORITY = {p.value: p for p in Priority}
+_MEDIUM = Priority.MEDIUM
 _STATUS = {st.value: st for st in TaskStatus}
 _new_tuple = tuple.__new__
 _b64decode = binascii.a2b_base64
@@ -110,18 +129,21 @@ def decode_task(raw: bytes | str) -> Task:
         caps = get("required_capabilities")
         deps = get("dependencies")
         result = get("result")
+        worker = get("assigned_worker")
+        origin = _name(d["origin_node"])
+        priority = get("priority")
         spec = _new_tuple(
             TaskSpec,
             (
-                d["type"],
+                _name(d["type"]),
                 _b64decode(payload) if payload else b"",
                 MappingProxyType(ctx) if ctx else None,
-                _PRIORITY[d["priority"]],
-                d["difficulty"],
+                _MEDIUM if priority is None else _PRIORITY[priority],
+                get("difficulty", 1),
                 tuple(caps) if caps else (),
                 tuple(deps) if deps else (),
-                d["max_retries"],
-                float(d["timeout_s"]),
+                get("max_retries", 3),
+                get("timeout_s"),
                 0.0,
                 get("idempotency_key"),
                 None,
@@ -131,10 +153,10 @@ def decode_task(raw: bytes | str) -> Task:
             d["id"],
             spec,
             _STATUS[d["status"]],
-            d["origin_node"],
-            d["owner_node"],
+            origin,
+            _name(get("owner_node", origin)),
             d["created_ns"],
-            get("assigned_worker"),
+            None if worker is None else _name(worker),
             get("attempt", 0),
             get("failures", 0),
             get("not_before_ns", 0),
@@ -146,7 +168,7 @@ def decode_task(raw: bytes | str) -> Task:
             None if result is None else _b64decode(result),
             get("error"),
         )
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, binascii.Error) as e:
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, binascii.Error) as e:
         head = raw[:120] if isinstance(raw, bytes | str) else raw
         raise CorruptRecordError(f"cannot decode task record ({e!r}): {head!r}") from e
 
