@@ -390,16 +390,15 @@ class LocalNode:
         gc_was_on = gc.isenabled()
         gc.disable()
         try:
-            tasks: dict[str, Task] = {}
+            tasks: list[Task] = []  # restore() drops the duplicates a hash scan may return
+            append = tasks.append
             async for chunk in self._store.iter_active():
                 for raw in chunk:
                     try:
-                        t = decode_task(raw)
+                        append(decode_task(raw))
                     except CorruptRecordError as e:
                         self.corrupt_records += 1
                         log.error("node %s: skipping a corrupt task record: %s", self.node_id, e)
-                        continue
-                    tasks[t.id] = t
             t_decoded = time.perf_counter()
             snap = await self._store.load(with_tasks=False)
             now = self._now()
@@ -412,7 +411,7 @@ class LocalNode:
                     log.error("node %s: skipping a corrupt worker record: %s", self.node_id, e)
             core = Core(self._core_cfg, random.Random(self._rng.getrandbits(64)))
             core.emit_events = bool(self._hub) or self._redis_listeners > 0
-            core.restore(tasks.values(), workers, now)
+            core.restore(tasks, workers, now)
             core.tick(now)
             t_restored = time.perf_counter()
         finally:
@@ -436,7 +435,7 @@ class LocalNode:
         log.info(
             "node %s: loaded %d tasks and %d workers in %.2fs (read and decode %.2fs, rebuild %.2fs)",
             self.node_id,
-            len(tasks),
+            len(core.tasks),
             len(workers),
             time.perf_counter() - t0,
             t_decoded - t0,

@@ -877,6 +877,8 @@ class Core:
             st = t.status
             if st in TERMINAL_STATUSES:
                 raise ValueError(f"restore() got terminal task {t.id} ({st.value})")
+            if t.id in by_id:
+                continue  # the same record twice (a hash scan may return one twice)
             sp = t.spec
             by_id[t.id] = t
             by_status[st] += 1
