@@ -15,7 +15,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from typing import Any
 
 import redis
 
+from node.embedded import EmbeddedRedis
 from node.model import Priority, TaskSpec
 
 __all__ = [
@@ -34,7 +34,6 @@ __all__ = [
     "Result",
     "check",
     "environment",
-    "free_port",
     "make_specs",
     "make_temp_dir",
     "percentile",
@@ -66,61 +65,19 @@ def make_temp_dir(prefix: str) -> Path:
     return d
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class RedisServer(EmbeddedRedis):
+    """A private redis-server (AOF everysec, no RDB) on a free port in a temp dir, removed at exit."""
 
-
-class RedisServer:
-    """A private redis-server (AOF everysec, no RDB) on a free port, in a temp dir; stopped and
-    its dir removed by :meth:`stop`, which also runs at process exit."""
-
-    def __init__(self, *, binary: str | None = None):
-        self.binary = binary or shutil.which("redis-server") or "redis-server"
-        self.dir: Path | None = None
-        self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self, timeout_s: float = 15.0) -> RedisServer:
-        self.dir = Path(tempfile.mkdtemp(prefix="fcbench-redis-"))
+    def __init__(self) -> None:
+        super().__init__(make_temp_dir("redis"), tcp_port=0)
         atexit.register(self.stop)
-        for _ in range(5):  # the free port may be taken between the probe and the bind
-            self.port = free_port()
-            cmd = [
-                self.binary,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--dir", str(self.dir),
-                "--appendonly", "yes",
-                "--appendfsync", "everysec",
-                "--save", "",
-                "--logfile", str(self.dir / "redis.log"),
-            ]  # fmt: skip
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            deadline = time.monotonic() + timeout_s
-            while self.proc.poll() is None and time.monotonic() < deadline:
-                if self.ping():
-                    return self
-                time.sleep(0.01)  # waiting for a child process to listen
-            self._kill()
-        raise RuntimeError(f"redis-server did not start; see {self.dir / 'redis.log'}")
 
-    def ping(self) -> bool:
-        c = redis.Redis(port=self.port, socket_timeout=0.5)
-        try:
-            return bool(c.ping())
-        except (redis.ConnectionError, redis.TimeoutError):
-            return False
-        finally:
-            c.close()
+    def run(self) -> RedisServer:
+        self.start()
+        return self
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=60)
+        return redis.Redis.from_url(self.url, socket_timeout=60)
 
     def version(self) -> str:
         c = self.client()
@@ -128,33 +85,6 @@ class RedisServer:
             return str(c.info("server").get("redis_version"))
         finally:
             c.close()
-
-    def _kill(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
-            self.proc = None
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = None
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 # ---------------------------------------------------------------------- measuring

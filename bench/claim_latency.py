@@ -45,7 +45,7 @@ async def run(args: argparse.Namespace, res: Result) -> None:
         node = await LocalNode.start(NODE_ID, data_dir=data_dir)
         res["redis"] = {"mode": "embedded (LocalNode's own redis-server, unix socket)"}
     else:
-        server = RedisServer().start()
+        server = RedisServer().run()
         res["redis"] = {"mode": "private redis-server, TCP loopback", "version": server.version()}
         node = await LocalNode.start(NODE_ID, server.url)
     claim_ns: list[int] = []

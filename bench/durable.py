@@ -147,7 +147,7 @@ async def run(args: argparse.Namespace, res: Result) -> None:
         node = await LocalNode.start(NODE_ID, data_dir=data_dir)
         res["redis"] = {"mode": "embedded (LocalNode's own redis-server, unix socket)", "data_dir": str(data_dir)}
     else:
-        server = RedisServer().start()
+        server = RedisServer().run()
         res["redis"] = {"mode": "private redis-server, TCP loopback", "version": server.version(), "url": server.url}
         node = await LocalNode.start(NODE_ID, server.url)
     try:

@@ -269,7 +269,7 @@ def _halves_ratio(samples: list[list[int]]) -> float:
 
 def parent(args: argparse.Namespace, res: Result) -> None:
     res["unit"] = "bytes per queued task (payload excluded: empty payloads)"
-    server = RedisServer().start()
+    server = RedisServer().run()
     try:
         res["redis"] = {"mode": "private redis-server, TCP loopback", "version": server.version()}
         queued: dict[str, Any] = {}

@@ -180,7 +180,7 @@ def parent(args: argparse.Namespace, res: Result) -> None:
             data_dir = make_temp_dir("recovery")
             res["redis"] = {"mode": "embedded: redis-server restarted from its AOF inside LocalNode.start()"}
         else:
-            server = RedisServer().start()
+            server = RedisServer().run()
             url = server.url
             res["redis"] = {"mode": "private redis-server (stays up), TCP loopback", "version": server.version()}
         cmd = [sys.executable, "-m", "bench.recovery", "--tasks", str(args.tasks), "--fill", args.fill]

@@ -1,0 +1,1 @@
+"""The federation: privacy pipeline, accountant, aggregation, Flower apps, simulation (next issues)."""

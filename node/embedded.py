@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,12 @@ def find_redis_server() -> str:
     )
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
@@ -58,8 +65,20 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 
 class EmbeddedRedis:
-    def __init__(self, data_dir: str | os.PathLike[str], *, binary: str | None = None, start_timeout_s: float = 15.0):
+    """A redis-server child. By default it listens on a Unix socket only; with ``tcp_port`` it
+    listens on 127.0.0.1 at that port (0: a free one, chosen at the first start and kept, so a
+    restart finds the same data at the same address - what the tests and benchmarks use)."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        tcp_port: int | None = None,
+        binary: str | None = None,
+        start_timeout_s: float = 15.0,
+    ):
         self.dir = Path(data_dir).resolve() / "redis"
+        self.tcp_port = tcp_port
         self.binary = binary
         self.start_timeout_s = start_timeout_s
         self.proc: subprocess.Popen[bytes] | None = None
@@ -74,6 +93,8 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
+        if self.tcp_port is not None:
+            return f"redis://127.0.0.1:{self.tcp_port}/0"
         return f"unix://{self.socket_path}"
 
     def start(self) -> str:
@@ -82,14 +103,29 @@ class EmbeddedRedis:
         if self._running_elsewhere():
             log.info("reusing the embedded redis-server already running for %s", self.dir)
             return self.url
+        pick_port = self.tcp_port == 0
+        for _ in range(5 if pick_port else 1):
+            if pick_port:
+                self.tcp_port = _free_port()
+            try:
+                return self._start_once()
+            except EmbeddedRedisError:
+                if not pick_port:
+                    raise
+                log.info("port %s was taken meanwhile; trying another", self.tcp_port)
+        raise EmbeddedRedisError(f"redis-server found no free port to listen on; {self._log_tail()}")
+
+    def _start_once(self) -> str:
         binary = self.binary or find_redis_server()
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
+        if self.tcp_port is None:
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
+            listen = ["--port", "0", "--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
+        else:
+            listen = ["--port", str(self.tcp_port), "--bind", "127.0.0.1"]
         args = [
             binary,
-            "--port", "0",
-            "--unixsocket", str(self.socket_path),
-            "--unixsocketperm", "700",
+            *listen,
             "--dir", str(self.dir),
             "--appendonly", "yes",
             "--appendfsync", "everysec",
@@ -109,7 +145,7 @@ class EmbeddedRedis:
             )
         self.owned = True
         self._wait_ready()
-        log.info("embedded redis-server %s started (pid %s, socket %s)", binary, self.proc.pid, self.socket_path)
+        log.info("embedded redis-server %s started (pid %s, %s)", binary, self.proc.pid, self.url)
         return self.url
 
     def _wait_ready(self) -> None:
@@ -133,9 +169,9 @@ class EmbeddedRedis:
             delay = min(delay * 2, 0.1)
 
     def _answers(self) -> bool:
-        if not self.socket_path.exists():
+        if self.tcp_port is None and not self.socket_path.exists():
             return False
-        client = redis.Redis(unix_socket_path=str(self.socket_path), socket_timeout=1.0)
+        client = redis.Redis.from_url(self.url, socket_timeout=1.0)
         try:
             return bool(client.ping())
         except (redis.ConnectionError, redis.TimeoutError, OSError):
@@ -172,6 +208,22 @@ class EmbeddedRedis:
         self.proc = None
         self.start()
         return True
+
+    def ping(self) -> bool:
+        """Whether the server answers now."""
+        return self._answers()
+
+    def kill(self) -> None:
+        """SIGKILL the server (no shutdown, no last fsync): a crash, for fault tests. It stays
+        ours: :meth:`start` or :meth:`ensure_running` brings it back from its append-only file."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def restart(self) -> str:
+        self.kill()
+        return self.start()
 
     @property
     def returncode(self) -> int | None:

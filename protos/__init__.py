@@ -1,0 +1,1 @@
+"""Protocol sources (package fedcoord.v1) and their generated Python (next issues)."""

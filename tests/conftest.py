@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import signal
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +13,8 @@ from typing import Any
 
 import pytest
 import redis
+
+from node.embedded import EmbeddedRedis
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
@@ -55,61 +54,20 @@ async def async_wait_until(cond: Callable[[], Any], timeout_s: float = 10.0, wha
         delay = min(delay * 2, 0.1)
 
 
-class RedisServer:
-    """A real redis-server owned by the tests: start, kill -9, restart on the same port and dir."""
+class RedisServer(EmbeddedRedis):
+    """A real redis-server owned by the tests (127.0.0.1, a free port, AOF on): they can kill -9
+    it, restart it on the same port and directory, and inspect it."""
 
-    def __init__(self, workdir: Path, *, appendonly: bool = True):
-        self.dir = workdir
-        self.port = free_port()
-        self.appendonly = appendonly
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.binary = shutil.which("redis-server") or "redis-server"
+    def __init__(self, workdir: Path):
+        super().__init__(workdir, tcp_port=0)
 
     @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir)]
-        args += ["--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec", "--save", ""]
-        args += ["--logfile", str(self.dir / "redis.log")]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(self.ping, 15, f"redis-server on port {self.port}")
-
-    def ping(self) -> bool:
-        c = redis.Redis(port=self.port, socket_timeout=0.5)
-        try:
-            return bool(c.ping())
-        except (redis.ConnectionError, redis.TimeoutError):
-            return False
-        finally:
-            c.close()
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown, no final fsync (the AOF write already happened before replies)."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-        self.proc = None
-
-    def restart(self) -> None:
-        if self.proc is not None:
-            self.kill()
-        self.start()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
+    def port(self) -> int:
+        assert self.tcp_port
+        return self.tcp_port
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=5)
+        return redis.Redis.from_url(self.url, socket_timeout=5)
 
 
 @pytest.fixture(scope="session")
@@ -123,7 +81,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> Iterator[str]:
     """The session server's URL, with an empty database (the server is restarted if a test killed it)."""
-    if redis_server.proc is None or not redis_server.ping():
+    if not redis_server.alive() or not redis_server.ping():
         redis_server.restart()
     c = redis_server.client()
     c.flushall()
