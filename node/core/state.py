@@ -1,0 +1,190 @@
+"""The core's state and its bookkeeping: what the engine and the commands work on, and the
+read-only views of it. See :mod:`node.core.core` for the state machine as a whole."""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass
+
+from node.core.config import CoreConfig
+from node.core.deps import DependencyGraph
+from node.core.leases import LeaseClock
+from node.core.outbox import Outbox
+from node.core.queues import ReadyQueues, TaskClass
+from node.core.workers import (
+    ScalingAdvice,
+    WorkerInfo,
+    WorkerState,
+    scaling_advice,
+)
+from node.errors import (
+    WorkerNotFoundError,
+)
+from node.ids import IdGenerator
+from node.model import (
+    PRIORITY_ORDER,
+    EventKind,
+    Priority,
+    Task,
+    TaskSpec,
+    TaskStatus,
+)
+
+__all__ = ["CoreState", "HeartbeatReply"]
+
+PENDING = TaskStatus.PENDING
+QUEUED = TaskStatus.QUEUED
+ASSIGNED = TaskStatus.ASSIGNED
+IN_PROGRESS = TaskStatus.IN_PROGRESS
+COMPLETED = TaskStatus.COMPLETED
+FAILED = TaskStatus.FAILED
+CANCELLED = TaskStatus.CANCELLED
+NEW_TASK = EventKind.NEW_TASK
+TASK_UPDATED = EventKind.TASK_UPDATED
+_LEASED = (ASSIGNED, IN_PROGRESS)
+_ACTIVE_ORDER = (PENDING, QUEUED, ASSIGNED, IN_PROGRESS)
+_NS = 1_000_000_000
+_RANK = {p: i for i, p in enumerate(PRIORITY_ORDER)}
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatReply:
+    healthy: bool
+    revoked: tuple[tuple[str, int], ...]  # (task id, attempt): stop these, the lease is gone
+
+
+def _timeout_ns(spec: TaskSpec) -> int:
+    t = spec.timeout_s
+    return int((2.0 * spec.difficulty if t is None else t) * _NS)
+
+
+class CoreState:
+    def __init__(self, config: CoreConfig | None = None, rng: random.Random | None = None):
+        self.config = cfg = config or CoreConfig()
+        self.node_id = cfg.node_id
+        self.limits = cfg.limits
+        self._rng = rng or random.Random(0)
+        self._ids = IdGenerator(self._rng.getrandbits(74))
+        self.out = Outbox()
+        self.emit_events = True
+        self.tasks: dict[str, Task] = {}
+        self.workers: dict[str, WorkerState] = {}
+        self._queues = ReadyQueues(cfg.aging_s)
+        self._delayed: list[tuple[int, int, Task]] = []  # (not_before_ns, seq, task)
+        self._delay_seq = 0
+        self._leases = LeaseClock()
+        self._deps = DependencyGraph()
+        self._idem: dict[str, str] = {}  # idempotency key -> id, active tasks
+        self._recent_idem: dict[str, str] = {}  # ... and recently finished ones (bounded)
+        self._recent_idem_order: deque[str] = deque()
+        self._waiters: dict[str, int] = {}  # worker id -> max tasks of its waiting claim
+        self._fresh: list[Task] = []  # became ready while claims wait; dispatched at command end
+        # queued_ns is strictly increasing (tasks made ready by one command get consecutive
+        # nanoseconds), so it is also the FIFO order: restore() sorts by it alone.
+        self._last_queued_ns = 0
+        # Active tasks by status, by priority and by type, exact at every transition.
+        self._by_status: dict[TaskStatus, int] = dict.fromkeys(_ACTIVE_ORDER, 0)
+        self._by_priority: dict[Priority, int] = dict.fromkeys(PRIORITY_ORDER, 0)
+        self._by_type: dict[str, int] = {}
+        self._hb_ns = int(cfg.heartbeat_timeout_s * _NS)
+        self._expiry_ns = int(cfg.worker_expiry_s * _NS)
+        self._alpha = cfg.ema_alpha
+        self._strict = cfg.strict_matching
+        self._fast = cfg.fast_difficulty
+
+    def _enter(self, t: Task) -> None:
+        self.tasks[t.id] = t
+        sp = t.spec
+        self._by_status[t.status] += 1
+        self._by_priority[sp.priority] += 1  # type: ignore[index]
+        self._by_type[sp.type] = self._by_type.get(sp.type, 0) + 1
+
+    def _move(self, t: Task, status: TaskStatus) -> None:
+        b = self._by_status
+        b[t.status] -= 1
+        b[status] += 1
+        t.status = status
+
+    def _leave(self, t: Task) -> None:
+        del self.tasks[t.id]
+        sp = t.spec
+        self._by_status[t.status] -= 1
+        self._by_priority[sp.priority] -= 1  # type: ignore[index]
+        n = self._by_type[sp.type] - 1
+        if n:
+            self._by_type[sp.type] = n
+        else:
+            del self._by_type[sp.type]
+
+    def _event(self, t: Task, now_ns: int, kind: EventKind = TASK_UPDATED) -> None:
+        self.out.events.append((kind, t, t.status, t.assigned_worker, t.attempt, now_ns, t.error))
+
+    def _worker(self, worker_id: str) -> WorkerState:
+        w = self.workers.get(worker_id)
+        if w is None:
+            raise WorkerNotFoundError(worker_id)
+        return w
+
+    def _seen(self, w: WorkerState, now_ns: int) -> None:
+        w.last_seen_ns = now_ns
+        if not w.healthy:
+            w.healthy, w.unhealthy_since_ns = True, None
+            self.out.workers[w.id] = w
+
+    def _class_of(self, t: Task) -> TaskClass:
+        cls, created = self._queues.class_of(t)
+        if created:
+            strict = self._strict
+            for w in self.workers.values():
+                if w.can_take(cls, strict):
+                    w.eligible.append(cls)
+        return cls
+
+    def _backoff_ns(self, failures: int) -> int:
+        """Exponential backoff with jitter: uniform in [d/2, d], d = min(base * 2**(n-1), max)."""
+        cfg = self.config
+        d = min(cfg.backoff_base_s * (2 ** (failures - 1)), cfg.backoff_max_s)
+        return int((d / 2 + self._rng.random() * d / 2) * _NS)
+
+    # ------------------------------------------------------------------ reading
+
+    def drain(self) -> Outbox:
+        """Take the outbox (and start a new one)."""
+        out, self.out = self.out, Outbox()
+        return out
+
+    def get(self, task_id: str) -> Task | None:
+        return self.tasks.get(task_id)
+
+    def worker_info(self, worker_id: str) -> WorkerInfo:
+        return self._worker(worker_id).info()
+
+    def status_counts(self) -> dict[TaskStatus, int]:
+        """Active tasks by status."""
+        return dict(self._by_status)
+
+    def priority_counts(self) -> dict[Priority, int]:
+        """Active tasks by priority."""
+        return dict(self._by_priority)
+
+    def type_counts(self) -> dict[str, int]:
+        """Active tasks by type."""
+        return dict(self._by_type)
+
+    def leased(self) -> int:
+        return self._by_status[ASSIGNED] + self._by_status[IN_PROGRESS]
+
+    def capacity(self) -> tuple[int, int]:
+        """(healthy workers, their summed concurrency)."""
+        healthy = [w for w in self.workers.values() if w.healthy]
+        return len(healthy), sum(w.concurrency for w in healthy)
+
+    def advice(self) -> ScalingAdvice:
+        """Autoscaling advice from load = (running + queued) / healthy worker slots."""
+        n, slots = self.capacity()
+        demand = self._by_status[QUEUED] + self.leased()
+        return scaling_advice(demand, n, slots, self.config.target_load)
+
+    def waiting_workers(self) -> list[str]:
+        return list(self._waiters)
