@@ -297,6 +297,11 @@ class DurableNode:
                     return
                 delay = min(delay * 2, 2.0)
                 continue
+            except Exception:  # a bug must not end recovery silently: say so, and keep trying
+                log.exception("node %s: reload after a store failure failed; retrying", self.node_id)
+                if await self._pause(2.0):
+                    return
+                continue
             self._state = NodeState.SERVING
             self._cause = None
             log.warning("node %s: store is back; reloaded %d active tasks", self.node_id, len(self._core.tasks))

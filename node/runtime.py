@@ -77,7 +77,7 @@ class LocalNode(DurableNode):
         try:
             await node._boot()
         except BaseException:
-            await node._shutdown(release=False)
+            await node._shutdown(release=True)  # a lock taken before the failure is let go at once
             raise
         return node
 

@@ -17,11 +17,13 @@ from node import (
     FencedError,
     InvalidTransitionError,
     LocalNode,
+    MemoryBackend,
     MemoryStore,
     NodeConfig,
     NodeOwnedError,
     NodeState,
     StaleLeaseError,
+    StoreUnavailableError,
     TaskNotFoundError,
     TaskSpec,
     TaskStatus,
@@ -484,5 +486,22 @@ def test_dependency_finishing_while_submit_awaits_the_store(redis_url: str) -> N
             await node.complete(lease)
             (cid,) = await child
             assert (await node.get(cid)).status is TaskStatus.QUEUED
+
+    run(main())
+
+
+def test_a_failed_start_lets_go_of_the_lock() -> None:
+    class FailingLoad(MemoryStore):
+        async def iter_active(self):  # type: ignore[no-untyped-def,override]
+            raise StoreUnavailableError("store went away during the load")
+            yield  # pragma: no cover - makes this an async generator
+
+    async def main() -> None:
+        backend = MemoryBackend()
+        with pytest.raises(StoreUnavailableError, match="during the load"):
+            await LocalNode.start("n1", store=FailingLoad("n1", backend), config=fast_config())
+        node = await LocalNode.start("n1", store=MemoryStore("n1", backend), config=fast_config())
+        assert node.state is NodeState.SERVING  # not "already served by" the failed attempt
+        await node.close()
 
     run(main())
