@@ -219,7 +219,7 @@ class NodeStats:
     completion_s: dict[str, float | None]  # since this process started: count, mean, p50, p95, p99, max
     queue_wait_s: dict[str, float | None]
     throughput_per_hour: int  # completed in the last 60 minutes
-    throughput_per_s_1m: float  # completed in the last full minute, per second
+    throughput_per_s_1m: float  # completed per second over the last 60 s (sliding)
     utilization: float  # leased / healthy slots (0 when no slot)
     error_rate: float  # failed / (completed + failed), last hour
     error_rate_total: float
@@ -362,10 +362,7 @@ class Analytics:
         hour = self.last_hour(now_ns)
         done_h = sum(r.completed for r in hour)
         failed_h = sum(r.failed for r in hour)
-        last_full = self.history[-1] if self.history else None
-        per_s = (
-            last_full.completed / 60.0 if last_full and last_full.minute_ms == self.minute.minute_ms - 60_000 else 0.0
-        )
+        per_s = self._rate_last_minute(now_ns)
         completed_total = self.totals.get("completed", 0)
         failed_total = self.totals.get("failed", 0)
         slots = sum(w.concurrency for w in workers if w.healthy)
@@ -395,6 +392,19 @@ class Analytics:
             store=store,
             state=state,
         )
+
+    def _rate_last_minute(self, now_ns: int) -> float:
+        """Completions per second over the last 60 s (or since start, if that is shorter): the
+        current minute plus the part of the previous one still inside the window."""
+        window_s = min(60.0, (now_ns - self.started_ns) / _NS)
+        if window_s < 1.0:
+            return 0.0
+        into_minute = min(1.0, max(0.0, (now_ns // 1_000_000 - self.minute.minute_ms) / 60_000))
+        done = float(self.minute.completed)
+        prev = self.history[-1] if self.history else None
+        if prev is not None and prev.minute_ms == self.minute.minute_ms - 60_000:
+            done += prev.completed * (1.0 - into_minute)
+        return done / window_s
 
     def report(self, now_ns: int, workers: list[WorkerInfo]) -> PerformanceReport:
         """Everything since this process started (per-worker counts too; the success-rate and

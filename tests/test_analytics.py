@@ -14,7 +14,7 @@ from node.model import TaskSpec, WorkerSpec
 from node.store.codec import encode_batch
 
 S = 1_000_000_000
-T0 = 1_700_000_040 * S  # 40 s into a minute
+T0 = 1_700_000_040 * S  # a minute boundary (1_700_000_040 = 60 * 28_333_334)
 
 
 @settings(max_examples=50, deadline=None)
@@ -89,7 +89,8 @@ def test_minutes_roll_into_history_and_stats_add_up() -> None:
         state="serving",
     )
     assert s.throughput_per_hour == 150
-    assert s.throughput_per_s_1m == 90 / 60
+    # 3 s into the current minute: its 60 completions, plus the last 57 s worth of the previous 90
+    assert abs(s.throughput_per_s_1m - (60 + 90 * 57 / 60) / 60) < 1e-9
     assert s.totals["completed"] == 150 and s.totals["failed"] == 10
     assert abs(s.error_rate - 10 / 160) < 1e-12
     assert s.completion_s["count"] == 150
@@ -141,3 +142,22 @@ def test_add_many_is_repeated_add(values: list[float]) -> None:
         a.add(v)
     b.add_many(values)
     assert (a.counts, a.zeros, a.count, a.min, a.max) == (b.counts, b.zeros, b.count, b.min, b.max)
+
+
+def test_rate_in_the_first_minute_counts_since_start() -> None:
+    a = Analytics("n", T0)
+    core = Core(CoreConfig(node_id="n"))
+    core.register_worker(WorkerSpec("w", concurrency=100), T0)
+    now = run_lifecycles(core, a, 30, T0)  # 30 completions 3 s after start
+    s = a.stats(
+        now,
+        by_status={},
+        by_priority={},
+        by_type={},
+        workers=[],
+        scaling=core.advice(),
+        leased=0,
+        store="memory",
+        state="serving",
+    )
+    assert s.throughput_per_s_1m == 30 / 3
