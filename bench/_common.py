@@ -9,6 +9,7 @@ import contextlib
 import datetime
 import gc
 import json
+import logging
 import math
 import os
 import platform
@@ -252,6 +253,15 @@ class Result:
             {"metric": metric, "op": op, "threshold": threshold, "measured": measured, "unit": unit, "pass": ok}
         )
         return ok
+
+    def run_and_emit(self, measure: Callable[[], object]) -> int:
+        """Run the measurement; a crash is reported in the JSON (not as a bare traceback)."""
+        try:
+            measure()
+        except Exception as e:
+            logging.exception("benchmark failed")
+            self.errors.append(f"benchmark failed: {e!r}")
+        return self.emit()
 
     def emit(self) -> int:
         d = self.data

@@ -128,12 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     res = Result("claim_latency", args)
     res["gc"] = gc_tune(args.gc_tune)
-    try:
-        asyncio.run(run(args, res))
-    except Exception as e:
-        logging.exception("benchmark failed")
-        res.errors.append(f"benchmark failed: {e!r}")
-    return res.emit()
+    return res.run_and_emit(lambda: asyncio.run(run(args, res)))
 
 
 if __name__ == "__main__":

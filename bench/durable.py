@@ -263,12 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     res = Result("durable", args)
     res["gc"] = gc_tune(args.gc_tune)
-    try:
-        asyncio.run(run(args, res))
-    except Exception as e:  # reported in the JSON rather than as a bare traceback
-        logging.exception("benchmark failed")
-        res.errors.append(f"benchmark failed: {e!r}")
-    return res.emit()
+    return res.run_and_emit(lambda: asyncio.run(run(args, res)))
 
 
 if __name__ == "__main__":

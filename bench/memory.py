@@ -342,12 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     res = Result("memory", args)
-    try:
-        parent(args, res)
-    except Exception as e:
-        logging.exception("benchmark failed")
-        res.errors.append(f"benchmark failed: {e!r}")
-    return res.emit()
+    return res.run_and_emit(lambda: parent(args, res))
 
 
 if __name__ == "__main__":

@@ -226,12 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(json.dumps(child_fill(args)) + "\n")
         return 0
     res = Result("recovery", args)
-    try:
-        parent(args, res)
-    except Exception as e:
-        logging.exception("benchmark failed")
-        res.errors.append(f"benchmark failed: {e!r}")
-    return res.emit()
+    return res.run_and_emit(lambda: parent(args, res))
 
 
 if __name__ == "__main__":

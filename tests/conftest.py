@@ -27,31 +27,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(cond: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``cond`` until it returns something truthy; fail the test after ``timeout_s``."""
+def _poll_delays(timeout_s: float, what: str) -> Iterator[float]:
+    """Delays between polls (2 ms doubling up to 100 ms). After ``timeout_s`` the caller gets one
+    last look, then the test fails."""
     deadline = time.monotonic() + timeout_s
     delay = 0.002
-    while True:
+    while time.monotonic() <= deadline:
+        yield delay
+        delay = min(delay * 2, 0.1)
+    yield 0.0
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def wait_until(cond: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``cond`` until it returns something truthy; fail the test after ``timeout_s``."""
+    for delay in _poll_delays(timeout_s, what):
         v = cond()
         if v:
             return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         time.sleep(delay)
-        delay = min(delay * 2, 0.1)
+    return None  # unreachable: _poll_delays raises
 
 
 async def async_wait_until(cond: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    delay = 0.002
-    while True:
+    for delay in _poll_delays(timeout_s, what):
         v = cond()
         if v:
             return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.1)
+    return None  # unreachable: _poll_delays raises
 
 
 class RedisServer(EmbeddedRedis):
