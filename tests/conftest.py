@@ -7,7 +7,7 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,18 @@ def wait_until(cond: Callable[[], Any], timeout_s: float = 10.0, what: str = "co
 async def async_wait_until(cond: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition") -> Any:
     for delay in _poll_delays(timeout_s, what):
         v = cond()
+        if v:
+            return v
+        await asyncio.sleep(delay)
+    return None  # unreachable: _poll_delays raises
+
+
+async def async_wait_until_async(
+    cond: Callable[[], Awaitable[Any]], timeout_s: float = 10.0, what: str = "condition"
+) -> Any:
+    """Like async_wait_until, for a condition that has to await (a node call, say)."""
+    for delay in _poll_delays(timeout_s, what):
+        v = await cond()
         if v:
             return v
         await asyncio.sleep(delay)

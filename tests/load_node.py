@@ -24,7 +24,6 @@ async def main(url: str, node_id: str, out: Path) -> None:
             while True:
                 ids = await node.submit([TaskSpec("load", payload=b"p") for _ in range(50)])
                 submitted.write("".join(f"{i}\n" for i in ids))
-                await asyncio.sleep(0)
 
         async def work() -> None:
             while True:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -22,6 +23,7 @@ from node import (
     NodeConfig,
     NodeOwnedError,
     NodeState,
+    RedisStore,
     StaleLeaseError,
     StoreUnavailableError,
     TaskNotFoundError,
@@ -33,7 +35,7 @@ from node import (
 )
 from node.store.codec import WriteBatch
 from node.store.keys import NodeKeys
-from tests.conftest import RedisServer, async_wait_until
+from tests.conftest import RedisServer, async_wait_until, async_wait_until_async
 
 T = TypeVar("T")
 
@@ -111,8 +113,7 @@ def test_callers_are_acknowledged_only_after_the_write() -> None:
             store.gate.clear()
             submit = asyncio.create_task(node.submit([TaskSpec("t")]))
             await async_wait_until(lambda: node._inflight is not None, what="the flush to start")
-            await asyncio.sleep(0.05)  # give submit every chance to return early
-            assert not submit.done()
+            assert not submit.done()  # its write is held at the gate
             assert store.backend.node("n1").active == {}
             store.gate.set()
             (tid,) = await submit
@@ -273,12 +274,11 @@ def test_timeout_retry_and_heartbeat_loss(redis_url: str) -> None:
             (lease2,) = await node.claim("slow", 1, wait_s=2)
             assert lease2.attempt == 2
 
-            async def lost() -> bool:
+            async def slow_lost_while_live_beats() -> bool:
+                await node.heartbeat("live")
                 return (await node.get(tid)).failures == 2
 
-            while not await lost():
-                await node.heartbeat("live")
-                await asyncio.sleep(0.02)
+            await async_wait_until_async(slow_lost_while_live_beats, what="the silent worker to lose its lease")
             (lease3,) = await node.claim("live", 1, wait_s=2)
             assert lease3.task_id == tid and lease3.attempt == 3
             reply = await node.heartbeat("slow")
@@ -287,15 +287,6 @@ def test_timeout_retry_and_heartbeat_loss(redis_url: str) -> None:
             assert (await node.get(tid)).status is TaskStatus.COMPLETED
 
     run(main())
-
-
-async def async_wait_until_async(cond: Callable[[], Awaitable[bool]], timeout_s: float = 10, what: str = "") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not await cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def test_cancel_running_task_reaches_worker_on_heartbeat(redis_url: str) -> None:
@@ -391,7 +382,8 @@ def test_restart_restores_queues_leases_and_workers(redis_url: str) -> None:
             ids = await node.submit([TaskSpec("t", priority=p) for p in ("low", "high", "medium", "critical")])
             (held,) = await node.claim("w", 1)
             assert held.task_id == ids[3] and short.task_id == expiring[0]
-        await asyncio.sleep(0.1)  # the short lease expires while no node runs
+        # the short lease expires while no node runs
+        await async_wait_until(lambda: time.time_ns() > short.deadline_ns, what="the lease deadline to pass")
         async with LocalNode.open("n1", redis_url, config=cfg) as node:
             assert (await node.get(held.task_id)).status is TaskStatus.ASSIGNED
             expired = await node.get(short.task_id)
@@ -475,15 +467,30 @@ def test_stats_and_report(redis_url: str) -> None:
 
 
 def test_dependency_finishing_while_submit_awaits_the_store(redis_url: str) -> None:
+    class HeldLookups(RedisStore):
+        """A real RedisStore whose idempotency lookups wait until the test lets them go."""
+
+        def __init__(self, node_id: str, url: str):
+            super().__init__(node_id, url)
+            self.entered = asyncio.Event()
+            self.go = asyncio.Event()
+
+        async def get_idempotency(self, keys: Sequence[str]) -> dict[str, str]:
+            self.entered.set()
+            await self.go.wait()
+            return await super().get_idempotency(keys)
+
     async def main() -> None:
-        async with LocalNode.open("n1", redis_url, config=fast_config()) as node:
+        store = HeldLookups("n1", redis_url)
+        async with LocalNode.open("n1", store=store, config=fast_config()) as node:
             await node.register_worker(WorkerSpec("w"))
             (parent,) = await node.submit([TaskSpec("a")])
             (lease,) = await node.claim("w", 1)
             # the idempotency key makes submit await a store lookup; the parent finishes meanwhile
             child = asyncio.create_task(node.submit([TaskSpec("b", dependencies=[parent], idempotency_key="k")]))
-            await asyncio.sleep(0)
+            await store.entered.wait()
             await node.complete(lease)
+            store.go.set()
             (cid,) = await child
             assert (await node.get(cid)).status is TaskStatus.QUEUED
 

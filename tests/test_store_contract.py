@@ -171,7 +171,6 @@ class StoreFactory:
         """Let a little time pass: moves the fake clock on memory, sleeps on Redis."""
         if self.backend is not None:
             self.offset_s += dt_s
-            await asyncio.sleep(0)
         else:
             await asyncio.sleep(dt_s)
 
@@ -375,7 +374,7 @@ def test_lock_of_live_or_remote_process_is_not_taken_over(store_factory: StoreFa
         assert f.get_owner("n1") == remote
 
         # A live process on this host keeps its lock until it dies; then the lock is taken over.
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        child = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
         try:
             live = f"4|{HOST}|{child.pid}|beef00000000"
             f.set_owner("n1", live, epoch=4)
