@@ -118,6 +118,9 @@ class Task:
     lease_deadline_ns: int | None = None
     result: bytes | None = None
     error: str | None = None
+    # While pending: the dependencies it waits on, as decided when it started waiting (a requeued
+    # task counts finished dependencies as met even if one is requeued later).
+    waits_on: tuple[str, ...] = ()
 
     @property
     def type(self) -> str:

@@ -54,6 +54,7 @@ def tasks(draw: st.DrawFn) -> Task:
         lease_deadline_ns=draw(opt_ns),
         result=draw(st.none() | st.binary(max_size=40)),
         error=draw(st.none() | st.text(max_size=40)),
+        waits_on=tuple(draw(st.lists(names, max_size=3, unique=True))),
     )
 
 

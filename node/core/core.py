@@ -296,6 +296,7 @@ class Core(Engine):
         if self.emit_events:
             self._event(t, now_ns)
         unmet = [d for d in t.spec.dependencies if d in self.tasks]
+        t.waits_on = tuple(unmet)
         if unmet:
             self._deps.wait(t.id, unmet)
             self.out.saved[t.id] = t
@@ -412,7 +413,7 @@ class Core(Engine):
                 leased.append(t)
         for t in by_id.values():
             if t.status is PENDING:
-                unmet = [d for d in t.spec.dependencies if d in by_id]
+                unmet = [d for d in (t.waits_on or t.spec.dependencies) if d in by_id]
                 if unmet:
                     self._deps.wait(t.id, unmet)
                 else:

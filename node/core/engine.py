@@ -399,6 +399,7 @@ class Engine(CoreState):
                 self._finish(t, FAILED, now_ns, error=f"dependency {d} {st.value}")
                 return
         if unmet:
+            t.waits_on = tuple(unmet)
             self._deps.wait(t.id, unmet)
             self.out.saved[t.id] = t
         else:

@@ -97,6 +97,8 @@ def encode_task(t: Task) -> bytes:
         d["result"] = _b64encode(t.result, newline=False).decode()
     if t.error is not None:
         d["error"] = t.error
+    if t.waits_on:
+        d["waits_on"] = t.waits_on
     return _dumps(d)
 
 
@@ -167,6 +169,7 @@ def decode_task(raw: bytes | str) -> Task:
             get("lease_deadline_ns"),
             None if result is None else _b64decode(result),
             get("error"),
+            tuple(get("waits_on") or ()),
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, binascii.Error) as e:
         head = raw[:120] if isinstance(raw, bytes | str) else raw
