@@ -8,6 +8,7 @@ grants to waiting claims, the counters), in the style of dask's worker state mac
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 import random
 from collections import Counter
@@ -719,6 +720,33 @@ def test_a_lease_started_the_instant_it_was_claimed_expires_once(max_retries: in
         )
     assert core.worker_info("w").timed_out == 1
     assert core.heartbeat("w", 3 * S).revoked == ((t, 1),)
+
+
+def test_finished_tasks_are_not_kept_alive_by_their_lease_deadlines() -> None:
+    """A completed or failed task leaves memory with the outbox, not when its (long) lease
+    deadline passes: a busy node with hour-long timeouts would otherwise hold an hour of
+    finished tasks, payloads and results included."""
+    core = make_core()
+    core.register_worker(WorkerSpec("w", concurrency=2000), 0)
+    core.submit([TaskSpec("t", timeout_s=3600.0, max_retries=0) for _ in range(100)], S)
+    leases = core.claim("w", 100, S)
+    for i, lease in enumerate(leases):
+        if i % 2:
+            core.complete(lease, b"r" * 100, 2 * S)
+        else:
+            core.fail(lease, "e", 2 * S)
+    assert len(core.drain().finished) == 100
+    del leases
+    gc.collect()
+    assert [o for o in gc.get_objects() if type(o) is Task] == []
+    assert core._leases.entries == 100  # stale entries stay (small) until compacted ...
+    core.tick(3 * S)
+    assert core._leases.entries == 100  # ... which waits until they outnumber live leases
+    core.submit([TaskSpec("t", timeout_s=3600.0) for _ in range(2000)], 4 * S)
+    for lease in core.claim("w", 2000, 4 * S):
+        core.complete(lease, b"", 5 * S)
+    core.tick(6 * S)  # 2100 stale entries > 2 x 0 live + 1024
+    assert core._leases.entries == 0
 
 
 def test_backoff_is_capped() -> None:

@@ -82,7 +82,7 @@ class Engine(CoreState):
             q = lease_q.get(timeout_ns)
             if q is None:
                 q = lease_q[timeout_ns] = deque()
-            q.append((deadline, attempt, t))
+            q.append((deadline, attempt, t.id))
             saved[t.id] = t
             if events is not None:
                 events.append((TASK_UPDATED, t, ASSIGNED, wid, attempt, now_ns, None))

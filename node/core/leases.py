@@ -2,24 +2,30 @@
 
 One FIFO per timeout length: with a monotonic clock, deadlines within one FIFO are in order, so
 watching a lease is an append and finding expired ones looks only at heads. An entry is
-``(deadline_ns, attempt, task)``; it is stale once the task moved on (finished, re-leased,
+``(deadline_ns, attempt, task_id)``; it is stale once the task moved on (finished, re-leased,
 started, which sets a new deadline) and is skipped when reached.
+
+Entries name the task by id, not by reference: a finished task must not be kept alive by the
+stale entry of its last lease until that lease's deadline (which may be hours away). It is freed
+when it leaves the core, while it is still in the CPU's caches.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 
 from node.model import Task, TaskStatus
 
 __all__ = ["LeaseClock"]
 
 _LEASED = (TaskStatus.ASSIGNED, TaskStatus.IN_PROGRESS)
-Entry = tuple[int, int, Task]
+Entry = tuple[int, int, str]
 
 
 class LeaseClock:
-    def __init__(self) -> None:
+    def __init__(self, tasks: Mapping[str, Task]) -> None:
+        self.tasks = tasks  # the core's active tasks, by id
         self.queues: dict[int, deque[Entry]] = {}  # timeout_ns -> entries in deadline order
         self.entries = 0
 
@@ -27,22 +33,29 @@ class LeaseClock:
         q = self.queues.get(timeout_ns)
         if q is None:
             q = self.queues[timeout_ns] = deque()
-        q.append((deadline_ns, t.attempt, t))
+        q.append((deadline_ns, t.attempt, t.id))
         self.entries += 1
+
+    def _live(self, e: Entry) -> Task | None:
+        t = self.tasks.get(e[2])
+        if t is not None and t.attempt == e[1] and t.lease_deadline_ns == e[0] and t.status in _LEASED:
+            return t
+        return None
 
     def expired(self, now_ns: int) -> list[Task]:
         """Leased tasks whose current lease deadline is at or before ``now_ns``, oldest first."""
-        out: list[Entry] = []
+        out: list[tuple[int, str, Task]] = []
+        live = self._live
         for q in self.queues.values():
             while q and q[0][0] <= now_ns:
                 e = q.popleft()
                 self.entries -= 1
-                t = e[2]
-                if t.attempt == e[1] and t.lease_deadline_ns == e[0] and t.status in _LEASED:
-                    out.append(e)
+                t = live(e)
+                if t is not None:
+                    out.append((e[0], e[2], t))
         if len(out) > 1:
-            out.sort(key=lambda e: (e[0], e[2].id))
-        return [e[2] for e in out]
+            out.sort(key=lambda x: (x[0], x[1]))
+        return [x[2] for x in out]
 
     def compact(self, live: int) -> None:
         """Drop stale entries once they outnumber live leases (they would otherwise pile up
@@ -50,8 +63,17 @@ class LeaseClock:
         if self.entries <= 2 * live + 1024:
             return
         n = 0
+        get = self.tasks.get
         for timeout_ns, q in list(self.queues.items()):
-            kept = deque(e for e in q if e[2].lease_deadline_ns == e[0] and e[2].attempt == e[1])
+            # _live() inlined: this scans every entry once (most of them stale, their task gone)
+            kept = deque(
+                e
+                for e in q
+                if (t := get(e[2])) is not None
+                and t.attempt == e[1]
+                and t.lease_deadline_ns == e[0]
+                and t.status in _LEASED
+            )
             if kept:
                 self.queues[timeout_ns] = kept
                 n += len(kept)

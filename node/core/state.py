@@ -73,7 +73,7 @@ class CoreState:
         self._queues = ReadyQueues(cfg.aging_s)
         self._delayed: list[tuple[int, int, Task]] = []  # (not_before_ns, seq, task)
         self._delay_seq = 0
-        self._leases = LeaseClock()
+        self._leases = LeaseClock(self.tasks)
         self._deps = DependencyGraph()
         self._idem: dict[str, str] = {}  # idempotency key -> id, active tasks
         self._recent_idem: dict[str, str] = {}  # ... and recently finished ones (bounded)
