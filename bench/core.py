@@ -8,6 +8,12 @@ ticker does at most). The specs are built before the timer starts for their roun
 API receives them ready-made from the caller. Each variant (events on/off x uniform/mixed tasks)
 runs ``--repeats`` times on a fresh core after an untimed warm-up; the median is reported.
 
+The 300,000/s target applies to ``uniform/events-off``: the issue's lifecycle (a no-op task
+submitted, claimed and completed) as a node runs it by default (the core builds events only
+while somebody listens: an in-process subscriber or a Redis subscriber). The other variants are
+reported for reference: events on, and a mix of 4 types x 4 priorities x 10 difficulties (40
+queue classes, so a batch claim switches between deques at almost every task).
+
     python -m bench.core [--lifecycles 200000] [--batch 1000] [--repeats 5]
 """
 
@@ -27,6 +33,7 @@ from node.model import TaskStatus, WorkerSpec
 
 COMPLETED = TaskStatus.COMPLETED
 TARGET = 300_000.0
+TARGET_VARIANT = "uniform/events-off"  # see the module docstring
 TICK_NS = 250_000_000  # the runtime ticks at most this far apart (NodeConfig.tick_max_s)
 VARIANTS = ("uniform/events-off", "uniform/events-on", "mix/events-off", "mix/events-on")
 
@@ -151,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{med:,.0f}/s (min {min(runs):,.0f}, max {max(runs):,.0f}); "
                 f"us/task submit {us['submit']:.2f} claim {us['claim']:.2f} complete {us['complete']:.2f}",
             )
-            res.target(f"{name} median lifecycles/s", ">=", TARGET, round(med), "lifecycles/s")
+            if name == TARGET_VARIANT:
+                res.target(f"{name} median lifecycles/s", ">=", TARGET, round(med), "lifecycles/s")
     res["variants"] = variants
     res["gc_during_run"] = mon.report()
     return res.emit()

@@ -1,0 +1,86 @@
+"""The benchmarks still run and still check what they count: each runs small, as a user would
+(``python -m bench.NAME``), and must print one JSON document whose own verification passed.
+
+Only correctness is asserted here (every task submitted was completed, nothing left over, the
+JSON has the fields the README and the notes quote). Speed is never asserted in tests: the
+numbers come from the full-size runs, by hand (see README "Performance").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CASES = {
+    "core": ["--lifecycles", "3000", "--batch", "500", "--repeats", "1", "--warmup", "500"],
+    "durable": ["--tasks", "3000", "--batch", "500", "--producers", "2", "--workers", "2"],
+    "claim_latency": ["--queued", "2000", "--claims", "300", "--warmup", "50"],
+    "memory": ["--tasks", "5000", "--lifecycles", "20000", "--sample-every", "5000", "--durable"],
+    "recovery": ["--tasks", "5000"],
+    "recovery --embedded": ["--tasks", "3000", "--embedded", "--fill", "node"],
+}
+
+
+def run_bench(name: str, args: list[str], tmp_path: Path) -> dict[str, Any]:
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "-m", f"bench.{name}", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    docs = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(docs) == 1, f"bench.{name} printed {len(docs)} JSON documents\n{proc.stdout}\n{proc.stderr}"
+    data: dict[str, Any] = json.loads(docs[0])
+    assert proc.returncode == 0, f"bench.{name} exited {proc.returncode}: {data.get('errors')}\n{proc.stderr}"
+    return data
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_benchmark_runs_and_verifies_itself(case: str, tmp_path: Path) -> None:
+    name = case.split(maxsplit=1)[0]
+    data = run_bench(name, CASES[case], tmp_path)
+    assert data["name"] == name
+    assert data["verified"] is True, data["errors"]
+    assert data["errors"] == []
+    assert data["targets"], "every benchmark states the target it measures against"
+    for t in data["targets"]:
+        assert set(t) == {"metric", "op", "threshold", "measured", "unit", "pass"}
+        assert isinstance(t["measured"], int | float)
+    assert data["environment"]["git_commit"]
+
+
+def test_core_benchmark_reports_every_variant_and_targets_the_plain_lifecycle(tmp_path: Path) -> None:
+    data = run_bench("core", CASES["core"], tmp_path)
+    assert sorted(data["variants"]) == sorted(
+        ["uniform/events-off", "uniform/events-on", "mix/events-off", "mix/events-on"]
+    )
+    for v in data["variants"].values():
+        assert v["lifecycles_per_run"] == 3000
+        assert v["median_lifecycles_per_s"] > 0
+    assert [t["metric"] for t in data["targets"]] == ["uniform/events-off median lifecycles/s"]
+
+
+def test_a_bad_benchmark_parameter_is_refused_with_its_name(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.core", "--batch", "20000"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "--batch" in proc.stderr
+    assert proc.stdout == ""
