@@ -749,6 +749,17 @@ def test_finished_tasks_are_not_kept_alive_by_their_lease_deadlines() -> None:
     assert core._leases.entries == 0
 
 
+def test_a_task_cancelled_while_it_waits_for_its_start_time_is_freed_at_once() -> None:
+    core = make_core()
+    [t] = core.submit([TaskSpec("t", payload=b"p" * 1000, delay_s=3600.0)], S)
+    core.cancel(t, 2 * S)
+    assert core.drain().finished[t].status is CANCELLED
+    gc.collect()
+    assert [o for o in gc.get_objects() if type(o) is Task] == []
+    core.tick(3601 * S)  # its entry in the delay heap comes due and is dropped
+    assert drained(core) == expect()
+
+
 def test_backoff_is_capped() -> None:
     core = make_core(backoff_base_s=10.0, backoff_max_s=15.0)
     core.register_worker(WorkerSpec("w"), 0)

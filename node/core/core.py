@@ -311,8 +311,9 @@ class Core(Engine):
         marked unhealthy (their tasks go to others), long-unhealthy workers are forgotten."""
         delayed = self._delayed
         while delayed and delayed[0][0] <= now_ns:
-            nb, _, t = heapq.heappop(delayed)
-            if t.status is QUEUED and t.queued_ns is None and t.not_before_ns == nb and self.tasks.get(t.id) is t:
+            nb, _, tid = heapq.heappop(delayed)
+            t = self.tasks.get(tid)
+            if t is not None and t.status is QUEUED and t.queued_ns is None and t.not_before_ns == nb:
                 self._make_ready(t, now_ns)
         for t in self._leases.expired(now_ns):
             self._lease_expired(t, now_ns)
@@ -406,7 +407,7 @@ class Core(Engine):
             if st is QUEUED:
                 if t.queued_ns is None:
                     self._delay_seq += 1
-                    self._delayed.append((t.not_before_ns, self._delay_seq, t))
+                    self._delayed.append((t.not_before_ns, self._delay_seq, t.id))
                 else:
                     ready.append(t)
             elif st is not PENDING:

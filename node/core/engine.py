@@ -224,7 +224,7 @@ class Engine(CoreState):
         t.not_before_ns = not_before_ns
         t.queued_ns = None
         self._delay_seq += 1
-        heapq.heappush(self._delayed, (not_before_ns, self._delay_seq, t))
+        heapq.heappush(self._delayed, (not_before_ns, self._delay_seq, t.id))
         self.out.saved[t.id] = t
         if event and self.emit_events:
             self._event(t, now_ns)

@@ -71,7 +71,8 @@ class CoreState:
         self.tasks: dict[str, Task] = {}
         self.workers: dict[str, WorkerState] = {}
         self._queues = ReadyQueues(cfg.aging_s)
-        self._delayed: list[tuple[int, int, Task]] = []  # (not_before_ns, seq, task)
+        # (not_before_ns, seq, task id): by id, so that a task cancelled while it waits is freed at once
+        self._delayed: list[tuple[int, int, str]] = []
         self._delay_seq = 0
         self._leases = LeaseClock(self.tasks)
         self._deps = DependencyGraph()
