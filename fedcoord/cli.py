@@ -103,7 +103,9 @@ def demo(
             help="Use this Redis (redis://host:port/db, unix:///path.sock) instead of starting an embedded one.",
         ),
     ] = None,
-    node_id: Annotated[str, typer.Option("--node-id", help="The node's id (its Redis keys are fc:<id>:*).")] = "demo",
+    node_id: Annotated[
+        str, typer.Option("--node-id", help="The node's id; its Redis keys begin with `fc:<id>:`.")
+    ] = "demo",
     json_out: Annotated[
         bool, typer.Option("--json", help="Print only the final report, as JSON, on stdout (no live display).")
     ] = False,

@@ -94,7 +94,8 @@ class DemoResult:
     unfinished: list[str]  # descriptions of tasks still unfinished at the deadline
     problems: list[str]
     report: PerformanceReport
-    stats: NodeStats
+    stats: NodeStats  # the node's (cumulative over every run on this data: see run_totals)
+    run_totals: dict[str, int]  # stats.totals counted since this run began
     workers: dict[str, WorkerCounters]
     roles: dict[str, str]
 
@@ -122,6 +123,7 @@ class DemoResult:
                 "submit_retries": self.submit_retries,
                 "preexisting_tasks": self.preexisting_tasks,
                 "outcome": self.outcome,
+                "run_totals": self.run_totals,
                 "unfinished": self.unfinished,
                 "roles": self.roles,
                 "workers": {wid: _counters_dict(c) for wid, c in self.workers.items()},
@@ -245,6 +247,7 @@ class _Demo:
         self.id_of: dict[int, str] = {}
         self.duplicate_submits = 0
         self.dedup_hits = 0
+        self.base_totals: dict[str, int] = {}
         self.cancel_requests = 0
         self.cancel_too_late = 0
         self.submit_retries = 0
@@ -284,6 +287,7 @@ class _Demo:
         )
         deadline_s = opts.deadline_s or max(60.0, plan.batches[-1].at_s + 5 * est_drain_s + 30.0)
         pre = await node.stats()
+        self.base_totals = dict(pre.totals)  # the node's counters are lifetime ones: show this run's
         preexisting = sum(pre.active_by_status.values())
         if preexisting:
             log.warning("node %s: %d active tasks from an earlier run are worked on too", node.node_id, preexisting)
@@ -346,6 +350,7 @@ class _Demo:
             problems=self.problems,
             report=report,
             stats=stats,
+            run_totals=self._run_totals(stats),
             workers={w.id: w.counters for w in self.workers},
             roles={w.id: w.label for w in self.workers},
         )
@@ -440,6 +445,9 @@ class _Demo:
                 continue  # the node reloads from the store on its own
             self.view.update(self._snapshot(stats))
 
+    def _run_totals(self, stats: NodeStats) -> dict[str, int]:
+        return {k: v - self.base_totals.get(k, 0) for k, v in stats.totals.items()}
+
     def _snapshot(self, stats: NodeStats) -> Snapshot:
         now = time.monotonic()
         elapsed = now - self.started
@@ -454,6 +462,7 @@ class _Demo:
             throughput_avg=len(tr.final) / max(elapsed, 1e-3),
             dedup_hits=self.dedup_hits,
             stats=stats,
+            run_totals=self._run_totals(stats),
             roles={w.id: w.label for w in self.workers},
             counters={w.id: w.counters for w in self.workers},
         )

@@ -50,6 +50,7 @@ class Snapshot:
     throughput_avg: float
     dedup_hits: int
     stats: NodeStats
+    run_totals: Mapping[str, int]  # the node's cumulative counters (stats.totals) since the demo began
     roles: Mapping[str, str]
     counters: Mapping[str, WorkerCounters]
 
@@ -137,7 +138,7 @@ class PlainView:
         s = snap.stats
         active = s.active_by_status
         out = snap.outcome
-        t = s.totals
+        t = snap.run_totals
         line = (
             f"[{snap.elapsed_s:6.1f}s] {snap.finished}/{snap.planned} finished "
             f"(completed {out.get('completed', 0)}, failed {out.get('failed', 0)}, "
@@ -213,7 +214,7 @@ class LiveView:
         status = _kv_table("by status", [(k, str(s.active_by_status.get(k, 0))) for k in ACTIVE_STATUSES])
         prio = _kv_table("by priority", [(k, str(s.active_by_priority.get(k, 0))) for k in PRIORITIES])
         out = snap.outcome
-        t = s.totals
+        t = snap.run_totals
         done = _kv_table(
             "finished",
             [

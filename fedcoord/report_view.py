@@ -19,7 +19,7 @@ __all__ = ["render_result"]
 def render_result(console: Console, result: DemoResult) -> None:
     r = result.report
     s = result.stats
-    t = s.totals
+    t = result.run_totals
     console.print()
     summary = Table(title=f"performance report - node {r.node_id}", title_style="bold", show_header=False)
     summary.add_column(style="dim")

@@ -21,6 +21,7 @@ from node.errors import (
     StoreUnavailableError,
     TaskNotFoundError,
     ValidationError,
+    WaitTimeoutError,
     WorkerNotFoundError,
 )
 from node.events import Subscription
@@ -61,6 +62,7 @@ __all__ = [
     "TaskSpec",
     "TaskStatus",
     "ValidationError",
+    "WaitTimeoutError",
     "WorkerInfo",
     "WorkerNotFoundError",
     "WorkerSpec",

@@ -10,6 +10,7 @@ subclasses say what went wrong so a caller (and later the gRPC layer) can map th
 * :class:`StoreUnavailableError` - the durable store cannot be reached; nothing was acknowledged
 * :class:`NodeOwnedError` - another live process serves this node id
 * :class:`FencedError` - this process lost ownership of the node while running
+* :class:`WaitTimeoutError` - a wait ran out of time (also a :class:`TimeoutError`)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "StoreUnavailableError",
     "TaskNotFoundError",
     "ValidationError",
+    "WaitTimeoutError",
     "WorkerNotFoundError",
 ]
 
@@ -116,3 +118,7 @@ class NodeOwnedError(FedcoordError):
 
 class NodeClosedError(FedcoordError):
     """The node is closed (or closing) and takes no more calls."""
+
+
+class WaitTimeoutError(FedcoordError, TimeoutError):
+    """A wait ran out of time; what it waited for may still happen later."""

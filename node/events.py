@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Iterable
 from types import TracebackType
 
+from node.errors import WaitTimeoutError
 from node.model import Event
 
 __all__ = ["EventHub", "Subscription"]
@@ -42,8 +43,12 @@ class Subscription:
         return e
 
     async def get(self, timeout_s: float | None = None) -> Event:
-        """The next event; TimeoutError after ``timeout_s``; StopAsyncIteration once closed."""
-        return await asyncio.wait_for(self.__anext__(), timeout_s)
+        """The next event; :class:`~node.errors.WaitTimeoutError` after ``timeout_s``;
+        StopAsyncIteration once closed."""
+        try:
+            return await asyncio.wait_for(self.__anext__(), timeout_s)
+        except TimeoutError:
+            raise WaitTimeoutError(f"no event within {timeout_s:g} s") from None
 
     def close(self) -> None:
         if not self.closed:

@@ -18,6 +18,7 @@ from node.embedded import EmbeddedRedis
 from node.errors import (
     InvalidTransitionError,
     TaskNotFoundError,
+    WaitTimeoutError,
 )
 from node.events import Subscription
 from node.model import Lease, Task, TaskSpec, TaskStatus, WorkerSpec, check_name
@@ -159,7 +160,8 @@ class LocalNode(DurableNode):
         raise TaskNotFoundError(task_id)
 
     async def wait(self, task_id: str, timeout_s: float | None = None) -> Task:
-        """Wait until the task is finished (durably) and return its final record."""
+        """Wait until the task is finished (durably) and return its final record.
+        :class:`~node.errors.WaitTimeoutError` after ``timeout_s`` (the task goes on)."""
         t = await self.get(task_id)
         if t.status.terminal:
             return t
@@ -167,6 +169,10 @@ class LocalNode(DurableNode):
         self._watchers.setdefault(task_id, []).append(fut)
         try:
             return await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
+            active = self._core.tasks.get(task_id)
+            state = f"still {active.status.value}" if active is not None else "not finished"
+            raise WaitTimeoutError(f"task {task_id!r} is {state} after {timeout_s:g} s") from None
         finally:
             futs = self._watchers.get(task_id)
             if futs is not None and fut in futs:

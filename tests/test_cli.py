@@ -68,3 +68,35 @@ def test_bad_option_is_a_usage_error() -> None:
     proc = _fedcoord("demo", "--tasks", "0")
     assert proc.returncode == 2
     assert "--tasks" in proc.stderr
+
+
+def test_a_malformed_redis_url_is_named_without_a_traceback() -> None:
+    proc = _fedcoord("demo", "--redis-url", "nonsense", "--json")
+    assert proc.returncode == 1
+    assert "redis_url" in proc.stderr
+    assert "redis://" in proc.stderr  # the forms it takes
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_node_id_help_shows_the_key_prefix_literally() -> None:
+    proc = _fedcoord("demo", "--help")
+    assert "fc:<id>:" in proc.stdout
+
+
+def test_a_second_run_on_the_same_data_reports_its_own_counts(tmp_path: Path) -> None:
+    args = ("demo", "--tasks", "40", "--speed", "0.002", "--json", "--data-dir", str(tmp_path / "data"))
+    runs = []
+    for seed in ("1", "2"):
+        proc = _fedcoord(*args, "--seed", seed, timeout_s=60)
+        assert proc.returncode == 0, proc.stderr
+        runs.append(json.loads(proc.stdout))
+    first, second = runs
+    for run in runs:
+        assert run["demo"]["run_totals"]["submitted"] == run["demo"]["submitted_unique"] == 40
+    # the node's own counters are cumulative over both runs on this data
+    assert second["stats"]["totals"]["submitted"] == 80
+    for key in ("retried", "timed_out", "workers_lost", "completed"):
+        assert second["stats"]["totals"].get(key, 0) == first["demo"]["run_totals"].get(key, 0) + second["demo"][
+            "run_totals"
+        ].get(key, 0), key

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import time
 from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
@@ -15,6 +16,7 @@ import redis
 
 from node import (
     CoreConfig,
+    FedcoordError,
     FencedError,
     InvalidTransitionError,
     LocalNode,
@@ -30,6 +32,7 @@ from node import (
     TaskSpec,
     TaskStatus,
     ValidationError,
+    WaitTimeoutError,
     WorkerNotFoundError,
     WorkerSpec,
 )
@@ -184,6 +187,34 @@ def test_not_found_and_illegal_transitions(redis_url: str) -> None:
             with pytest.raises(InvalidTransitionError):
                 await node.requeue(tid)
             assert (await node.stats()).totals["completed"] == 1
+
+    run(main())
+
+
+def test_waits_that_run_out_of_time_say_what_they_waited_for(redis_url: str) -> None:
+    async def main() -> None:
+        async with LocalNode.open("n1", redis_url, config=fast_config()) as node:
+            (tid,) = await node.submit([TaskSpec("t")])
+            with pytest.raises(WaitTimeoutError, match=re.escape(f"task '{tid}' is still queued after 0.05 s")) as ei:
+                await node.wait(tid, timeout_s=0.05)
+            assert isinstance(ei.value, TimeoutError)  # callers catching the builtin still catch it
+            assert isinstance(ei.value, FedcoordError)
+            async with node.subscribe() as sub:
+                with pytest.raises(WaitTimeoutError, match=re.escape("no event within 0.05 s")):
+                    await sub.get(0.05)
+            await node.register_worker(WorkerSpec("w"))
+            (lease,) = await node.claim("w", 1)
+            await node.complete(lease, result=b"ok")
+            assert (await node.wait(tid, timeout_s=5)).result == b"ok"  # a finished task returns at once
+
+    run(main())
+
+
+def test_a_malformed_redis_url_is_a_validation_error() -> None:
+    async def main() -> None:
+        with pytest.raises(ValidationError, match="redis_url: 'localhost:6379'") as ei:
+            await LocalNode.start("n1", "localhost:6379")
+        assert ei.value.field == "redis_url"
 
     run(main())
 

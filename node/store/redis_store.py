@@ -29,7 +29,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, ResponseError
 from redis.retry import Retry
 
-from node.errors import FencedError, NodeOwnedError, StoreUnavailableError
+from node.errors import FencedError, NodeOwnedError, StoreUnavailableError, ValidationError
 from node.store import lua
 from node.store.base import (
     HistoryRow,
@@ -48,6 +48,7 @@ __all__ = ["RedisStore"]
 
 log = logging.getLogger("fedcoord.store")
 
+_URL_FORMS = "redis://[user:password@]host:port/db, rediss://..., unix:///path/to.sock"
 _UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError)
 SMALL_BATCH = 32  # records; up to this many a commit is written over asyncio, beyond by the writer thread
 T = TypeVar("T")
@@ -86,7 +87,10 @@ class RedisStore(Store):
         # The writer never retries by itself: a flush whose reply was lost may have been applied,
         # and the runtime resolves that by reloading from Redis (counters must not count twice).
         # Connects lazily (on the writer thread): a store made while Redis is down reports it from open().
-        self._sync = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **opts)
+        try:
+            self._sync = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **opts)
+        except ValueError as e:  # redis-py's own words name what is wrong with the URL
+            raise ValidationError("redis_url", f"{_redact(url)!r}: {e}", limit=_URL_FORMS) from None
         self._aio = aioredis.Redis.from_url(url, **opts)
         # Small group commits go out on this asyncio connection, never retried either.
         self._aio_writer = aioredis.Redis.from_url(url, retry=AsyncRetry(NoBackoff(), 0), **opts)
