@@ -31,6 +31,7 @@ __all__ = [
     "WorkerSpec",
     "check_name",
     "normalize_spec",
+    "normalize_specs",
     "normalize_worker_spec",
 ]
 
@@ -387,29 +388,58 @@ def normalize_spec(spec: object, limits: Limits) -> TaskSpec:
     sequences as tuples, ``context`` a private dict); ``timeout_s`` may stay None (meaning
     ``2 * difficulty``). A spec that is already in that form is returned as it is.
     """
-    if type(spec) is not TaskSpec:
-        raise ValidationError("spec", f"must be a TaskSpec, got {type(spec).__name__}")
-    (ttype, payload, context, priority, difficulty, caps, deps, max_retries, timeout_s, delay_s, key, tid) = spec
-    if (
-        type(ttype) is str
-        and ttype in _seen_names
-        and type(payload) is bytes
-        and len(payload) <= limits.max_payload_bytes
-        and context is None
-        and type(priority) is Priority
-        and type(difficulty) is int
-        and _DIFFICULTY_MIN <= difficulty <= _DIFFICULTY_MAX
-        and caps == ()
-        and deps == ()
-        and type(max_retries) is int
-        and 0 <= max_retries <= limits.max_retries
-        and timeout_s is None
-        and delay_s == 0
-        and key is None
-        and tid is None
-    ):
-        return spec
-    return _normalize_full(spec, limits)
+    try:
+        return normalize_specs((spec,), limits)[0][0]
+    except ValidationError as e:
+        raise type(e)(e.field, e.detail, limit=e.limit) from None
+
+
+def normalize_specs(specs: Sequence[object], limits: Limits) -> tuple[list[TaskSpec], bool]:
+    """Validate a batch (see :func:`normalize_spec`); errors name the spec's index. Also says
+    whether every spec is *plain*: no dependencies, id, idempotency key or delay.
+
+    The common spec (already in final form, default timeout) is recognised inline, without a
+    call: this loop runs for every task a node accepts.
+    """
+    out: list[TaskSpec] = []
+    append = out.append
+    plain = True
+    max_payload = limits.max_payload_bytes
+    retries_limit = limits.max_retries
+    seen = _seen_names
+    for i, spec in enumerate(specs):
+        if type(spec) is TaskSpec:
+            (ttype, payload, context, priority, difficulty, caps, deps, retries, timeout_s, delay_s, key, tid) = spec
+            if (
+                type(ttype) is str
+                and ttype in seen
+                and type(payload) is bytes
+                and len(payload) <= max_payload
+                and context is None
+                and type(priority) is Priority
+                and type(difficulty) is int
+                and _DIFFICULTY_MIN <= difficulty <= _DIFFICULTY_MAX
+                and caps == ()
+                and deps == ()
+                and type(retries) is int
+                and 0 <= retries <= retries_limit
+                and timeout_s is None
+                and delay_s == 0
+                and key is None
+                and tid is None
+            ):
+                append(spec)
+                continue
+        try:
+            if type(spec) is not TaskSpec:
+                raise ValidationError("spec", f"must be a TaskSpec, got {type(spec).__name__}")
+            s = _normalize_full(spec, limits)
+        except ValidationError as e:
+            raise e.at(i) from None
+        if plain and (s.dependencies or s.id is not None or s.idempotency_key is not None or s.delay_s):
+            plain = False
+        append(s)
+    return out, plain
 
 
 def _normalize_full(spec: TaskSpec, limits: Limits) -> TaskSpec:

@@ -53,7 +53,7 @@ from node.model import (
     WorkerSpec,
     check_error,
     check_result,
-    normalize_spec,
+    normalize_specs,
     normalize_worker_spec,
 )
 
@@ -86,17 +86,8 @@ class Core(Engine):
             raise ValidationError("specs", "must be a list of TaskSpec")
         if len(specs) > limits.max_batch:
             raise ValidationError("specs", f"{len(specs)} specs in one batch", limit=f"<= {limits.max_batch}")
-        norm: list[TaskSpec] = []
-        plain = not self._waiters
-        for i, spec in enumerate(specs):
-            try:
-                s = normalize_spec(spec, limits)
-            except ValidationError as e:
-                raise e.at(i) from None
-            if plain and (s.dependencies or s.id is not None or s.idempotency_key is not None or s.delay_s):
-                plain = False
-            norm.append(s)
-        if plain:
+        norm, plain = normalize_specs(specs, limits)
+        if plain and not self._waiters:
             return self._submit_plain(norm, now_ns)
         return self._submit_general(norm, now_ns, known or {}, known_keys or {})
 
@@ -199,7 +190,7 @@ class Core(Engine):
         w = self.workers.get(lease.worker_id)
         tid = t.id
         sp = t.spec
-        if w is None or not w.healthy or tid in self._deps.dependents or sp.idempotency_key is not None:
+        if w is None or not w.healthy or tid in self._dependents or sp.idempotency_key is not None:
             if w is not None:
                 self._worker_done(t, w, True, now_ns)
             self._finish(t, COMPLETED, now_ns)
@@ -211,8 +202,9 @@ class Core(Engine):
             began = t.started_ns if t.started_ns is not None else t.claimed_ns
             elapsed_s = (now_ns - began) / _NS if began is not None else 0.0
             a = self._alpha
-            w.success_rate = (1 - a) * w.success_rate + a
-            w.avg_completion_s = (1 - a) * w.avg_completion_s + a * elapsed_s
+            keep = self._keep  # 1 - alpha
+            w.success_rate = keep * w.success_rate + a
+            w.avg_completion_s = keep * w.avg_completion_s + a * elapsed_s
             w.busy_s += elapsed_s
             w.completed += 1
             out = self.out

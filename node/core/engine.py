@@ -11,6 +11,7 @@ from typing import Any
 
 from node.core.deps import order_batch
 from node.core.state import (
+    _DEFAULT_TIMEOUT_NS,
     _LEASED,
     _NS,
     _RANK,
@@ -65,6 +66,9 @@ class Engine(CoreState):
         active_add = w.active.add
         wid = w.id
         lease_q = self._leases.queues
+        default_ns = _DEFAULT_TIMEOUT_NS
+        last_timeout_ns = -1
+        q: deque[tuple[int, int, str]] | None = None
         leases: list[Lease] = []
         append = leases.append
         new_lease = tuple.__new__  # skips NamedTuple's Python-level __new__
@@ -76,12 +80,14 @@ class Engine(CoreState):
             t.claimed_ns = now_ns
             t.started_ns = None
             to = sp.timeout_s
-            timeout_ns = int((2.0 * sp.difficulty if to is None else to) * _NS)
+            timeout_ns = default_ns[sp.difficulty] if to is None else int(to * _NS)
             t.lease_deadline_ns = deadline = now_ns + timeout_ns
             active_add(t.id)
-            q = lease_q.get(timeout_ns)
-            if q is None:
-                q = lease_q[timeout_ns] = deque()
+            if timeout_ns != last_timeout_ns or q is None:  # runs of one timeout share the lookup
+                q = lease_q.get(timeout_ns)
+                if q is None:
+                    q = lease_q[timeout_ns] = deque()
+                last_timeout_ns = timeout_ns
             q.append((deadline, attempt, t.id))
             saved[t.id] = t
             if events is not None:

@@ -59,6 +59,11 @@ def _timeout_ns(spec: TaskSpec) -> int:
     return int((2.0 * spec.difficulty if t is None else t) * _NS)
 
 
+# The default timeout (2 x difficulty seconds) in ns, by difficulty: what _timeout_ns() gives
+# for a spec without timeout_s, looked up instead of computed on every lease.
+_DEFAULT_TIMEOUT_NS = tuple(int(2.0 * d * _NS) for d in range(11))
+
+
 class CoreState:
     def __init__(self, config: CoreConfig | None = None, rng: random.Random | None = None):
         self.config = cfg = config or CoreConfig()
@@ -76,6 +81,7 @@ class CoreState:
         self._delay_seq = 0
         self._leases = LeaseClock(self.tasks)
         self._deps = DependencyGraph()
+        self._dependents = self._deps.dependents  # the same dict: read on every completion
         self._idem: dict[str, str] = {}  # idempotency key -> id, active tasks
         self._recent_idem: dict[str, str] = {}  # ... and recently finished ones (bounded)
         self._recent_idem_order: deque[str] = deque()
@@ -91,6 +97,7 @@ class CoreState:
         self._hb_ns = int(cfg.heartbeat_timeout_s * _NS)
         self._expiry_ns = int(cfg.worker_expiry_s * _NS)
         self._alpha = cfg.ema_alpha
+        self._keep = 1 - cfg.ema_alpha
         self._strict = cfg.strict_matching
         self._fast = cfg.fast_difficulty
 
