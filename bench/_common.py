@@ -278,7 +278,8 @@ class Result:
         d["verified"] = not self.errors
         d["errors"] = self.errors
         targets = d.get("targets", [])
-        d["pass"] = bool(targets) and all(t["pass"] for t in targets) and not self.errors
+        # None: nothing to judge (no target among what was run); exit 0 if the counts verified
+        d["pass"] = (all(t["pass"] for t in targets) and not self.errors) if targets else None
         sys.stdout.write(json.dumps(d, default=str) + "\n")
         sys.stdout.flush()
         w = max([len(k) for k, _ in self.rows] + [10])
@@ -292,7 +293,7 @@ class Result:
         sys.stderr.flush()
         if self.errors:
             return EXIT_UNVERIFIED
-        return EXIT_OK if d["pass"] else EXIT_TARGET_MISSED
+        return EXIT_TARGET_MISSED if d["pass"] is False else EXIT_OK
 
 
 def _fmt(v: Any) -> str:

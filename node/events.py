@@ -48,6 +48,8 @@ class Subscription:
         try:
             return await asyncio.wait_for(self.__anext__(), timeout_s)
         except TimeoutError:
+            if timeout_s is None:  # not our time limit: pass it on as it is
+                raise
             raise WaitTimeoutError(f"no event within {timeout_s:g} s") from None
 
     def close(self) -> None:

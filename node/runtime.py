@@ -170,6 +170,8 @@ class LocalNode(DurableNode):
         try:
             return await asyncio.wait_for(fut, timeout_s)
         except TimeoutError:
+            if timeout_s is None:  # not our time limit: pass it on as it is
+                raise
             active = self._core.tasks.get(task_id)
             state = f"still {active.status.value}" if active is not None else "not finished"
             raise WaitTimeoutError(f"task {task_id!r} is {state} after {timeout_s:g} s") from None

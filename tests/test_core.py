@@ -760,6 +760,26 @@ def test_a_task_cancelled_while_it_waits_for_its_start_time_is_freed_at_once() -
     assert drained(core) == expect()
 
 
+def test_a_reused_task_id_times_out_once_even_when_an_old_lease_entry_matches_it() -> None:
+    """Ids can come back (an explicit id, once the finished task is forgotten): the stale
+    deadline entry of the old task may carry the same id, attempt and deadline as the live one."""
+    core = make_core()
+    core.register_worker(WorkerSpec("w", concurrency=2), 0)
+    core.submit([TaskSpec("t", id="x", timeout_s=10.0)], 0)
+    [old] = core.claim("w", 1, 0)  # deadline 10 s
+    core.complete(old, b"", S)
+    core.submit([TaskSpec("t", id="x", timeout_s=5.0, max_retries=1)], 5 * S)
+    [new] = core.claim("w", 1, 5 * S)  # attempt 1 again, deadline 10 s again
+    assert (new.attempt, new.deadline_ns) == (old.attempt, old.deadline_ns)
+    core.drain()
+    core.heartbeat("w", 10 * S)
+    core.tick(10 * S)
+    assert drained(core) == expect(
+        saved={"x": QUEUED}, workers=["w"], events=[(UPD, "x", QUEUED)], counters={"timed_out": 1, "retried": 1}
+    )
+    assert core.tasks["x"].failures == 1
+
+
 def test_backoff_is_capped() -> None:
     core = make_core(backoff_base_s=10.0, backoff_max_s=15.0)
     core.register_worker(WorkerSpec("w"), 0)

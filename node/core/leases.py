@@ -43,15 +43,19 @@ class LeaseClock:
         return None
 
     def expired(self, now_ns: int) -> list[Task]:
-        """Leased tasks whose current lease deadline is at or before ``now_ns``, oldest first."""
+        """Leased tasks whose current lease deadline is at or before ``now_ns``, oldest first,
+        each once (an entry left by an earlier task with the same id, attempt and deadline
+        matches the live one too: ids can be reused once a finished task is forgotten)."""
         out: list[tuple[int, str, Task]] = []
+        seen: set[str] = set()
         live = self._live
         for q in self.queues.values():
             while q and q[0][0] <= now_ns:
                 e = q.popleft()
                 self.entries -= 1
                 t = live(e)
-                if t is not None:
+                if t is not None and e[2] not in seen:
+                    seen.add(e[2])
                     out.append((e[0], e[2], t))
         if len(out) > 1:
             out.sort(key=lambda x: (x[0], x[1]))
