@@ -54,14 +54,14 @@ class HeartbeatReply:
     revoked: tuple[tuple[str, int], ...]  # (task id, attempt): stop these, the lease is gone
 
 
+# The default timeout (2 x difficulty seconds) in ns, by difficulty: looked up, not computed,
+# on every lease (Engine._fill reads it inline).
+_DEFAULT_TIMEOUT_NS = tuple(int(2.0 * d * _NS) for d in range(11))
+
+
 def _timeout_ns(spec: TaskSpec) -> int:
     t = spec.timeout_s
-    return int((2.0 * spec.difficulty if t is None else t) * _NS)
-
-
-# The default timeout (2 x difficulty seconds) in ns, by difficulty: what _timeout_ns() gives
-# for a spec without timeout_s, looked up instead of computed on every lease.
-_DEFAULT_TIMEOUT_NS = tuple(int(2.0 * d * _NS) for d in range(11))
+    return _DEFAULT_TIMEOUT_NS[spec.difficulty] if t is None else int(t * _NS)
 
 
 class CoreState:
