@@ -21,7 +21,6 @@ from fedcoord.demo import DEFAULT_SPEED, DEFAULT_TASKS, DemoOptions, DemoResult,
 from fedcoord.demo_view import DemoView, LiveView, NullView, PlainView
 from fedcoord.report_view import render_result
 from node import FedcoordError
-from node.embedded import EmbeddedRedisError
 
 __all__ = ["app", "main"]
 
@@ -171,7 +170,7 @@ def demo(
         view.stop()
         err.print("[yellow]interrupted:[/] workers stopped, node closed")
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    except (FedcoordError, EmbeddedRedisError, OSError) as e:
+    except (FedcoordError, OSError) as e:
         view.stop()
         err.print(f"[bold red]error:[/] {e}", highlight=False)
         raise typer.Exit(EXIT_FAILED) from None

@@ -10,6 +10,7 @@ async with LocalNode.open(node_id="n1") as node:
 from node.analytics import NodeStats, PerformanceReport
 from node.core import CoreConfig, HeartbeatReply, ScalingAdvice, WorkerInfo
 from node.errors import (
+    EmbeddedRedisError,
     FedcoordError,
     FencedError,
     InvalidTransitionError,
@@ -32,6 +33,7 @@ from node.store.redis_store import RedisStore
 
 __all__ = [
     "CoreConfig",
+    "EmbeddedRedisError",
     "Event",
     "EventKind",
     "FedcoordError",

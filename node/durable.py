@@ -439,7 +439,7 @@ class DurableNode:
                         found[tid] = t
         rest = [tid for tid in ids if tid not in found]
         if rest:
-            for tid, raw in (await self._store.get_finished(rest)).items():
+            for tid, raw in (await self._store.get_finished(rest, now_ns=self._now())).items():
                 try:
                     found[tid] = decode_task(raw)
                 except CorruptRecordError as e:

@@ -27,14 +27,12 @@ from pathlib import Path
 
 import redis
 
+from node.errors import EmbeddedRedisError
+
 __all__ = ["EmbeddedRedis", "EmbeddedRedisError", "find_redis_server"]
 
 log = logging.getLogger("fedcoord.embedded")
 _SOCKET_PATH_MAX = 100  # AF_UNIX paths are limited to 107 bytes on Linux
-
-
-class EmbeddedRedisError(RuntimeError):
-    """The embedded Redis could not be found or started."""
 
 
 def find_redis_server() -> str:

@@ -11,11 +11,18 @@ subclasses say what went wrong so a caller (and later the gRPC layer) can map th
 * :class:`NodeOwnedError` - another live process serves this node id
 * :class:`FencedError` - this process lost ownership of the node while running
 * :class:`WaitTimeoutError` - a wait ran out of time (also a :class:`TimeoutError`)
+* :class:`EmbeddedRedisError` - the embedded redis-server could not be found or started
+
+Every error survives pickling with its attributes (a sweep runs cores in worker processes, and
+multiprocessing sends exceptions back by pickle between our own processes).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
+    "EmbeddedRedisError",
     "FedcoordError",
     "FencedError",
     "InvalidTransitionError",
@@ -32,8 +39,16 @@ __all__ = [
 ]
 
 
+def _rebuild(cls: type[BaseException], args: tuple[Any, ...], kwargs: dict[str, Any]) -> BaseException:
+    return cls(*args, **kwargs)
+
+
 class FedcoordError(Exception):
     """Base class of every error raised by fedcoord."""
+
+
+class EmbeddedRedisError(FedcoordError, RuntimeError):
+    """The embedded Redis could not be found or started."""
 
 
 class ValidationError(FedcoordError, ValueError):
@@ -53,6 +68,9 @@ class ValidationError(FedcoordError, ValueError):
             text += f" (limit: {limit})"
         super().__init__(text)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild, (type(self), (self.field, self.detail), {"limit": self.limit, "index": self.index})
+
     def at(self, index: int) -> ValidationError:
         """The same error, placed at ``index`` of a batch."""
         return type(self)(self.field, self.detail, limit=self.limit, index=index)
@@ -64,7 +82,11 @@ class NotFoundError(FedcoordError, KeyError):
     def __init__(self, kind: str, ident: str):
         self.kind = kind
         self.ident = ident
+        self._ctor_args: tuple[str, ...] = (kind, ident)
         super().__init__(f"{kind} {ident!r} not found")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild, (type(self), self._ctor_args, {})
 
     def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
         return str(self.args[0])
@@ -73,11 +95,13 @@ class NotFoundError(FedcoordError, KeyError):
 class TaskNotFoundError(NotFoundError):
     def __init__(self, task_id: str):
         super().__init__("task", task_id)
+        self._ctor_args = (task_id,)
 
 
 class WorkerNotFoundError(NotFoundError):
     def __init__(self, worker_id: str):
         super().__init__("worker", worker_id)
+        self._ctor_args = (worker_id,)
 
 
 class InvalidTransitionError(FedcoordError):
@@ -87,7 +111,11 @@ class InvalidTransitionError(FedcoordError):
         self.task_id = task_id
         self.status = status
         self.operation = operation
+        self.allowed = allowed
         super().__init__(f"cannot {operation} task {task_id!r}: it is {status}; {operation} needs {allowed}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild, (type(self), (self.task_id, self.status, self.operation, self.allowed), {})
 
 
 class StaleLeaseError(FedcoordError):
@@ -98,6 +126,9 @@ class StaleLeaseError(FedcoordError):
         self.attempt = attempt
         self.reason = reason
         super().__init__(f"lease on task {task_id!r} attempt {attempt} is stale: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild, (type(self), (self.task_id, self.attempt, self.reason), {})
 
 
 class StoreError(FedcoordError):

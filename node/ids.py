@@ -4,11 +4,15 @@ Layout: 48-bit Unix milliseconds, version 7, 12 + 14 random bits fixed per gener
 48-bit counter (RFC 9562 section 6.2 allows a counter) that starts at a random value with its
 top bit set, so it always prints as exactly 12 hex digits. Ids from one generator sort in
 creation order; generators differ in 73 random starting bits. The generator is pure: the caller
-passes the time and the seed. The text before the counter changes once per millisecond and is
-cached, so an id costs one ``hex()`` and one concatenation.
+passes the time and the seed. :meth:`IdGenerator.for_node` derives those bits from the node id
+and the seed together, so nodes (or simulated cores) with equal seeds still make distinct ids.
+The text before the counter changes once per millisecond and is cached, so an id costs one
+``hex()`` and one concatenation.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 __all__ = ["IdGenerator", "uuid7_time_ms"]
 
@@ -23,6 +27,13 @@ class IdGenerator:
         self._ctr = _CTR_LOW | (seed & (_CTR_LOW - 1))
         self._ms = -1
         self._prefix = ""
+
+    @classmethod
+    def for_node(cls, node_id: str, seed: int) -> IdGenerator:
+        """A generator whose fixed bits and counter start come from ``node_id`` and ``seed``
+        (BLAKE2b of both): deterministic for a given pair, distinct across node ids."""
+        digest = hashlib.blake2b(f"{node_id}\x00{seed}".encode(), digest_size=10).digest()
+        return cls(int.from_bytes(digest, "big") & ((1 << 74) - 1))
 
     def next(self, now_ns: int) -> str:
         ms = now_ns // 1_000_000

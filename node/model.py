@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
@@ -29,6 +29,8 @@ __all__ = [
     "TaskSpec",
     "TaskStatus",
     "WorkerSpec",
+    "check_batch",
+    "check_id",
     "check_name",
     "normalize_spec",
     "normalize_specs",
@@ -272,9 +274,22 @@ _DIFFICULTY_MIN, _DIFFICULTY_MAX = 1, 10
 
 
 def check_name(field_name: str, value: object) -> str:
-    """Validate an identifier-like string (task type, capability, task/worker/node id)."""
+    """Validate an identifier-like string that recurs (task type, capability, worker or node id);
+    valid names are interned and remembered (up to 65,536), so the next check is one set lookup.
+    Task ids go through :func:`check_id` instead."""
     if type(value) is str and value in _seen_names:
         return value
+    value = sys.intern(check_id(field_name, value))
+    if len(_seen_names) < 65536:
+        _seen_names.add(value)
+    return value
+
+
+def check_id(field_name: str, value: object) -> str:
+    """Validate a task id (explicit ids, dependencies, adopted records) like a name, without
+    remembering it: ids are unbounded in number, and the cache is for the few recurring names."""
+    if type(value) is str and value in _seen_names:
+        return value  # a name that is also used as an id: already known to be valid
     if not isinstance(value, str):
         raise ValidationError(field_name, f"must be a string, got {type(value).__name__}")
     if not value or len(value) > NAME_LIMIT:
@@ -285,9 +300,6 @@ def check_name(field_name: str, value: object) -> str:
             f"{value!r} has characters outside [A-Za-z0-9_.:/@+-] or does not start with a letter/digit",
             limit="[A-Za-z0-9][A-Za-z0-9_.:/@+-]*",
         )
-    value = sys.intern(value)
-    if len(_seen_names) < 65536:
-        _seen_names.add(value)
     return value
 
 
@@ -338,15 +350,16 @@ def check_error(value: object, limits: Limits) -> str:
     return value
 
 
-def _check_names(field_name: str, value: object, limit: int) -> tuple[str, ...]:
+def _check_names(
+    field_name: str, value: object, limit: int, check: Callable[[str, object], str] = check_name
+) -> tuple[str, ...]:
     if not value:
         return ()
     if isinstance(value, str | bytes) or not isinstance(value, Sequence | set | frozenset):
         raise ValidationError(field_name, f"must be a list of strings, got {type(value).__name__}")
     if len(value) > limit:
         raise ValidationError(field_name, f"{len(value)} entries", limit=f"<= {limit} entries")
-    out = tuple(dict.fromkeys(check_name(field_name, v) for v in value))
-    return out
+    return tuple(dict.fromkeys(check(field_name, v) for v in value))
 
 
 def _check_context(value: object, limits: Limits) -> Mapping[str, str] | None:
@@ -379,6 +392,19 @@ def _check_priority(value: object) -> Priority:
         except ValueError:
             pass
     raise ValidationError("priority", f"{value!r} is not a priority", limit="critical|high|medium|low")
+
+
+def check_batch(specs: object) -> list[TaskSpec]:
+    """The specs of one submit as a list. A single :class:`TaskSpec` is refused with a hint (it
+    is a tuple, so iterating it would yield its fields); so is anything that is not a sequence.
+    The specs themselves are checked by :func:`normalize_specs`."""
+    if type(specs) is list:
+        return specs
+    if type(specs) is TaskSpec:
+        raise ValidationError("specs", "expected a sequence of TaskSpec, got one TaskSpec (pass [spec])")
+    if isinstance(specs, str | bytes | Mapping) or not isinstance(specs, Sequence):
+        raise ValidationError("specs", f"expected a sequence of TaskSpec, got {type(specs).__name__}")
+    return list(specs)
 
 
 def normalize_spec(spec: object, limits: Limits) -> TaskSpec:
@@ -466,12 +492,12 @@ def _normalize_full(spec: TaskSpec, limits: Limits) -> TaskSpec:
         required_capabilities=_check_names(
             "required_capabilities", spec.required_capabilities, limits.max_capabilities
         ),
-        dependencies=_check_names("dependencies", spec.dependencies, limits.max_dependencies),
+        dependencies=_check_names("dependencies", spec.dependencies, limits.max_dependencies, check_id),
         max_retries=max_retries,
         timeout_s=timeout_s,
         delay_s=delay_s,
         idempotency_key=key,
-        id=None if spec.id is None else check_name("id", spec.id),
+        id=None if spec.id is None else check_id("id", spec.id),
     )
 
 

@@ -9,7 +9,8 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from node.analytics import NodeStats, PerformanceReport
 from node.core import HeartbeatReply, WorkerInfo
@@ -21,7 +22,7 @@ from node.errors import (
     WaitTimeoutError,
 )
 from node.events import Subscription
-from node.model import Lease, Task, TaskSpec, TaskStatus, WorkerSpec, check_name
+from node.model import Lease, Task, TaskSpec, TaskStatus, WorkerSpec, check_batch, check_name
 from node.store.base import Store
 from node.store.redis_store import RedisStore
 
@@ -43,13 +44,14 @@ class LocalNode(DurableNode):
         *,
         config: NodeConfig | None = None,
         store: Store | None = None,
+        clock_ns: Callable[[], int] = time.time_ns,
     ) -> AsyncIterator[LocalNode]:
         """``async with LocalNode.open(node_id="n1") as node:`` - start, serve, close.
 
         With no ``redis_url`` (and no ``store``) the node runs a private redis-server with an
         append-only file in ``data_dir`` (default ``~/.local/share/fedcoord/nodes/<id>``).
         """
-        node = await cls.start(node_id, redis_url, data_dir, config=config, store=store)
+        node = await cls.start(node_id, redis_url, data_dir, config=config, store=store, clock_ns=clock_ns)
         try:
             yield node
         finally:
@@ -64,8 +66,10 @@ class LocalNode(DurableNode):
         *,
         config: NodeConfig | None = None,
         store: Store | None = None,
+        clock_ns: Callable[[], int] = time.time_ns,
     ) -> LocalNode:
-        """Start a node and return it serving; call :meth:`close` when done."""
+        """Start a node and return it serving; call :meth:`close` when done. ``clock_ns`` is the
+        node's clock (Unix ns): task times, lease deadlines and archive buckets follow it."""
         node_id = check_name("node_id", node_id)
         config = config or NodeConfig()
         embedded = None
@@ -74,7 +78,7 @@ class LocalNode(DurableNode):
                 embedded = EmbeddedRedis(data_dir if data_dir is not None else default_data_dir(node_id))
                 redis_url = embedded.start()
             store = RedisStore(node_id, redis_url, retention_s=config.retention_s)
-        node = cls(node_id, store, config=config, embedded=embedded)
+        node = cls(node_id, store, config=config, embedded=embedded, clock_ns=clock_ns)
         try:
             await node._boot()
         except BaseException:
@@ -106,7 +110,7 @@ class LocalNode(DurableNode):
     async def submit(self, specs: Sequence[TaskSpec]) -> list[str]:
         """Add tasks (all or nothing); returns their ids once they are durable."""
         core = self._check()
-        specs = list(specs) if not isinstance(specs, list) else specs
+        specs = check_batch(specs)
         known: dict[str, TaskStatus] = {}
         known_keys: dict[str, str] = {}
         refs, keys = self._references(specs)

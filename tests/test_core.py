@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from node import model
 from node.core import Core, CoreConfig, HeartbeatReply, Outbox, WorkerState
 from node.core.workers import score
 from node.errors import (
@@ -1149,12 +1150,28 @@ def test_validation_of_the_batch_itself() -> None:
     assert (ei.value.field, ei.value.limit) == ("specs", "<= 2")
     with pytest.raises(ValidationError) as ei:
         core.submit(TaskSpec("t"), S)  # type: ignore[arg-type]
-    assert ei.value.field == "specs"
+    assert str(ei.value) == "specs: expected a sequence of TaskSpec, got one TaskSpec (pass [spec])"
+    with pytest.raises(ValidationError) as ei:
+        core.submit("t", S)  # type: ignore[arg-type]
+    assert str(ei.value) == "specs: expected a sequence of TaskSpec, got str"
     with pytest.raises(ValidationError) as ei:
         core.submit([("t",)], S)  # type: ignore[list-item]
     assert (ei.value.field, ei.value.index) == ("spec", 0)
     assert core.tasks == {}
     assert not core.out
+
+
+def test_task_ids_do_not_fill_the_name_cache() -> None:
+    """Explicit ids and dependency ids are checked without being remembered: the cache of
+    names (65,536 entries) is for task types and capabilities, which recur."""
+    core = make_core()
+    ids = [f"job-{i}" for i in range(70_000)]
+    for i in range(0, len(ids), 10_000):
+        core.submit([TaskSpec("t", id=tid) for tid in ids[i : i + 10_000]], S)
+    core.submit([TaskSpec("t", dependencies=ids[:256])], S)
+    assert not any(tid in model._seen_names for tid in ids[:256] + ids[-100:])
+    core.submit([TaskSpec("a-type-never-seen-before")], S)
+    assert "a-type-never-seen-before" in model._seen_names  # new types still get the fast path
 
 
 @pytest.mark.parametrize(

@@ -160,6 +160,9 @@ def test_invalid_batch_writes_nothing(redis_url: str, redis_server: RedisServer)
             assert e.value.field == "payload" and "bytes" in str(e.value)
             with pytest.raises(ValidationError, match="unknown task id"):
                 await node.submit([TaskSpec("t", dependencies=["no-such-task"])])
+            with pytest.raises(ValidationError) as e:
+                await node.submit(TaskSpec("t"))  # type: ignore[arg-type]
+            assert str(e.value) == "specs: expected a sequence of TaskSpec, got one TaskSpec (pass [spec])"
             assert r.hlen("fc:n1:active") == 0
             assert (await node.stats()).totals.get("submitted", 0) == 0
 
@@ -541,5 +544,25 @@ def test_a_failed_start_lets_go_of_the_lock() -> None:
         node = await LocalNode.start("n1", store=MemoryStore("n1", backend), config=fast_config())
         assert node.state is NodeState.SERVING  # not "already served by" the failed attempt
         await node.close()
+
+    run(main())
+
+
+def test_finished_tasks_are_found_by_the_node_s_clock_not_the_wall_clock(redis_url: str) -> None:
+    """Writes file finished tasks under the bucket of the node's clock: lookups must search by
+    it too (a node whose clock runs 3 h ahead of this machine's, say in a simulation)."""
+    ahead_ns = 3 * 3600 * 1_000_000_000
+
+    async def main() -> None:
+        async with LocalNode.open(
+            "n1", redis_url, config=fast_config(), clock_ns=lambda: time.time_ns() + ahead_ns
+        ) as node:
+            (tid,) = await node.submit([TaskSpec("t")])
+            await node.register_worker(WorkerSpec("w"))
+            (lease,) = await node.claim("w", 1)
+            await node.complete(lease, result=b"ok")
+            t = await node.get(tid)
+            assert (t.status, t.result) == (TaskStatus.COMPLETED, b"ok")
+            assert (await node.wait(tid, timeout_s=5)).result == b"ok"
 
     run(main())

@@ -51,6 +51,7 @@ from node.model import (
     TaskSpec,
     TaskStatus,
     WorkerSpec,
+    check_batch,
     check_error,
     check_result,
     normalize_specs,
@@ -82,8 +83,8 @@ class Core(Engine):
         of the task that first used it and adds nothing.
         """
         limits = self.limits
-        if not isinstance(specs, list | tuple):
-            raise ValidationError("specs", "must be a list of TaskSpec")
+        if type(specs) is not list:
+            specs = check_batch(specs)
         if len(specs) > limits.max_batch:
             raise ValidationError("specs", f"{len(specs)} specs in one batch", limit=f"<= {limits.max_batch}")
         norm, plain = normalize_specs(specs, limits)

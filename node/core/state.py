@@ -70,7 +70,7 @@ class CoreState:
         self.node_id = cfg.node_id
         self.limits = cfg.limits
         self._rng = rng or random.Random(0)
-        self._ids = IdGenerator(self._rng.getrandbits(74))
+        self._ids = IdGenerator.for_node(cfg.node_id, self._rng.getrandbits(74))
         self.out = Outbox()
         self.emit_events = True
         self.tasks: dict[str, Task] = {}

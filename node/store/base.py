@@ -25,6 +25,7 @@ __all__ = [
     "bucket_of",
     "buckets_to_search",
     "owned_message",
+    "search_time_s",
     "wall_s",
 ]
 
@@ -137,8 +138,10 @@ class Store(abc.ABC):
         """Active task records in chunks (a record may appear twice: callers dedupe by id)."""
 
     @abc.abstractmethod
-    async def get_finished(self, ids: Sequence[str]) -> dict[str, bytes]:
-        """Archived records of finished tasks within the retention period."""
+    async def get_finished(self, ids: Sequence[str], *, now_ns: int | None = None) -> dict[str, bytes]:
+        """Archived records of finished tasks within the retention period. Writes file a record
+        under the bucket of the batch's ``now_ns`` (the node's clock), so a lookup must search
+        by the same clock: pass it as ``now_ns`` (default: this machine's wall clock)."""
 
     @abc.abstractmethod
     async def get_idempotency(self, keys: Sequence[str]) -> dict[str, str]: ...
@@ -164,6 +167,11 @@ class Store(abc.ABC):
 
 def wall_s() -> float:
     return time.time()
+
+
+def search_time_s(now_ns: int | None) -> float:
+    """The time a lookup of archived records searches around (see :meth:`Store.get_finished`)."""
+    return wall_s() if now_ns is None else now_ns / 1e9
 
 
 def owned_message(node_id: str, held: str | None) -> str:

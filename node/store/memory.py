@@ -183,11 +183,12 @@ class MemoryStore(Store):
         for i in range(0, len(records), 10_000):
             yield records[i : i + 10_000]
 
-    async def get_finished(self, ids: Sequence[str]) -> dict[str, bytes]:
+    async def get_finished(self, ids: Sequence[str], *, now_ns: int | None = None) -> dict[str, bytes]:
         self._expire()
         d = self._d
         found: dict[str, bytes] = {}
-        for b in buckets_to_search(self.backend.clock(), self.retention_s, self.bucket_s):
+        at_s = self.backend.clock() if now_ns is None else now_ns / 1e9
+        for b in buckets_to_search(at_s, self.retention_s, self.bucket_s):
             bucket = d.done.get(b)
             if bucket is None:
                 continue

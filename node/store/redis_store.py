@@ -39,7 +39,7 @@ from node.store.base import (
     bucket_of,
     buckets_to_search,
     owned_message,
-    wall_s,
+    search_time_s,
 )
 from node.store.codec import WriteBatch
 from node.store.keys import NodeKeys
@@ -315,10 +315,10 @@ class RedisStore(Store):
             if not cursor:
                 return
 
-    async def get_finished(self, ids: Sequence[str]) -> dict[str, bytes]:
+    async def get_finished(self, ids: Sequence[str], *, now_ns: int | None = None) -> dict[str, bytes]:
         if not ids:
             return {}
-        buckets = buckets_to_search(wall_s(), self.retention_s, self.bucket_s)
+        buckets = buckets_to_search(search_time_s(now_ns), self.retention_s, self.bucket_s)
         pipe = self._aio.pipeline(transaction=False)
         for b in buckets:
             pipe.hmget(self.keys.done(b), list(ids))
