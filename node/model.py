@@ -61,6 +61,7 @@ class TaskStatus(StrEnum):
     QUEUED = "queued"  # ready (or waiting for its not-before time after a retry)
     ASSIGNED = "assigned"  # leased to a worker
     IN_PROGRESS = "in_progress"  # the worker said it started
+    HANDING_OFF = "handing_off"  # being transferred to a peer (recorded durably before the transfer)
     COMPLETED = "completed"
     FAILED = "failed"  # dead letter: retries exhausted, dependency failed, or failed without retry
     CANCELLED = "cancelled"

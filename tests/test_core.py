@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from node import model
-from node.core import Core, CoreConfig, HeartbeatReply, Outbox, WorkerState
+from node.core import Core, CoreConfig, HeartbeatReply, Load, Outbox, WorkerState, engine
 from node.core.workers import score
 from node.errors import (
     InvalidTransitionError,
@@ -38,6 +38,7 @@ PENDING, QUEUED, ASSIGNED, RUNNING = (
     TaskStatus.IN_PROGRESS,
 )
 COMPLETED, FAILED, CANCELLED = TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED
+HANDING_OFF = TaskStatus.HANDING_OFF
 CRITICAL, HIGH, MEDIUM, LOW = Priority.CRITICAL, Priority.HIGH, Priority.MEDIUM, Priority.LOW
 
 
@@ -109,8 +110,10 @@ def state(core: Core) -> dict[str, Any]:
     }
 
 
-def counts(queued: int = 0, pending: int = 0, assigned: int = 0, running: int = 0) -> dict[TaskStatus, int]:
-    return {PENDING: pending, QUEUED: queued, ASSIGNED: assigned, RUNNING: running}
+def counts(
+    queued: int = 0, pending: int = 0, assigned: int = 0, running: int = 0, handing_off: int = 0
+) -> dict[TaskStatus, int]:
+    return {PENDING: pending, QUEUED: queued, ASSIGNED: assigned, RUNNING: running, HANDING_OFF: handing_off}
 
 
 def ids_of(leases: Iterable[Lease]) -> list[str]:
@@ -945,8 +948,11 @@ def test_cancel_a_running_task_revokes_the_lease(started: bool) -> None:
         core.start(lease, S)
     core.drain()
     assert core.cancel(a, 2 * S) is (RUNNING if started else ASSIGNED)
-    assert drained(core) == expect(finished={a: CANCELLED}, events=[(UPD, a, CANCELLED)])
-    assert core.workers["w"].active == set()
+    assert drained(core) == expect(finished={a: CANCELLED}, workers=["w"], events=[(UPD, a, CANCELLED)])
+    w = core.workers["w"]
+    assert w.active == set()
+    # the time it held the lease counts as busy; the cancel is not the worker's failure
+    assert (w.busy_s, w.completed, w.failed, w.success_rate) == (1.0, 0, 0, 1.0)
     assert core.heartbeat("w", 3 * S) == HeartbeatReply(healthy=True, revoked=((a, 1),))
     assert core.heartbeat("w", 3 * S) == HeartbeatReply(healthy=True, revoked=())
     with pytest.raises(StaleLeaseError):
@@ -1222,8 +1228,8 @@ def test_autoscaling_advice() -> None:
     core = make_core()
     assert (core.advice().action, core.advice().recommended_workers) == ("hold", 0)
     core.submit([TaskSpec("t")], S)
-    adv = core.advice()
-    assert (adv.load, adv.action, adv.recommended_workers, adv.delta) == (math.inf, "scale_up", 1, 1)
+    adv = core.advice()  # no slot: the load is the demand itself, as if there were one slot
+    assert (adv.load, adv.action, adv.recommended_workers, adv.delta) == (1.0, "scale_up", 1, 1)
 
     core.register_worker(WorkerSpec("w1", concurrency=2), S)
     core.submit([TaskSpec("t")], S)
@@ -1348,6 +1354,10 @@ def test_restore_rewatches_leases_and_requeues_orphans() -> None:
     assert (fresh.tasks[high].failures, fresh.tasks[high].queued_ns) == (1, 12 * S + 1)
     assert fresh.workers["w1"].active == {crit}
     assert fresh.workers["w3"].active == set()
+    # w1 keeps its lease but is of unknown health until it is heard from: its slot does not count
+    assert (fresh.workers["w1"].health, fresh.workers["w3"].health) == ("unknown", "unhealthy")
+    assert fresh.capacity() == (0, 0)
+    assert fresh.heartbeat("w1", 12 * S).healthy
     assert fresh.capacity() == (1, 1)
     assert fresh.next_deadline_ns() == 15 * S  # the lease of crit
 
@@ -1481,3 +1491,182 @@ def test_cancel_frees_a_slot_for_the_worker_s_waiting_claim() -> None:
     core.cancel(running, T0 + S)
     out = core.drain()
     assert [x.task_id for x in out.grants["w"]] == [queued]
+
+
+# ---------------------------------------------------------------------------- review defects (issue 11)
+
+
+def test_grants_accumulate_when_a_served_claim_waits_again() -> None:
+    """A waiting claim is served, the worker waits again before the runtime drained the first
+    grant: both grants reach it (an overwritten grant is a lease its worker never receives)."""
+    core = make_core()
+    core.register_worker(WorkerSpec("w", concurrency=4), 0)
+    assert core.claim("w", 2, S, wait=True) == []
+    core.drain()
+    [a] = core.submit([TaskSpec("t")], 2 * S)
+    assert core.claim("w", 2, 3 * S, wait=True) == []  # the line is empty: it waits again
+    [b] = core.submit([TaskSpec("t")], 4 * S)
+    assert view(core.drain())["grants"] == {"w": [(a, 1), (b, 1)]}
+    assert core.workers["w"].active == {a, b}
+
+
+def test_load_is_leased_plus_ready_over_healthy_slots() -> None:
+    core = make_core(backoff_base_s=10.0)
+    assert core.load() == Load(0, 0, 0, 0, 0, 0, 0.0)  # no slot and no work: 0, not a division
+    core.register_worker(WorkerSpec("w", concurrency=4), 0)
+    a, b = core.submit([TaskSpec("t", timeout_s=100), TaskSpec("t")], S)
+    core.submit([TaskSpec("t", delay_s=30), TaskSpec("t", dependencies=[b])], S)
+    [lease] = core.claim("w", 1, S)
+    assert lease.task_id == a
+    assert core.load() == Load(leased=1, ready=1, delayed=1, pending=1, handing_off=0, slots=4, ratio=0.5)
+    assert core.advice().load == 0.5  # the advice reads the same load
+    core.fail(lease, "boom", 2 * S)  # retried after a backoff: delayed, not load
+    assert core.load() == Load(leased=0, ready=1, delayed=2, pending=1, handing_off=0, slots=4, ratio=0.25)
+    assert core.advice().load == 0.25
+    core.tick(40 * S)  # both not-before times passed
+    assert core.load()[:5] == (0, 3, 0, 1, 0)
+    core.deregister_worker("w", 41 * S)
+    assert (core.load().slots, core.load().ratio) == (0, 3.0)  # no slot: the demand itself
+    core.register_worker(WorkerSpec("w2", concurrency=2), 42 * S)
+    assert core.load().ratio == 1.5
+
+
+def test_load_follows_worker_health() -> None:
+    core = make_core()
+    core.register_worker(WorkerSpec("a", concurrency=3), 0)
+    core.register_worker(WorkerSpec("b", concurrency=5), 10 * S)
+    assert core.load().slots == 8
+    core.tick(15 * S + 1)  # a missed its heartbeats
+    assert (core.load().slots, core.capacity()) == (5, (1, 5))
+    core.heartbeat("a", 16 * S)
+    assert core.load().slots == 8
+    core.register_worker(WorkerSpec("b", concurrency=1), 17 * S)  # registered again, smaller
+    assert core.load().slots == 4
+
+
+def test_registering_again_starts_a_new_incarnation() -> None:
+    """After a node restart the same worker id registers again: what its old incarnation held
+    goes back in line at once (not after every lease timed out), and the old leases are stale."""
+    core = make_core()
+    core.register_worker(WorkerSpec("w", concurrency=3), 0)
+    ids = core.submit([TaskSpec("t", timeout_s=1000) for _ in range(3)], S)
+    old = core.claim("w", 3, S)
+    fresh = make_core(seed=5)
+    fresh.restore(_records(core), [_worker_record(core, "w")], 5 * S)
+    assert fresh.workers["w"].health == "unknown" and fresh.workers["w"].active == set(ids)
+    fresh.drain()
+    fresh.register_worker(WorkerSpec("w", concurrency=3), 6 * S)
+    out = view(fresh.drain())
+    assert out["saved"] == dict.fromkeys(ids, QUEUED) and out["counters"] == Counter({"retried": 3})
+    new = fresh.claim("w", 3, 6 * S)
+    assert sorted((lease.task_id, lease.attempt) for lease in new) == sorted((tid, 2) for tid in ids)
+    before = state(fresh)
+    for lease in old:
+        with pytest.raises(StaleLeaseError):
+            fresh.complete(lease, b"late", 7 * S)
+        with pytest.raises(StaleLeaseError):
+            fresh.fail(lease, "late", 7 * S)
+        with pytest.raises(StaleLeaseError):
+            fresh.start(lease, 7 * S)
+    assert state(fresh) == before
+    w = fresh.workers["w"]
+    assert (w.failed, w.success_rate) == (0, 1.0)  # a new incarnation is not the worker's failure
+    assert fresh.heartbeat("w", 8 * S).revoked == tuple(sorted((tid, 1) for tid in ids))
+
+
+def test_registering_again_without_a_restart_also_starts_a_new_incarnation() -> None:
+    core = make_core()
+    core.register_worker(WorkerSpec("w", concurrency=2), 0)
+    [a] = core.submit([TaskSpec("t")], S)
+    [old] = core.claim("w", 1, S)
+    core.register_worker(WorkerSpec("w", capabilities=["gpu"], concurrency=2), 2 * S)
+    assert core.tasks[a].status is QUEUED
+    with pytest.raises(StaleLeaseError):
+        core.complete(old, b"", 3 * S)
+    [new] = core.claim("w", 1, 3 * S)
+    assert (new.task_id, new.attempt) == (a, 2)
+
+
+def test_a_worker_loaded_at_recovery_is_unknown_until_heard_from_then_lost() -> None:
+    core = make_core()  # heartbeat timeout 15 s
+    core.register_worker(WorkerSpec("w", concurrency=2), 0)
+    [a] = core.submit([TaskSpec("t", timeout_s=1000)], S)
+    core.claim("w", 1, S)
+    fresh = make_core(seed=5)
+    fresh.restore(_records(core), [_worker_record(core, "w")], 100 * S)
+    [b] = fresh.submit([TaskSpec("t")], 100 * S)
+    assert fresh.load().slots == 0
+    assert fresh.next_deadline_ns() == 115 * S + 1  # its grace period
+    fresh.drain()
+    fresh.tick(115 * S + 1)  # never heard from: lost, its lease goes back in line
+    assert drained(fresh) == expect(
+        saved={a: QUEUED}, workers=["w"], events=[(UPD, a, QUEUED)], counters={"workers_lost": 1, "retried": 1}
+    )
+    assert fresh.workers["w"].health == "unhealthy"
+    assert {lease.task_id for lease in fresh.claim("w", 2, 116 * S)} == {a, b}  # a claim: it is back
+
+
+def test_dispatch_uses_the_tested_score(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The score that decides which waiting worker gets new work is workers.score() itself."""
+    core = make_core()
+    _two_waiting(core)
+    assert core.claim("first", 1, S, wait=True) == []
+    assert core.claim("second", 1, S, wait=True) == []
+    monkeypatch.setattr(engine, "score", lambda w, t, fast: 1.0 if w.id == "second" else 0.0)
+    [t] = core.submit([TaskSpec("t")], 2 * S)
+    assert view(core.drain())["grants"] == {"second": [(t, 1)]}
+
+
+def test_worker_statistics_learn_the_same_from_every_way_a_lease_ends() -> None:
+    """Completion, failure, lease expiry and lost heartbeats all update the worker's time
+    spent and completion-time average the same way (one function)."""
+
+    def held_for_2s(end: str) -> WorkerState:
+        core = make_core(heartbeat_timeout_s=2.0)
+        core.register_worker(WorkerSpec("w"), 0)
+        core.submit([TaskSpec("t", timeout_s=2.0 if end == "expiry" else 100.0)], 0)
+        [lease] = core.claim("w", 1, 0)
+        if end == "complete":
+            core.complete(lease, b"", 2 * S)
+        elif end == "fail":
+            core.fail(lease, "x", 2 * S)
+        elif end == "expiry":
+            core.heartbeat("w", 2 * S)
+            core.tick(2 * S)
+        else:  # lost: silent for the heartbeat timeout
+            core.tick(2 * S + 1)
+        return core.workers["w"]
+
+    done = held_for_2s("complete")
+    assert (done.busy_s, done.avg_completion_s, done.completed, done.success_rate) == (2.0, 0.2, 1, 1.0)
+    for end in ("fail", "expiry", "lost"):
+        w = held_for_2s(end)
+        assert w.busy_s == pytest.approx(2.0, abs=1e-8), end
+        assert w.avg_completion_s == pytest.approx(0.2, abs=1e-8), end
+        assert (w.completed, w.failed, w.success_rate) == (0, 1, pytest.approx(0.9)), end
+    assert held_for_2s("expiry").timed_out == 1
+
+
+def test_a_report_on_an_older_attempt_by_the_same_worker_is_stale() -> None:
+    """The task timed out, was retried and claimed again by the same worker: the worker's
+    report on its first lease must not complete (or fail, or start) the second attempt."""
+    core = make_core(backoff_base_s=1.0)
+    core.register_worker(WorkerSpec("w"), 0)
+    [a] = core.submit([TaskSpec("t", timeout_s=5)], 0)
+    [old] = core.claim("w", 1, 0)
+    core.heartbeat("w", 5 * S)
+    core.tick(5 * S)  # the lease expired; the retry waits out a backoff of 0.5-1 s
+    core.tick(7 * S)
+    [new] = core.claim("w", 1, 7 * S)
+    assert (new.task_id, new.worker_id, old.worker_id, new.attempt, old.attempt) == (a, "w", "w", 2, 1)
+    core.drain()
+    before = state(core)
+    with pytest.raises(StaleLeaseError, match="attempt 1 is stale"):
+        core.complete(old, b"from attempt 1", 8 * S)
+    with pytest.raises(StaleLeaseError):
+        core.fail(old, "from attempt 1", 8 * S)
+    with pytest.raises(StaleLeaseError):
+        core.start(old, 8 * S)
+    assert state(core) == before and drained(core) == expect()
+    core.complete(new, b"from attempt 2", 9 * S)
+    assert view(core.drain())["finished"] == {a: COMPLETED}

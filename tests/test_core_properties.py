@@ -33,7 +33,7 @@ PENDING, QUEUED, ASSIGNED, RUNNING = (
     TaskStatus.IN_PROGRESS,
 )
 COMPLETED, FAILED, CANCELLED = TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED
-ACTIVE = (PENDING, QUEUED, ASSIGNED, RUNNING)
+ACTIVE = (PENDING, QUEUED, ASSIGNED, RUNNING, TaskStatus.HANDING_OFF)
 LEASED = (ASSIGNED, RUNNING)
 RANK = {p: i for i, p in enumerate(PRIORITY_ORDER)}
 
@@ -587,7 +587,7 @@ class CoreMachine(RuleBasedStateMachine):
                 assert t.assigned_worker is None, t
         for wid, w in core.workers.items():
             assert w.active == held[wid], wid
-            if not w.healthy:
+            if w.health == "unhealthy":
                 assert not w.active
         assert set(core.waiting_workers()) <= {wid for wid, w in core.workers.items() if w.healthy}
         assert set(core.waiting_workers()) == set(self.waiting)

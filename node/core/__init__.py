@@ -2,7 +2,18 @@
 
 from node.core.config import CoreConfig
 from node.core.core import Core, HeartbeatReply
+from node.core.load import Load
 from node.core.outbox import Outbox
-from node.core.workers import ScalingAdvice, WorkerInfo, WorkerState
+from node.core.workers import ScalingAdvice, WorkerHealth, WorkerInfo, WorkerState
 
-__all__ = ["Core", "CoreConfig", "HeartbeatReply", "Outbox", "ScalingAdvice", "WorkerInfo", "WorkerState"]
+__all__ = [
+    "Core",
+    "CoreConfig",
+    "HeartbeatReply",
+    "Load",
+    "Outbox",
+    "ScalingAdvice",
+    "WorkerHealth",
+    "WorkerInfo",
+    "WorkerState",
+]

@@ -22,7 +22,6 @@ from operator import attrgetter
 from node.core.engine import Engine
 from node.core.state import (
     _LEASED,
-    _NS,
     _RANK,
     ASSIGNED,
     CANCELLED,
@@ -95,7 +94,10 @@ class Core(Engine):
     # ------------------------------------------------------------------ workers
 
     def register_worker(self, spec: WorkerSpec, now_ns: int) -> WorkerInfo:
-        """Add a worker, or update one that registers again (its statistics are kept)."""
+        """Add a worker. Registering an id that exists starts a new *incarnation* of it (say, the
+        worker process restarted, or reconnected after a node restart): what the old incarnation
+        held goes back in line at once, and its late reports on those leases are stale. Its
+        statistics are kept."""
         spec = normalize_worker_spec(spec, self.limits)
         w = self.workers.get(spec.id)
         caps = frozenset(spec.capabilities)
@@ -109,11 +111,19 @@ class Core(Engine):
                 last_seen_ns=now_ns,
             )
             self.workers[w.id] = w
+            self._n_healthy += 1
+            self._slots += w.concurrency
         else:
+            self._waiters.pop(w.id, None)  # a claim of the old incarnation waits for nobody
+            if w.active:
+                self._release_all(w, f"worker {w.id} registered again (new incarnation)", now_ns, blame=False)
+            self._not_healthy(w, now_ns)
             w.capabilities, w.skill, w.concurrency = caps, spec.skill, spec.concurrency
+            w.registered_ns = now_ns
             self._seen(w, now_ns)
         w.eligible = [c for c in self._queues.classes.values() if w.can_take(c, self._strict)]
         self.out.workers[w.id] = w
+        self._dispatch(now_ns)
         return w.info()
 
     def deregister_worker(self, worker_id: str, now_ns: int) -> None:
@@ -121,6 +131,7 @@ class Core(Engine):
         w = self._worker(worker_id)
         self._release_all(w, f"worker {worker_id} deregistered", now_ns)
         self._waiters.pop(worker_id, None)
+        self._not_healthy(w, now_ns)
         del self.workers[worker_id]
         self.out.workers.pop(worker_id, None)
         self.out.dropped_workers.add(worker_id)
@@ -191,25 +202,14 @@ class Core(Engine):
         w = self.workers.get(lease.worker_id)
         tid = t.id
         sp = t.spec
-        if w is None or not w.healthy or tid in self._dependents or sp.idempotency_key is not None:
-            if w is not None:
-                self._worker_done(t, w, True, now_ns)
+        if w is not None:
+            self._worker_done(t, w, now_ns, True, True)
+        if tid in self._dependents or sp.idempotency_key is not None:
             self._finish(t, COMPLETED, now_ns)
         else:
-            # The common case, written out: _worker_done(success) and _finish() with nothing
-            # waiting on the task (completions are the hottest call of a busy node).
-            w.active.discard(tid)
-            w.last_seen_ns = now_ns
-            began = t.started_ns if t.started_ns is not None else t.claimed_ns
-            elapsed_s = (now_ns - began) / _NS if began is not None else 0.0
-            a = self._alpha
-            keep = self._keep  # 1 - alpha
-            w.success_rate = keep * w.success_rate + a
-            w.avg_completion_s = keep * w.avg_completion_s + a * elapsed_s
-            w.busy_s += elapsed_s
-            w.completed += 1
+            # The common case, written out: _finish() with nothing waiting on the task
+            # (completions are the hottest call of a busy node).
             out = self.out
-            out.workers[w.id] = w
             del self.tasks[tid]
             self._by_status[t.status] -= 1
             self._by_priority[sp.priority] -= 1  # type: ignore[index]
@@ -239,7 +239,7 @@ class Core(Engine):
         error = check_error(error, self.limits)
         w = self.workers.get(lease.worker_id)
         if w is not None:
-            self._worker_done(t, w, False, now_ns)
+            self._worker_done(t, w, now_ns, False, True)
         self._attempt_failed(t, error, now_ns, retry=retry, backoff=True)
         if self._waiters:
             if w is not None and w.id in self._waiters:
@@ -257,8 +257,7 @@ class Core(Engine):
         prev = t.status
         w = self.workers.get(t.assigned_worker or "") if prev in _LEASED else None
         if w is not None:
-            w.active.discard(t.id)
-            w.revoked.append((t.id, t.attempt))
+            self._worker_done(t, w, now_ns, False, False, blame=False)
         self._finish(t, CANCELLED, now_ns, error="cancelled")
         if w is not None and w.id in self._waiters:  # its freed slot serves its waiting claim
             self._refill(w, now_ns)
@@ -318,26 +317,22 @@ class Core(Engine):
         attempt = t.attempt
         w = self.workers.get(t.assigned_worker or "")
         if w is not None:
-            w.active.discard(t.id)
-            w.revoked.append((t.id, attempt))
+            self._worker_done(t, w, now_ns, False, False)
             w.timed_out += 1
-            w.failed += 1
-            w.success_rate = (1 - self._alpha) * w.success_rate
-            self.out.workers[w.id] = w
         self.out.counters["timed_out"] += 1
         error = f"timed out after {t.timeout_s:g}s (attempt {attempt})"
         self._attempt_failed(t, error, now_ns, retry=True, backoff=True)
 
     def _check_workers(self, now_ns: int) -> None:
         for w in list(self.workers.values()):
-            if w.healthy:
+            if w.healthy or w.unhealthy_since_ns is None:  # healthy, or unknown since a recovery
                 if now_ns - w.last_seen_ns > self._hb_ns:
-                    w.healthy, w.unhealthy_since_ns = False, now_ns
+                    self._not_healthy(w, now_ns)
                     self._waiters.pop(w.id, None)
                     self.out.workers[w.id] = w
                     self.out.counters["workers_lost"] += 1
                     self._release_all(w, f"worker {w.id} missed heartbeats", now_ns)
-            elif w.unhealthy_since_ns is not None and now_ns - w.unhealthy_since_ns > self._expiry_ns:
+            elif now_ns - w.unhealthy_since_ns > self._expiry_ns:
                 del self.workers[w.id]
                 self.out.workers.pop(w.id, None)
                 self.out.dropped_workers.add(w.id)
@@ -351,18 +346,21 @@ class Core(Engine):
         if lease is not None:
             cands.append(lease)
         for w in self.workers.values():
-            if w.healthy:
+            if w.healthy or w.unhealthy_since_ns is None:
                 cands.append(w.last_seen_ns + self._hb_ns + 1)
-            elif w.unhealthy_since_ns is not None:
+            else:
                 cands.append(w.unhealthy_since_ns + self._expiry_ns + 1)
         return min(cands) if cands else None
 
     # ------------------------------------------------------------------ restore
 
     def restore(self, tasks: Iterable[Task], workers: Iterable[WorkerState], now_ns: int) -> None:
-        """Rebuild state from stored records (after a restart). Workers get a fresh heartbeat
-        grace period; queues are rebuilt in line order; leases held by workers that are gone go
-        back in line; leases that expired meanwhile are handled by the next :meth:`tick`."""
+        """Rebuild state from stored records (after a restart). Workers that were not unhealthy
+        come back of *unknown* health: their slots do not count and they take no new work until
+        they are heard from (heartbeat, claim, report) within a fresh heartbeat grace period;
+        their leases stay theirs meanwhile. Queues are rebuilt in line order; leases held by
+        workers that are gone or unhealthy go back in line; leases that expired meanwhile are
+        handled by the next :meth:`tick`."""
         if self.tasks or self.workers:
             raise RuntimeError("restore() needs an empty core")
         for w in workers:
@@ -370,8 +368,7 @@ class Core(Engine):
             w.active = set()
             w.revoked = []
             w.eligible = []
-            if not w.healthy and w.unhealthy_since_ns is None:
-                w.unhealthy_since_ns = now_ns
+            w.healthy = False  # unknown (unhealthy_since_ns None) or unhealthy, until heard from
             self.workers[w.id] = w
         # The loop below is _enter() and ReadyQueues.push() written out: a restart may load a
         # million tasks, and it must serve within seconds.
@@ -401,6 +398,7 @@ class Core(Engine):
                 if t.queued_ns is None:
                     self._delay_seq += 1
                     self._delayed.append((t.not_before_ns, self._delay_seq, t.id))
+                    self._n_delayed += 1
                 else:
                     ready.append(t)
             elif st is not PENDING:
@@ -416,7 +414,7 @@ class Core(Engine):
         live_leases: list[Task] = []
         for t in leased:
             holder = self.workers.get(t.assigned_worker or "")
-            if holder is None or not holder.healthy or t.lease_deadline_ns is None:
+            if holder is None or holder.unhealthy_since_ns is not None or t.lease_deadline_ns is None:
                 orphans.append(t)
             else:
                 holder.active.add(t.id)

@@ -25,14 +25,7 @@ from node.core.state import (
     CoreState,
     _timeout_ns,
 )
-from node.core.workers import (
-    CAPABILITY_MATCH,
-    GENERAL,
-    LOAD_PENALTY,
-    SPEED_WEIGHT,
-    SUCCESS_WEIGHT,
-    WorkerState,
-)
+from node.core.workers import WorkerState, score
 from node.errors import StaleLeaseError, ValidationError
 from node.model import Lease, Task, TaskSpec, TaskStatus
 
@@ -111,12 +104,20 @@ class Engine(CoreState):
             self._event(t, now_ns)
         return Lease(t.id, t.attempt, w.id, deadline, t.spec)
 
-    def _dispatch(self, now_ns: int) -> None:
-        """Hand tasks that became ready to waiting claims (best score first), queue the rest.
+    def _grant(self, worker_id: str, leases: list[Lease]) -> None:
+        """Leases for a waiting claim. Grants made before the next drain accumulate: a worker
+        whose claim was served, and who waits again, gets both (nothing granted is dropped)."""
+        del self._waiters[worker_id]
+        grants = self.out.grants
+        held = grants.get(worker_id)
+        if held is None:
+            grants[worker_id] = leases
+        else:
+            held.extend(leases)
 
-        Scores follow :func:`~node.core.workers.score`; the parts that do not change while
-        tasks are handed out are computed once per dispatch, the load penalty per task.
-        """
+    def _dispatch(self, now_ns: int) -> None:
+        """Hand tasks that became ready to waiting claims, each to the best-scored waiting worker
+        that may take it (:func:`~node.core.workers.score`); queue the rest."""
         fresh = self._fresh
         if not fresh:
             return
@@ -126,15 +127,13 @@ class Engine(CoreState):
             fresh.sort(key=queues.line_key)
         fast = self._fast
         strict = self._strict
-        # [worker, room left, fixed score part, speed bonus, "general" capability, leases]
+        # [worker, room left, leases granted]
         cands: list[list[Any]] = []
         for wid, max_tasks in self._waiters.items():
             w = self.workers[wid]
             room = min(max_tasks, w.concurrency - len(w.active))
             if room > 0 and w.healthy:
-                fixed = SUCCESS_WEIGHT * w.success_rate
-                speed = SPEED_WEIGHT / max(w.avg_completion_s, 0.1)
-                cands.append([w, room, fixed, speed, GENERAL in w.capabilities, []])
+                cands.append([w, room, []])
         eligible: dict[int, list[list[Any]]] = {}  # id(class) -> candidates that may take it
         for t in fresh:
             if t.status is not QUEUED or t.queued_ns is None:
@@ -146,54 +145,59 @@ class Engine(CoreState):
             can = eligible.get(id(cls))
             if can is None:
                 can = eligible[id(cls)] = [c for c in cands if c[0].can_take(cls, strict)]
-            sp = t.spec
-            quick = sp.difficulty <= fast
             best: list[Any] | None = None
             best_score = 0.0
             for c in can:
-                if c[1] <= 0:
-                    continue
-                w = c[0]
-                sc = c[2] - LOAD_PENALTY * len(w.active)
-                if c[4] or sp.type in w.capabilities:
-                    sc += CAPABILITY_MATCH
-                if quick:
-                    sc += c[3]
-                if best is None or sc > best_score:
-                    best, best_score = c, sc
+                if c[1] > 0:
+                    sc = score(c[0], t, fast)
+                    if best is None or sc > best_score:
+                        best, best_score = c, sc
             if best is None:
                 queues.push(t, cls)
             else:
                 best[1] -= 1
-                best[5].append(self._assign(t, best[0], now_ns))
+                best[2].append(self._assign(t, best[0], now_ns))
         for c in cands:
-            if c[5]:
-                wid = c[0].id
-                del self._waiters[wid]
-                self.out.grants[wid] = c[5]
+            if c[2]:
+                self._grant(c[0].id, c[2])
 
     def _refill(self, w: WorkerState, now_ns: int) -> None:
         leases = self._fill(w, self._waiters[w.id], now_ns)
         if leases:
-            del self._waiters[w.id]
-            self.out.grants[w.id] = leases
+            self._grant(w.id, leases)
 
-    def _worker_done(self, t: Task, w: WorkerState, success: bool, now_ns: int) -> None:
-        """The worker reported the outcome: free its slot, update its statistics (EMAs)."""
-        w.active.discard(t.id)
-        w.last_seen_ns = now_ns
-        if not w.healthy:
-            self._seen(w, now_ns)
+    def _worker_done(  # noqa: PLR0917 - positional: it runs on every completion
+        self, t: Task, w: WorkerState, now_ns: int, success: bool, reported: bool, blame: bool = True
+    ) -> None:
+        """A lease of ``w`` on ``t`` ended: the one place where worker statistics learn of it.
+
+        ``reported``: the worker said so itself (complete, fail): it is alive. Otherwise (timeout,
+        missed heartbeats, deregistered, cancelled, a new incarnation) the worker is told to drop
+        the lease on its next heartbeat. ``busy_s`` counts the time the lease was held, whatever
+        the outcome; with ``blame`` the outcome also counts toward the worker's success rate,
+        completion-time average and counts (not for a cancel or a new incarnation: not its doing).
+        """
+        tid = t.id
+        w.active.discard(tid)
+        if reported:
+            w.last_seen_ns = now_ns
+            if not w.healthy:
+                self._seen(w, now_ns)
+        else:
+            w.revoked.append((tid, t.attempt))
         began = t.started_ns if t.started_ns is not None else t.claimed_ns
         elapsed_s = (now_ns - began) / _NS if began is not None else 0.0
-        a = self._alpha
-        w.success_rate = (1 - a) * w.success_rate + (a if success else 0.0)
-        w.avg_completion_s = (1 - a) * w.avg_completion_s + a * elapsed_s
         w.busy_s += elapsed_s
-        if success:
-            w.completed += 1
-        else:
-            w.failed += 1
+        if blame:
+            keep = self._keep
+            a = self._alpha
+            w.avg_completion_s = keep * w.avg_completion_s + a * elapsed_s
+            if success:
+                w.success_rate = keep * w.success_rate + a
+                w.completed += 1
+            else:
+                w.success_rate = keep * w.success_rate
+                w.failed += 1
         self.out.workers[w.id] = w
 
     def _attempt_failed(self, t: Task, error: str, now_ns: int, *, retry: bool, backoff: bool) -> None:
@@ -213,6 +217,8 @@ class Engine(CoreState):
 
     def _make_ready(self, t: Task, now_ns: int, *, event: bool = True) -> None:
         """-> QUEUED and in line (or to a waiting claim, at the end of the command)."""
+        if t.queued_ns is None and t.status is QUEUED:
+            self._n_delayed -= 1  # its not-before time came
         self._move(t, QUEUED)
         t.queued_ns = self._last_queued_ns = max(now_ns, self._last_queued_ns + 1)
         t.not_before_ns = 0
@@ -227,6 +233,7 @@ class Engine(CoreState):
     def _delay(self, t: Task, not_before_ns: int, now_ns: int, *, event: bool = True) -> None:
         """-> QUEUED but not claimable until ``not_before_ns`` (``queued_ns`` is None till then)."""
         self._move(t, QUEUED)
+        self._n_delayed += 1
         t.not_before_ns = not_before_ns
         t.queued_ns = None
         self._delay_seq += 1
@@ -287,19 +294,13 @@ class Engine(CoreState):
         while len(self._recent_idem_order) > self.config.recent_keys:
             self._recent_idem.pop(self._recent_idem_order.popleft(), None)
 
-    def _release_all(self, w: WorkerState, reason: str, now_ns: int) -> None:
-        """Give every task the worker holds back to the line, at once (no backoff). Each lost
-        lease counts as a failure of the worker."""
-        a = self._alpha
+    def _release_all(self, w: WorkerState, reason: str, now_ns: int, *, blame: bool = True) -> None:
+        """Give every task the worker holds back to the line, at once (no backoff). With
+        ``blame`` each lost lease counts as a failure of the worker."""
         for tid in sorted(w.active):
             t = self.tasks[tid]
-            w.revoked.append((tid, t.attempt))
-            w.failed += 1
-            w.success_rate = (1 - a) * w.success_rate
+            self._worker_done(t, w, now_ns, False, False, blame)
             self._attempt_failed(t, reason, now_ns, retry=True, backoff=False)
-        if w.active:
-            self.out.workers[w.id] = w
-        w.active.clear()
 
     # ------------------------------------------------------------------ admission
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from node.core.config import CoreConfig
 from node.core.deps import DependencyGraph
 from node.core.leases import LeaseClock
+from node.core.load import Load
 from node.core.outbox import Outbox
 from node.core.queues import ReadyQueues, TaskClass
 from node.core.workers import (
@@ -37,15 +38,17 @@ PENDING = TaskStatus.PENDING
 QUEUED = TaskStatus.QUEUED
 ASSIGNED = TaskStatus.ASSIGNED
 IN_PROGRESS = TaskStatus.IN_PROGRESS
+HANDING_OFF = TaskStatus.HANDING_OFF
 COMPLETED = TaskStatus.COMPLETED
 FAILED = TaskStatus.FAILED
 CANCELLED = TaskStatus.CANCELLED
 NEW_TASK = EventKind.NEW_TASK
 TASK_UPDATED = EventKind.TASK_UPDATED
 _LEASED = (ASSIGNED, IN_PROGRESS)
-_ACTIVE_ORDER = (PENDING, QUEUED, ASSIGNED, IN_PROGRESS)
+_ACTIVE_ORDER = (PENDING, QUEUED, ASSIGNED, IN_PROGRESS, HANDING_OFF)
 _NS = 1_000_000_000
 _RANK = {p: i for i, p in enumerate(PRIORITY_ORDER)}
+_new_tuple = tuple.__new__
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,9 @@ class CoreState:
         # (not_before_ns, seq, task id): by id, so that a task cancelled while it waits is freed at once
         self._delayed: list[tuple[int, int, str]] = []
         self._delay_seq = 0
+        self._n_delayed = 0  # queued tasks that wait for their not-before time (queued_ns None)
+        self._n_healthy = 0  # healthy workers ...
+        self._slots = 0  # ... and their concurrency summed (load = (leased + ready) / slots)
         self._leases = LeaseClock(self.tasks)
         self._deps = DependencyGraph()
         self._dependents = self._deps.dependents  # the same dict: read on every completion
@@ -116,6 +122,8 @@ class CoreState:
 
     def _leave(self, t: Task) -> None:
         del self.tasks[t.id]
+        if t.queued_ns is None and t.status is QUEUED:
+            self._n_delayed -= 1
         sp = t.spec
         self._by_status[t.status] -= 1
         self._by_priority[sp.priority] -= 1  # type: ignore[index]
@@ -135,10 +143,20 @@ class CoreState:
         return w
 
     def _seen(self, w: WorkerState, now_ns: int) -> None:
+        """The worker was heard from: it is healthy (again) and its slots count."""
         w.last_seen_ns = now_ns
         if not w.healthy:
             w.healthy, w.unhealthy_since_ns = True, None
+            self._n_healthy += 1
+            self._slots += w.concurrency
             self.out.workers[w.id] = w
+
+    def _not_healthy(self, w: WorkerState, now_ns: int) -> None:
+        """The worker stops counting as healthy (it missed heartbeats, or it leaves)."""
+        if w.healthy:
+            self._n_healthy -= 1
+            self._slots -= w.concurrency
+        w.healthy, w.unhealthy_since_ns = False, now_ns
 
     def _class_of(self, t: Task) -> TaskClass:
         cls, created = self._queues.class_of(t)
@@ -185,14 +203,26 @@ class CoreState:
 
     def capacity(self) -> tuple[int, int]:
         """(healthy workers, their summed concurrency)."""
-        healthy = [w for w in self.workers.values() if w.healthy]
-        return len(healthy), sum(w.concurrency for w in healthy)
+        return self._n_healthy, self._slots
+
+    def load(self) -> Load:
+        """The load admission reads: running counters, no scan (see :class:`~node.core.load.Load`)."""
+        b = self._by_status
+        leased = b[ASSIGNED] + b[IN_PROGRESS]
+        delayed = self._n_delayed
+        ready = b[QUEUED] - delayed
+        slots = self._slots
+        demand = leased + ready
+        return _new_tuple(
+            Load,
+            (leased, ready, delayed, b[PENDING], b[HANDING_OFF], slots, demand / slots if slots else float(demand)),
+        )
 
     def advice(self) -> ScalingAdvice:
-        """Autoscaling advice from load = (running + queued) / healthy worker slots."""
-        n, slots = self.capacity()
-        demand = self._by_status[QUEUED] + self.leased()
-        return scaling_advice(demand, n, slots, self.config.target_load)
+        """Autoscaling advice from the load: (leased + ready) / healthy worker slots."""
+        b = self._by_status
+        demand = b[ASSIGNED] + b[IN_PROGRESS] + b[QUEUED] - self._n_delayed
+        return scaling_advice(demand, self._n_healthy, self._slots, self.config.target_load)
 
     def waiting_workers(self) -> list[str]:
         return list(self._waiters)

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from node.core.load import load_ratio
 from node.model import Priority, Task
 
 if TYPE_CHECKING:
     from node.core.queues import TaskClass
 
-__all__ = ["PRIORITY_BOOST", "ScalingAdvice", "WorkerInfo", "WorkerState", "scaling_advice", "score"]
+__all__ = [
+    "PRIORITY_BOOST",
+    "ScalingAdvice",
+    "WorkerHealth",
+    "WorkerInfo",
+    "WorkerState",
+    "scaling_advice",
+    "score",
+]
 
 # Seed 000: capability match +50, priority boost, load penalty 5 per task held,
 # success rate * 20, speed bonus 10 / max(avg time, 0.1) for quick tasks.
@@ -23,6 +33,12 @@ SPEED_WEIGHT = 10.0
 GENERAL = "general"
 
 
+class WorkerHealth(StrEnum):
+    HEALTHY = "healthy"  # heard from within the heartbeat timeout; its slots count
+    UNKNOWN = "unknown"  # loaded at recovery, not heard from since: its slots do not count yet
+    UNHEALTHY = "unhealthy"  # missed its heartbeats: its leases went back in line
+
+
 @dataclass(slots=True, eq=False)
 class WorkerState:
     id: str
@@ -31,6 +47,8 @@ class WorkerState:
     concurrency: int
     registered_ns: int
     last_seen_ns: int
+    # healthy, or not: then unhealthy since ``unhealthy_since_ns``, or of unknown health when
+    # that is None (loaded at recovery and not heard from since; see ``health``).
     healthy: bool = True
     completed: int = 0
     failed: int = 0
@@ -44,6 +62,12 @@ class WorkerState:
     revoked: list[tuple[str, int]] = field(default_factory=list)  # (task id, attempt) to stop, told on heartbeat
     eligible: list[TaskClass] = field(default_factory=list)
 
+    @property
+    def health(self) -> WorkerHealth:
+        if self.healthy:
+            return WorkerHealth.HEALTHY
+        return WorkerHealth.UNKNOWN if self.unhealthy_since_ns is None else WorkerHealth.UNHEALTHY
+
     def can_take(self, cls: TaskClass, strict: bool) -> bool:
         return cls.capabilities <= self.capabilities and (not strict or cls.difficulty <= self.skill)
 
@@ -54,6 +78,7 @@ class WorkerState:
             skill=self.skill,
             concurrency=self.concurrency,
             healthy=self.healthy,
+            health=self.health.value,
             active=len(self.active),
             completed=self.completed,
             failed=self.failed,
@@ -75,6 +100,7 @@ class WorkerInfo:
     skill: int
     concurrency: int
     healthy: bool
+    health: str  # "healthy", "unknown" (loaded at recovery, not heard from yet) or "unhealthy"
     active: int
     completed: int
     failed: int
@@ -87,7 +113,8 @@ class WorkerInfo:
 
 
 def score(worker: WorkerState, task: Task, fast_difficulty: int) -> float:
-    """How well ``worker`` suits ``task`` (seed 000's assignment score); higher is better."""
+    """How well ``worker`` suits ``task`` (seed 000's assignment score); higher is better. The
+    core's dispatch of new work to waiting claims uses this function (and nothing else)."""
     s = PRIORITY_BOOST[task.priority] - LOAD_PENALTY * len(worker.active) + SUCCESS_WEIGHT * worker.success_rate
     caps = worker.capabilities
     if task.type in caps or GENERAL in caps:
@@ -102,7 +129,7 @@ class ScalingAdvice:
     """Seed 001's worker scaling rule made explicit: aim at ``target_load``; add workers above it,
     remove idle ones under half of it."""
 
-    load: float  # (running + queued) / healthy worker slots; inf when there is work but no slot
+    load: float  # (leased + ready) / healthy worker slots; with no slot, leased + ready itself
     target_load: float
     workers: int  # healthy workers now
     recommended_workers: int
@@ -114,9 +141,9 @@ class ScalingAdvice:
 
 
 def scaling_advice(demand: int, workers: int, slots: int, target_load: float) -> ScalingAdvice:
-    """``demand`` = running + queued tasks; ``slots`` = concurrency summed over healthy workers."""
+    """``demand`` = leased + ready tasks; ``slots`` = concurrency summed over healthy workers."""
     if slots == 0:
-        load = math.inf if demand else 0.0
+        load = load_ratio(demand, slots)
         rec = 1 if demand else 0
     else:
         load = demand / slots
