@@ -5,31 +5,67 @@ async with LocalNode.open(node_id="n1") as node:
     await node.register_worker(WorkerSpec("w1", skill=5))
     for lease in await node.claim("w1", max_tasks=10):
         await node.complete(lease, result=b"done")
+
+The names below are imported on first use (PEP 562): ``import node.core`` (the pure scheduling
+core, which the simulator runs alone) loads no I/O library, runtime or store.
 """
 
-from node.analytics import NodeStats, PerformanceReport
-from node.core import CoreConfig, HeartbeatReply, ScalingAdvice, WorkerInfo
-from node.errors import (
-    EmbeddedRedisError,
-    FedcoordError,
-    FencedError,
-    InvalidTransitionError,
-    NodeClosedError,
-    NodeOwnedError,
-    NotFoundError,
-    StaleLeaseError,
-    StoreError,
-    StoreUnavailableError,
-    TaskNotFoundError,
-    ValidationError,
-    WaitTimeoutError,
-    WorkerNotFoundError,
-)
-from node.events import Subscription
-from node.model import Event, EventKind, Lease, Limits, Priority, Task, TaskSpec, TaskStatus, WorkerSpec
-from node.runtime import LocalNode, NodeConfig, NodeState
-from node.store.memory import MemoryBackend, MemoryStore
-from node.store.redis_store import RedisStore
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from node.analytics import NodeStats, PerformanceReport
+    from node.core import CoreConfig, HeartbeatReply, Load, ScalingAdvice, WorkerHealth, WorkerInfo
+    from node.errors import (
+        EmbeddedRedisError,
+        FedcoordError,
+        FencedError,
+        InvalidTransitionError,
+        NodeClosedError,
+        NodeOwnedError,
+        NotFoundError,
+        StaleLeaseError,
+        StoreError,
+        StoreUnavailableError,
+        TaskNotFoundError,
+        ValidationError,
+        WaitTimeoutError,
+        WorkerNotFoundError,
+    )
+    from node.events import Subscription
+    from node.model import Event, EventKind, Lease, Limits, Priority, Task, TaskSpec, TaskStatus, WorkerSpec
+    from node.runtime import LocalNode, NodeConfig, NodeState
+    from node.store.memory import MemoryBackend, MemoryStore
+    from node.store.redis_store import RedisStore
+
+_WHERE = {
+    "node.analytics": ("NodeStats", "PerformanceReport"),
+    "node.core": ("CoreConfig", "HeartbeatReply", "Load", "ScalingAdvice", "WorkerHealth", "WorkerInfo"),
+    "node.errors": (
+        "EmbeddedRedisError",
+        "FedcoordError",
+        "FencedError",
+        "InvalidTransitionError",
+        "NodeClosedError",
+        "NodeOwnedError",
+        "NotFoundError",
+        "StaleLeaseError",
+        "StoreError",
+        "StoreUnavailableError",
+        "TaskNotFoundError",
+        "ValidationError",
+        "WaitTimeoutError",
+        "WorkerNotFoundError",
+    ),
+    "node.events": ("Subscription",),
+    "node.model": ("Event", "EventKind", "Lease", "Limits", "Priority", "Task", "TaskSpec", "TaskStatus", "WorkerSpec"),
+    "node.runtime": ("LocalNode", "NodeConfig", "NodeState"),
+    "node.store.memory": ("MemoryBackend", "MemoryStore"),
+    "node.store.redis_store": ("RedisStore",),
+}
+_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
 
 __all__ = [
     "CoreConfig",
@@ -42,6 +78,7 @@ __all__ = [
     "InvalidTransitionError",
     "Lease",
     "Limits",
+    "Load",
     "LocalNode",
     "MemoryBackend",
     "MemoryStore",
@@ -65,7 +102,21 @@ __all__ = [
     "TaskStatus",
     "ValidationError",
     "WaitTimeoutError",
+    "WorkerHealth",
     "WorkerInfo",
     "WorkerNotFoundError",
     "WorkerSpec",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'node' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

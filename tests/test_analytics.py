@@ -84,11 +84,16 @@ def test_minutes_roll_into_history_and_stats_add_up() -> None:
         by_type={},
         workers=ws,
         scaling=core.advice(),
-        leased=0,
+        load=core.load(),
         store="memory",
         state="serving",
     )
     assert s.throughput_per_hour == 150
+    # per-minute history: the closed minute, then the current one
+    assert [(r["completed"], r["failed"]) for r in s.history] == [(90, 10), (60, 0)]
+    assert s.load == {
+        "leased": 0, "ready": 0, "delayed": 0, "pending": 0, "handing_off": 0, "slots": 1000, "ratio": 0.0
+    }  # fmt: skip
     # 3 s into the current minute: its 60 completions, plus the last 57 s worth of the previous 90
     assert abs(s.throughput_per_s_1m - (60 + 90 * 57 / 60) / 60) < 1e-9
     assert s.totals["completed"] == 150 and s.totals["failed"] == 10
@@ -156,7 +161,7 @@ def test_rate_in_the_first_minute_counts_since_start() -> None:
         by_type={},
         workers=[],
         scaling=core.advice(),
-        leased=0,
+        load=core.load(),
         store="memory",
         state="serving",
     )

@@ -546,9 +546,11 @@ class CoreMachine(RuleBasedStateMachine):
         self.waiting.clear()
         self.last_key.clear()
         self.run(fresh.restore, records, workers, self.now)
-        for lease in self.leases:
+        for lease in self.leases:  # leases survive unless their holder was unhealthy (healthy or unknown)
             holder = old.workers[lease.worker_id]
-            assert is_current(fresh, lease) == holder.healthy
+            assert is_current(fresh, lease) == (holder.health != "unhealthy")
+        for w in fresh.workers.values():  # nobody is healthy until heard from
+            assert w.health == ("unhealthy" if old.workers[w.id].health == "unhealthy" else "unknown")
 
     # ------------------------------------------------------------------ invariants
 

@@ -115,7 +115,7 @@ def test_callers_are_acknowledged_only_after_the_write() -> None:
         try:
             store.gate.clear()
             submit = asyncio.create_task(node.submit([TaskSpec("t")]))
-            await async_wait_until(lambda: node._inflight is not None, what="the flush to start")
+            await async_wait_until(lambda: node._committer.inflight is not None, what="the flush to start")
             assert not submit.done()  # its write is held at the gate
             assert store.backend.node("n1").active == {}
             store.gate.set()

@@ -137,6 +137,10 @@ class Core(Engine):
         self.out.dropped_workers.add(worker_id)
         self._dispatch(now_ns)
 
+    def touch(self, worker_id: str, now_ns: int) -> None:
+        """The worker was heard from (it asked for something): it is healthy."""
+        self._seen(self._worker(worker_id), now_ns)
+
     def heartbeat(self, worker_id: str, now_ns: int) -> HeartbeatReply:
         """A worker is alive. The reply lists leases it must stop (cancelled or reassigned)."""
         w = self._worker(worker_id)

@@ -26,6 +26,7 @@ from node.ids import IdGenerator
 from node.model import (
     PRIORITY_ORDER,
     EventKind,
+    Lease,
     Priority,
     Task,
     TaskSpec,
@@ -182,6 +183,16 @@ class CoreState:
 
     def get(self, task_id: str) -> Task | None:
         return self.tasks.get(task_id)
+
+    def is_current(self, lease: Lease) -> bool:
+        """Whether ``lease`` is the task's current lease (what complete and fail accept)."""
+        t = self.tasks.get(lease.task_id)
+        return (
+            t is not None
+            and t.attempt == lease.attempt
+            and t.assigned_worker == lease.worker_id
+            and (t.status is ASSIGNED or t.status is IN_PROGRESS)
+        )
 
     def worker_info(self, worker_id: str) -> WorkerInfo:
         return self._worker(worker_id).info()

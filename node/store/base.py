@@ -112,9 +112,10 @@ class Store(abc.ABC):
     async def close(self) -> None: ...
 
     @abc.abstractmethod
-    async def acquire(self, *, wait_s: float = 0.0, lock_ttl_s: float = 10.0) -> OwnerToken:
+    async def acquire(self, *, wait_s: float = 0.0, lock_ttl_s: float = 10.0, takeover: bool = False) -> OwnerToken:
         """Take the owner lock of this node id or raise NodeOwnedError naming the holder.
-        A lock left by a dead process on this host is taken over."""
+        A lock left by a dead process on this host is taken over; with ``takeover`` any lock is
+        (the caller knows its holder is dead). Either way the old holder is fenced off."""
 
     @abc.abstractmethod
     async def refresh(self) -> None:

@@ -96,13 +96,13 @@ class MemoryStore(Store):
             d.owner = None
         return None if d.owner is None else d.owner[0]
 
-    async def acquire(self, *, wait_s: float = 0.0, lock_ttl_s: float = 10.0) -> OwnerToken:
+    async def acquire(self, *, wait_s: float = 0.0, lock_ttl_s: float = 10.0, takeover: bool = False) -> OwnerToken:
         self._lock_ttl_s = lock_ttl_s
         deadline = self.backend.clock() + wait_s
         while True:
             held = self._owner_now()
             holder = OwnerToken.decode(held) if held else None
-            if held is None or (holder is not None and holder.is_dead_local_process()):
+            if held is None or takeover or (holder is not None and holder.is_dead_local_process()):
                 d = self._d
                 d.epoch += 1
                 tok = OwnerToken.mine(d.epoch)

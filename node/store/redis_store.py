@@ -159,7 +159,7 @@ class RedisStore(Store):
 
     # ------------------------------------------------------------------ owner lock
 
-    async def acquire(self, *, wait_s: float = 0.0, lock_ttl_s: float = 10.0) -> OwnerToken:
+    async def acquire(self, *, wait_s: float = 0.0, lock_ttl_s: float = 10.0, takeover: bool = False) -> OwnerToken:
         self._lock_ttl_ms = max(1, int(lock_ttl_s * 1000))
         k = self.keys
         deadline = time.monotonic() + wait_s
@@ -170,8 +170,9 @@ class RedisStore(Store):
             if epoch is None:
                 held = await self._call(self._aio.get(k.owner))
                 holder = OwnerToken.decode(held.decode()) if held else None
-                if held is not None and holder is not None and holder.is_dead_local_process():
-                    log.warning("node %s: taking over the lock of dead process %s", self.node_id, holder.pid)
+                if held is not None and (takeover or (holder is not None and holder.is_dead_local_process())):
+                    who = f"process {holder.pid} on {holder.host}" if holder else repr(held)
+                    log.warning("node %s: taking over the owner lock of %s", self.node_id, who)
                     epoch = await self._script("TAKEOVER", [k.owner, k.epoch], [held, suffix, self._lock_ttl_ms])
             if epoch is not None:
                 self._token = OwnerToken(int(epoch), mine.host, mine.pid, mine.nonce)

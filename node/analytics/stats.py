@@ -8,7 +8,6 @@ log-bucketed histogram (1% relative error, mergeable, constant memory).
 
 from __future__ import annotations
 
-import math
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -16,125 +15,18 @@ from typing import Any
 
 import orjson
 
+from node.analytics.histogram import LogHistogram
+from node.core.load import Load
 from node.core.outbox import Outbox
 from node.core.workers import ScalingAdvice, WorkerInfo
 from node.model import TaskStatus
 
-__all__ = ["Analytics", "LogHistogram", "MinuteRow", "NodeStats", "PerformanceReport", "error_kind"]
+__all__ = ["Analytics", "MinuteRow", "NodeStats", "PerformanceReport", "error_kind"]
 
 _NS = 1e9
 HISTORY_MINUTES = 24 * 60
-_log = math.log
-_ceil = math.ceil
 _COMPLETED = TaskStatus.COMPLETED
 _FAILED = TaskStatus.FAILED
-
-
-class LogHistogram:
-    """Counts of positive values in buckets of relative width ~2%: quantiles are within 1%."""
-
-    __slots__ = ("_inv_log_gamma", "_log_gamma", "count", "counts", "max", "min", "total", "zeros")
-    REL_ACCURACY = 0.01
-    MIN_VALUE = 1e-6
-
-    def __init__(self) -> None:
-        gamma = (1 + self.REL_ACCURACY) / (1 - self.REL_ACCURACY)
-        self._log_gamma = math.log(gamma)
-        self._inv_log_gamma = 1.0 / self._log_gamma
-        self.counts: dict[int, int] = {}
-        self.zeros = 0
-        self.count = 0
-        self.total = 0.0
-        self.min = math.inf
-        self.max = 0.0
-
-    def add(self, value: float) -> None:
-        self.count += 1
-        self.total += value
-        self.min = min(self.min, value)
-        self.max = max(self.max, value)
-        if value <= 1e-6:
-            self.zeros += 1
-            return
-        i = _ceil(_log(value) * self._inv_log_gamma)
-        counts = self.counts
-        counts[i] = counts.get(i, 0) + 1
-
-    def add_many(self, values: list[float]) -> None:
-        if not values:
-            return
-        self.count += len(values)
-        self.total += sum(values)
-        lo, hi = min(values), max(values)
-        self.min = min(self.min, lo)
-        self.max = max(self.max, hi)
-        counts = self.counts
-        inv = self._inv_log_gamma
-        for v in values:
-            if v <= 1e-6:
-                self.zeros += 1
-            else:
-                i = _ceil(_log(v) * inv)
-                counts[i] = counts.get(i, 0) + 1
-
-    def merge(self, other: LogHistogram) -> None:
-        for i, n in other.counts.items():
-            self.counts[i] = self.counts.get(i, 0) + n
-        self.zeros += other.zeros
-        self.count += other.count
-        self.total += other.total
-        self.min = min(self.min, other.min)
-        self.max = max(self.max, other.max)
-
-    def quantile(self, q: float) -> float | None:
-        if not self.count:
-            return None
-        rank = q * (self.count - 1)
-        seen = self.zeros
-        if rank < seen:
-            return 0.0
-        for i in sorted(self.counts):
-            seen += self.counts[i]
-            if seen > rank:
-                # bucket i holds (gamma^(i-1), gamma^i]; its midpoint estimate is within 1%
-                v = 2 * math.exp(i * self._log_gamma) / (1 + math.exp(self._log_gamma))
-                return min(max(v, self.min), self.max)
-        return self.max
-
-    @property
-    def mean(self) -> float | None:
-        return self.total / self.count if self.count else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "n": self.count,
-            "sum": self.total,
-            "min": None if self.count == 0 else self.min,
-            "max": self.max,
-            "zeros": self.zeros,
-            "bins": {str(k): v for k, v in self.counts.items()},
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> LogHistogram:
-        h = cls()
-        h.count = int(d["n"])
-        h.total = float(d["sum"])
-        h.min = math.inf if d.get("min") is None else float(d["min"])
-        h.max = float(d["max"])
-        h.zeros = int(d.get("zeros", 0))
-        h.counts = {int(k): int(v) for k, v in d["bins"].items()}
-        return h
-
-    def summary(self) -> dict[str, float | None]:
-        return {
-            "count": self.count,
-            "mean": self.mean,
-            "p50": self.quantile(0.5),
-            "p95": self.quantile(0.95),
-            "p99": self.quantile(0.99),
-            "max": self.max if self.count else None,
-        }
 
 
 def error_kind(error: str | None) -> str:
@@ -226,6 +118,8 @@ class NodeStats:
     failures_by_kind: dict[str, int]
     workers: list[WorkerInfo]
     scaling: ScalingAdvice
+    load: dict[str, float]  # leased, ready, delayed, pending, handing_off, slots, ratio (see Core.load)
+    history: list[dict[str, Any]]  # the last 60 minutes, one row a minute, the current one last
     store: str
     state: str
 
@@ -269,6 +163,7 @@ class Analytics:
         self.failures_by_kind: Counter[str] = Counter()
         self.minute = MinuteRow(minute_ms=_minute_of(started_ns))
         self.history: deque[MinuteRow] = deque(maxlen=HISTORY_MINUTES)
+        self._unsaved: list[MinuteRow] = []  # closed minutes not yet written to the store
         self.finished_since_start = 0
         # Worker counters as they were when this process loaded them: the report subtracts them.
         self._worker_base: dict[str, tuple[int, int, int, float]] = {}
@@ -311,12 +206,24 @@ class Analytics:
         m.completion_s.add_many(done)
         m.queue_wait_s.add_many(waits)
 
+    def take_unsaved(self) -> list[MinuteRow]:
+        """Minutes closed since the last call (by :meth:`roll`, whoever called it): the rows
+        still to be written to the store's history."""
+        rows, self._unsaved = self._unsaved, []
+        return rows
+
+    def keep_unsaved(self, rows: list[MinuteRow]) -> None:
+        """Rows that could not be written: they go first in the next :meth:`take_unsaved`."""
+        self._unsaved[:0] = rows
+
     def roll(self, now_ns: int) -> list[MinuteRow]:
-        """Close the current minute if time moved past it; return the rows closed."""
+        """Close the current minute if time moved past it; return the rows closed (they are
+        also kept for :meth:`take_unsaved`)."""
         minute = _minute_of(now_ns)
         closed: list[MinuteRow] = []
         while self.minute.minute_ms < minute:
             closed.append(self.minute)
+            self._unsaved.append(self.minute)
             self.history.append(self.minute)
             self._completion_s.merge(self.minute.completion_s)
             self._queue_wait_s.merge(self.minute.queue_wait_s)
@@ -354,7 +261,7 @@ class Analytics:
         by_type: Mapping[str, int],
         workers: list[WorkerInfo],
         scaling: ScalingAdvice,
-        leased: int,
+        load: Load,
         store: str,
         state: str,
     ) -> NodeStats:
@@ -365,7 +272,7 @@ class Analytics:
         per_s = self._rate_last_minute(now_ns)
         completed_total = self.totals.get("completed", 0)
         failed_total = self.totals.get("failed", 0)
-        slots = sum(w.concurrency for w in workers if w.healthy)
+        slots = load.slots
         by_type_totals: dict[str, dict[str, int]] = {}
         for k, v in self.totals.items():
             if k.startswith("type:"):
@@ -383,15 +290,24 @@ class Analytics:
             queue_wait_s=self.queue_wait_s.summary(),
             throughput_per_hour=done_h,
             throughput_per_s_1m=per_s,
-            utilization=(leased / slots) if slots else 0.0,
+            utilization=(load.leased / slots) if slots else 0.0,
             error_rate=failed_h / (done_h + failed_h) if done_h + failed_h else 0.0,
             error_rate_total=failed_total / (completed_total + failed_total) if completed_total + failed_total else 0.0,
             failures_by_kind=dict(self.failures_by_kind),
             workers=workers,
             scaling=scaling,
+            load=dict(load._asdict()),
+            history=self.history_rows(now_ns, 60),
             store=store,
             state=state,
         )
+
+    def history_rows(self, now_ns: int, minutes: int) -> list[dict[str, Any]]:
+        """The last ``minutes`` per-minute rows (up to 24 h), oldest first, the current one last."""
+        self.roll(now_ns)
+        minutes = max(1, min(int(minutes), HISTORY_MINUTES))
+        cutoff = self.minute.minute_ms - (minutes - 1) * 60_000
+        return [r.summary() for r in self.history if r.minute_ms >= cutoff] + [self.minute.summary()]
 
     def _rate_last_minute(self, now_ns: int) -> float:
         """Completions per second over the last 60 s (or since start, if that is shorter): the
