@@ -26,6 +26,7 @@ __all__ = [
     "FedcoordError",
     "FencedError",
     "InvalidTransitionError",
+    "InvariantError",
     "NodeClosedError",
     "NodeOwnedError",
     "NotFoundError",
@@ -153,3 +154,15 @@ class NodeClosedError(FedcoordError):
 
 class WaitTimeoutError(FedcoordError, TimeoutError):
     """A wait ran out of time; what it waited for may still happen later."""
+
+
+class InvariantError(FedcoordError, AssertionError):
+    """The core's state breaks one of its own rules (a bug): ``problems`` lists each one."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        shown = "; ".join(self.problems[:10]) + (f"; ... {len(self.problems) - 10} more" if len(problems) > 10 else "")
+        super().__init__(f"{len(self.problems)} invariant(s) broken: {shown}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild, (type(self), (self.problems,), {})

@@ -125,6 +125,11 @@ class Task:
     # While pending: the dependencies it waits on, as decided when it started waiting (a requeued
     # task counts finished dependencies as met even if one is requeued later).
     waits_on: tuple[str, ...] = ()
+    # Hand-off: how many times the task moved between nodes; the node it came from (whom this
+    # node reports the final result to); while handing off, the peer it is being handed to.
+    hops: int = 0
+    from_node: str | None = None
+    handoff_peer: str | None = None
 
     @property
     def type(self) -> str:

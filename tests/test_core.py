@@ -22,6 +22,7 @@ from node.core import Core, CoreConfig, HeartbeatReply, Load, Outbox, WorkerStat
 from node.core.workers import score
 from node.errors import (
     InvalidTransitionError,
+    InvariantError,
     StaleLeaseError,
     TaskNotFoundError,
     ValidationError,
@@ -1670,3 +1671,109 @@ def test_a_report_on_an_older_attempt_by_the_same_worker_is_stale() -> None:
     assert state(core) == before and drained(core) == expect()
     core.complete(new, b"from attempt 2", 9 * S)
     assert view(core.drain())["finished"] == {a: COMPLETED}
+
+
+# ---------------------------------------------------------------------------- validate, story
+
+
+def _busy_core() -> tuple[Core, dict[str, str]]:
+    """A core with a task in every active status, workers healthy, lost and waiting."""
+    core = make_core(backoff_base_s=10.0)
+    core.register_worker(WorkerSpec("w", concurrency=4), 0)
+    core.register_worker(WorkerSpec("idle", capabilities=["gpu"]), 0)
+    leased, ready, retried = core.submit([TaskSpec("t", timeout_s=99) for _ in range(3)], S)
+    [delayed] = core.submit([TaskSpec("t", delay_s=50, idempotency_key="k")], S)
+    [pending] = core.submit([TaskSpec("t", dependencies=[leased])], S)
+    leases = core.claim("w", 2, 2 * S)
+    assert [lease.task_id for lease in leases] == [leased, ready]
+    core.fail(leases[1], "boom", 3 * S)  # back after a backoff
+    [lease] = core.claim("w", 1, 3 * S)
+    assert lease.task_id == retried
+    core.start(lease, 3 * S)
+    core.claim("idle", 1, 3 * S, wait=True)
+    core.drain()
+    return core, {"leased": leased, "ready": ready, "running": retried, "delayed": delayed, "pending": pending}
+
+
+def test_validate_accepts_a_busy_core() -> None:
+    core, ids = _busy_core()
+    core.validate()
+    assert {ids["leased"], ids["running"]} == core.workers["w"].active
+
+
+def _first_deque_holding(core: Core, tid: str) -> Any:
+    for cls in core._queues.classes.values():
+        for dq in cls.deques:
+            if any(t.id == tid for t in dq):
+                return cls, dq
+    raise AssertionError(tid)
+
+
+def _drop_from_line(core: Core, tid: str) -> None:
+    cls, dq = _first_deque_holding(core, tid)
+    dq.remove(core.tasks[tid])
+    cls.size -= 1
+
+
+def _twice_in_line(core: Core, tid: str) -> None:
+    cls, dq = _first_deque_holding(core, tid)
+    dq.append(core.tasks[tid])
+    cls.size += 1
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [
+        (lambda c, ids: c._by_status.__setitem__(QUEUED, 9), "status counts"),
+        (lambda c, ids: setattr(c, "_n_delayed", 0), "delayed counter 0"),
+        (lambda c, ids: setattr(c, "_slots", 99), "capacity"),
+        (lambda c, ids: c._delayed.clear(), "without a timer"),
+        (lambda c, ids: c._leases.queues.clear(), "is not watched"),
+        (lambda c, ids: c.workers["w"].active.add("ghost"), "worker w holds"),
+        (lambda c, ids: c._deps.unmet.pop(ids["pending"]), "waits on nothing"),
+        (lambda c, ids: c._idem.__setitem__("k2", ids["pending"]), "idempotency key 'k2'"),
+        (lambda c, ids: setattr(c.tasks[ids["pending"]], "handoff_peer", "n2"), "names hand-off peer"),
+        (lambda c, ids: c._waiters.__setitem__("w-gone", 1), "a claim of 'w-gone' waits"),
+        (lambda c, ids: setattr(c.tasks[ids["leased"]], "assigned_worker", "nobody"), "unknown worker 'nobody'"),
+    ],
+)
+def test_validate_names_what_is_broken(corrupt: Any, message: str) -> None:
+    core, ids = _busy_core()
+    corrupt(core, ids)
+    with pytest.raises(InvariantError, match="invariant") as ei:
+        core.validate()
+    assert any(message in p for p in ei.value.problems), ei.value.problems
+
+
+def test_validate_sees_the_ready_queues_and_the_tasks_disagree() -> None:
+    core, ids = _busy_core()
+    core.tick(60 * S)  # every retry and delay is due: their tasks are in line
+    core.validate()
+    ready = next(t.id for t in core.tasks.values() if t.status is QUEUED)
+    _twice_in_line(core, ready)
+    with pytest.raises(InvariantError, match="in line twice"):
+        core.validate()
+    core, ids = _busy_core()
+    core.tick(60 * S)
+    _drop_from_line(core, ids["delayed"])
+    with pytest.raises(InvariantError, match="ready queues differ"):
+        core.validate()
+
+
+def test_story_keeps_each_recent_task_s_transitions() -> None:
+    core = make_core(story_tasks=2)
+    core.want_events(False)  # nobody listens: the story log still gets its events
+    core.register_worker(WorkerSpec("w"), 0)
+    [a] = core.submit([TaskSpec("t")], S)
+    [lease] = core.claim("w", 1, 2 * S)
+    core.complete(lease, b"", 3 * S)
+    core.drain()
+    assert [(e.at_ns, e.status, e.worker_id, e.attempt) for e in core.story(a)] == [
+        (S, QUEUED, None, 0),
+        (2 * S, ASSIGNED, "w", 1),
+        (3 * S, COMPLETED, "w", 1),
+    ]
+    b, c = core.submit([TaskSpec("t"), TaskSpec("t")], 4 * S)
+    core.drain()
+    assert core.story(a) == [] and len(core.story(b)) == 1 and len(core.story(c)) == 1  # a was forgotten
+    assert make_core().story(a) == []  # off by default

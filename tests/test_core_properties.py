@@ -555,6 +555,10 @@ class CoreMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------------ invariants
 
     @invariant()
+    def core_validates(self) -> None:
+        self.core.validate()
+
+    @invariant()
     def one_state_and_nothing_lost(self) -> None:
         core = self.core
         # (a) + (b): every id is active (with one status) or finished, never both, never neither

@@ -34,3 +34,8 @@ class CoreConfig:
     target_load: float = 0.7
     # How many idempotency keys of finished tasks the core remembers (the store holds the rest).
     recent_keys: int = 65536
+    # Keep the transitions of this many recent tasks for Core.story(task_id); 0: off (the core
+    # then builds events only while somebody listens).
+    story_tasks: int = 0
+    # Hand-off: a task moves between nodes at most this many times.
+    max_hops: int = 2

@@ -13,15 +13,15 @@ from node.core.leases import LeaseClock
 from node.core.load import Load
 from node.core.outbox import Outbox
 from node.core.queues import ReadyQueues, TaskClass
+from node.core.story import StoryEntry, StoryLog
+from node.core.validate import check_invariants
 from node.core.workers import (
     ScalingAdvice,
     WorkerInfo,
     WorkerState,
     scaling_advice,
 )
-from node.errors import (
-    WorkerNotFoundError,
-)
+from node.errors import InvariantError, WorkerNotFoundError
 from node.ids import IdGenerator
 from node.model import (
     PRIORITY_ORDER,
@@ -76,7 +76,8 @@ class CoreState:
         self._rng = rng or random.Random(0)
         self._ids = IdGenerator.for_node(cfg.node_id, self._rng.getrandbits(74))
         self.out = Outbox()
-        self.emit_events = True
+        self.emit_events = True  # build events (see want_events)
+        self.story_log: StoryLog | None = StoryLog(cfg.story_tasks) if cfg.story_tasks > 0 else None
         self.tasks: dict[str, Task] = {}
         self.workers: dict[str, WorkerState] = {}
         self._queues = ReadyQueues(cfg.aging_s)
@@ -88,6 +89,8 @@ class CoreState:
         self._slots = 0  # ... and their concurrency summed (load = (leased + ready) / slots)
         self._leases = LeaseClock(self.tasks)
         self._deps = DependencyGraph()
+        # Handed-off tasks that pending tasks here still wait on: settled when the result comes back.
+        self._remote_deps: set[str] = set()
         self._dependents = self._deps.dependents  # the same dict: read on every completion
         self._idem: dict[str, str] = {}  # idempotency key -> id, active tasks
         self._recent_idem: dict[str, str] = {}  # ... and recently finished ones (bounded)
@@ -179,7 +182,25 @@ class CoreState:
     def drain(self) -> Outbox:
         """Take the outbox (and start a new one)."""
         out, self.out = self.out, Outbox()
+        if self.story_log is not None and out.events:
+            self.story_log.record(out.events)
         return out
+
+    def want_events(self, listening: bool) -> None:
+        """Build events while somebody listens (or while the story log is on); off, the hot
+        paths skip them."""
+        self.emit_events = listening or self.story_log is not None
+
+    def story(self, task_id: str) -> list[StoryEntry]:
+        """The task's transitions, oldest first (empty unless ``CoreConfig.story_tasks``)."""
+        return [] if self.story_log is None else self.story_log.story(task_id)
+
+    def validate(self) -> None:
+        """Check every invariant from scratch (O(n), for tests and simulations): raises
+        :class:`~node.errors.InvariantError` listing what is broken."""
+        problems = check_invariants(self)
+        if problems:
+            raise InvariantError(problems)
 
     def get(self, task_id: str) -> Task | None:
         return self.tasks.get(task_id)

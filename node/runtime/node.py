@@ -27,6 +27,7 @@ from typing import Any
 
 from node.analytics import Analytics, MinuteRow, NodeStats, PerformanceReport
 from node.core import Core, HeartbeatReply, Load, Outbox, WorkerInfo
+from node.core.story import StoryEntry
 from node.embedded import EmbeddedRedis
 from node.errors import (
     FedcoordError,
@@ -297,7 +298,7 @@ class LocalNode:
     def _set_listeners(self, n: int) -> None:
         self._redis_listeners = n
         self._committer.with_events = n > 0
-        self._core.emit_events = bool(self._hub) or n > 0
+        self._core.want_events(bool(self._hub) or n > 0)
 
     def _deliver_grants(self, out: Outbox, batch: WriteBatch, now_ns: int) -> None:
         if out.grants:
@@ -365,7 +366,9 @@ class LocalNode:
         t_read = time.perf_counter()
         now = self._now()
         core = rebuild_core(self._core_cfg, random.Random(self._rng.getrandbits(64)), rec.tasks, rec.workers, now)
-        core.emit_events = bool(self._hub) or self._redis_listeners > 0
+        core.want_events(bool(self._hub) or self._redis_listeners > 0)
+        if self._core.story_log is not None:
+            core.story_log = self._core.story_log  # the transitions seen before the reload
         t_rebuilt = time.perf_counter()
         if self.config.gc_freeze:
             gc.freeze()
@@ -586,7 +589,7 @@ class LocalNode:
     def subscribe(self, *, max_queue: int = 10_000) -> Subscription:
         """Task events (new_task, task_updated) as they become durable: ``async for e in sub``."""
         sub = self._hub.subscribe(max_queue)
-        self._core.emit_events = True
+        self._core.want_events(True)
         return sub
 
     async def workers(self) -> list[WorkerInfo]:
@@ -611,6 +614,11 @@ class LocalNode:
             store=self._store.description,
             state=self._state.value,
         )
+
+    def story(self, task_id: str) -> list[StoryEntry]:
+        """The task's transitions as this process saw them, oldest first (kept for the last
+        ``CoreConfig.story_tasks`` tasks; empty when that is 0, the default)."""
+        return self._core.story(task_id)
 
     async def history(self, minutes: int = 60) -> list[dict[str, Any]]:
         """Per-minute analytics of the last ``minutes`` (up to 24 h), oldest first; the current,

@@ -99,6 +99,12 @@ def encode_task(t: Task) -> bytes:
         d["error"] = t.error
     if t.waits_on:
         d["waits_on"] = t.waits_on
+    if t.hops:
+        d["hops"] = t.hops
+    if t.from_node is not None:
+        d["from_node"] = t.from_node
+    if t.handoff_peer is not None:
+        d["handoff_peer"] = t.handoff_peer
     return _dumps(d)
 
 
@@ -170,6 +176,9 @@ def decode_task(raw: bytes | str) -> Task:
             None if result is None else _b64decode(result),
             get("error"),
             tuple(get("waits_on") or ()),
+            get("hops", 0),
+            get("from_node"),
+            get("handoff_peer"),
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, binascii.Error) as e:
         head = raw[:120] if isinstance(raw, bytes | str) else raw
