@@ -16,7 +16,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from node.analytics import NodeStats, PerformanceReport
+    from node.admission import Admission, AdmissionConfig, FederationView
+    from node.analytics import FixedBins, NodeStats, PerformanceReport, WindowSummary
     from node.core import CoreConfig, HeartbeatReply, Load, ScalingAdvice, WorkerHealth, WorkerInfo
     from node.errors import (
         EmbeddedRedisError,
@@ -41,7 +42,8 @@ if TYPE_CHECKING:
     from node.store.redis_store import RedisStore
 
 _WHERE = {
-    "node.analytics": ("NodeStats", "PerformanceReport"),
+    "node.admission": ("Admission", "AdmissionConfig", "FederationView"),
+    "node.analytics": ("FixedBins", "NodeStats", "PerformanceReport", "WindowSummary"),
     "node.core": ("CoreConfig", "HeartbeatReply", "Load", "ScalingAdvice", "WorkerHealth", "WorkerInfo"),
     "node.errors": (
         "EmbeddedRedisError",
@@ -68,12 +70,16 @@ _WHERE = {
 _MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
 
 __all__ = [
+    "Admission",
+    "AdmissionConfig",
     "CoreConfig",
     "EmbeddedRedisError",
     "Event",
     "EventKind",
     "FedcoordError",
+    "FederationView",
     "FencedError",
+    "FixedBins",
     "HeartbeatReply",
     "InvalidTransitionError",
     "Lease",
@@ -102,6 +108,7 @@ __all__ = [
     "TaskStatus",
     "ValidationError",
     "WaitTimeoutError",
+    "WindowSummary",
     "WorkerHealth",
     "WorkerInfo",
     "WorkerNotFoundError",

@@ -14,6 +14,8 @@ import orjson
 import pytest
 
 from node import (
+    AdmissionConfig,
+    FederationView,
     FencedError,
     LocalNode,
     MemoryBackend,
@@ -248,3 +250,37 @@ def test_the_package_exports_what_it_lists() -> None:
         assert getattr(node, name) is not None
     with pytest.raises(AttributeError):
         _ = node.NoSuchThing  # type: ignore[attr-defined]
+
+
+def test_the_node_keeps_window_summaries_and_applies_federation_views() -> None:
+    window_ns = 20_000_000_000
+    base = (time.time_ns() // window_ns) * window_ns
+    clock = [base + 1_000_000_000]
+    cfg = NodeConfig(
+        core=fast_config().core,
+        tick_max_s=0.02,
+        window_s=20,
+        admission=AdmissionConfig(policy="seed", threshold=0.7),
+    )
+
+    async def main() -> None:
+        async with LocalNode.open("n1", store=MemoryStore("n1"), config=cfg, clock_ns=lambda: clock[0]) as node:
+            await node.register_worker(WorkerSpec("w", concurrency=10))
+            await node.submit([TaskSpec("a"), TaskSpec("a"), TaskSpec("b")])
+            leases = await node.claim("w", 2)
+            clock[0] += 500_000_000
+            for lease in leases:
+                await node.complete(lease)
+            assert node.summary() is None  # no window has ended yet
+            now = node.summary(closed=False)
+            assert now is not None and now.total("submitted") == 3 and now.total("completed") == 2
+            clock[0] = base + window_ns + 1
+            last = node.summary()
+            assert last is not None and last.closed and last.start_ns == base
+            assert (last.types["a"].submitted, last.types["b"].submitted, last.total("completed")) == (2, 1, 2)
+            assert node.threshold() == 0.7  # no federation view: the local threshold
+            assert node.apply_federation(FederationView(at_ns=clock[0], load_share=0.9)) == 0.8
+            assert node.apply_federation(FederationView(at_ns=clock[0], load_share=0.1)) == 0.5
+            assert node.load().ready == 1
+
+    run(main())

@@ -3,6 +3,7 @@ history, the performance report, and the per-window summaries the federation rea
 
 from node.analytics.histogram import DEFAULT_COMPLETION_EDGES_S, FixedBinHistogram, FixedBins, LogHistogram
 from node.analytics.stats import Analytics, MinuteRow, NodeStats, PerformanceReport, error_kind
+from node.analytics.window import TypeWindow, Windows, WindowSummary
 
 __all__ = [
     "DEFAULT_COMPLETION_EDGES_S",
@@ -13,5 +14,8 @@ __all__ = [
     "MinuteRow",
     "NodeStats",
     "PerformanceReport",
+    "TypeWindow",
+    "WindowSummary",
+    "Windows",
     "error_kind",
 ]

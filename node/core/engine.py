@@ -316,6 +316,7 @@ class Engine(CoreState):
         by_type = self._by_type
         queues = self._queues
         by_req = queues.by_requirements
+        submitted = out.submitted
         q = max(now_ns, self._last_queued_ns + 1)
         self._last_queued_ns = q + len(norm) - 1
         for s, tid in zip(norm, new_ids, strict=True):
@@ -324,7 +325,9 @@ class Engine(CoreState):
             tasks[tid] = t
             saved[tid] = t
             by_priority[s.priority] += 1  # type: ignore[index]
-            by_type[s.type] = by_type.get(s.type, 0) + 1
+            ttype = s.type
+            by_type[ttype] = by_type.get(ttype, 0) + 1
+            submitted[ttype] = submitted.get(ttype, 0) + 1
             cls = by_req.get((s.required_capabilities, s.difficulty))
             if cls is None:
                 cls = self._class_of(t)
@@ -390,6 +393,10 @@ class Engine(CoreState):
             if emit:
                 self._event(t, now_ns, NEW_TASK)
         out.counters["submitted"] += len(new)
+        submitted = out.submitted
+        for i in new:
+            ttype = norm[i].type
+            submitted[ttype] = submitted.get(ttype, 0) + 1
         self._dispatch(now_ns)
         return ids
 

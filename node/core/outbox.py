@@ -33,6 +33,8 @@ class Outbox:
     events: list[RawEvent] = field(default_factory=list)
     grants: dict[str, list[Lease]] = field(default_factory=dict)  # waiting claims that got work
     counters: Counter[str] = field(default_factory=Counter)  # submitted, retried, timed_out, ...
+    submitted: dict[str, int] = field(default_factory=dict)  # task type -> tasks submitted (for summaries)
+    adopted: dict[str, int] = field(default_factory=dict)  # task type -> tasks taken over from peers
 
     def __bool__(self) -> bool:
         return bool(
@@ -44,6 +46,8 @@ class Outbox:
             or self.events
             or self.grants
             or self.counters
+            or self.submitted
+            or self.adopted
         )
 
     def event_list(self) -> list[Event]:

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from node.admission import AdmissionConfig
+from node.analytics.histogram import FixedBins
 from node.core import CoreConfig
 from node.errors import ValidationError
 
@@ -29,6 +31,10 @@ class NodeConfig:
     """Runtime settings of a node (the scheduling settings are in ``core``)."""
 
     core: CoreConfig = field(default_factory=CoreConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    # Raw window summaries (the federation's input): window length, completion-time bins
+    window_s: float = 20.0
+    completion_bins: FixedBins = field(default_factory=FixedBins)
     retention_s: float = 86400.0  # finished tasks are kept this long (rounded up to an hour bucket)
     lock_ttl_s: float = 10.0  # owner lock lifetime; refreshed every third of it
     lock_wait_s: float = 0.0  # how long start() waits for another owner to let go
@@ -54,7 +60,7 @@ class NodeConfig:
     def __post_init__(self) -> None:
         if self.embedded_fsync not in FSYNC_POLICIES:
             raise ValidationError("embedded_fsync", f"{self.embedded_fsync!r}", limit=" or ".join(FSYNC_POLICIES))
-        for name in ("retention_s", "lock_ttl_s", "tick_max_s", "listener_check_s"):
+        for name in ("retention_s", "lock_ttl_s", "tick_max_s", "listener_check_s", "window_s"):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and v > 0):
                 raise ValidationError(name, f"{v!r} must be a positive number of seconds", limit="> 0")

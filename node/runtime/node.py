@@ -25,7 +25,9 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+from node.admission import Admission, FederationView
 from node.analytics import Analytics, MinuteRow, NodeStats, PerformanceReport
+from node.analytics.window import Windows, WindowSummary
 from node.core import Core, HeartbeatReply, Load, Outbox, WorkerInfo
 from node.core.story import StoryEntry
 from node.embedded import EmbeddedRedis
@@ -83,6 +85,8 @@ class LocalNode:
         self._hub = EventHub()
         self._redis_listeners = 0
         self._analytics = Analytics(self.node_id, self._now())
+        self._windows = Windows(self.node_id, self._now(), window_s=cfg.window_s, bins=cfg.completion_bins)
+        self.admission = Admission(cfg.admission)
         self._history = History(self.node_id, self._analytics, store, enabled=cfg.history)
         self._loops = Loops(self.node_id)
         self._recovery: asyncio.Task[None] | None = None
@@ -98,6 +102,7 @@ class LocalNode:
         c = self._committer
         c.add_hook("grants", self._deliver_grants)
         c.add_hook("analytics", lambda out, batch, now: self._analytics.record(out, now, batch.counters))
+        c.add_hook("windows", lambda out, batch, now: self._windows.record(out, now))
         c.add_hook("watchers", lambda out, batch, now: self._watchers.notify(out.finished) if self._watchers else None)
         c.add_hook("events", lambda out, batch, now: self._hub.publish(out.event_list()) if out.events else None)
 
@@ -614,6 +619,23 @@ class LocalNode:
             store=self._store.description,
             state=self._state.value,
         )
+
+    def summary(self, *, closed: bool = True) -> WindowSummary | None:
+        """The raw summary of the last complete window (``closed``), or of the one still open:
+        per task type submitted, completed, failed, cancelled, handed off in and out, and the
+        completion-time histogram on fixed public bins. Raw: the federation's privacy step
+        filters it before anything leaves the node. None before the first window ended."""
+        now = self._now()
+        return self._windows.last_closed(now) if closed else self._windows.current(now)
+
+    def threshold(self) -> float:
+        """The acceptance threshold now (see :class:`~node.admission.Admission`)."""
+        return self.admission.threshold(self._check().load(), self._now())
+
+    def apply_federation(self, view: FederationView) -> float:
+        """Take a new view from the federation; returns the threshold it gives."""
+        self.admission.update(view)
+        return self.threshold()
 
     def story(self, task_id: str) -> list[StoryEntry]:
         """The task's transitions as this process saw them, oldest first (kept for the last

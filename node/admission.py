@@ -1,0 +1,201 @@
+"""Admission: the node's acceptance threshold, from its own load and (optionally) the federation.
+
+One interface, :class:`Admission`, is what the rest of the node uses: give it the local load
+(:class:`~node.core.load.Load`) and, when there is one, the latest :class:`FederationView`; it
+answers the threshold, how many tasks to offer to peers, and how many of an offer to accept.
+
+* A node **offloads** while its load ratio is above ``threshold + margin``: it offers enough
+  ready tasks to bring the ratio back to the threshold.
+* It **accepts** an offered task only if its ratio *after* accepting (counting what it already
+  reserved for other offers) stays at or under its threshold. A node without a healthy worker
+  slot accepts nothing.
+
+Policies (pure; the federation will drive them with its views):
+
+* ``local``: the configured threshold, always.
+* ``seed``: seed 000's rule: while this node's share of the federation's load is above 0.4 the
+  threshold is 0.8, else 0.5; with hysteresis (the share must cross ``0.4 +- hysteresis`` to
+  switch), so a share that hovers at 0.4 does not flap.
+
+A view older than ``stale_after_s`` loses weight linearly over ``decay_s``: the threshold moves
+from the policy's answer to the local one and never freezes on old data. With no view at all
+every policy answers the local threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from node.core.load import Load
+from node.errors import ValidationError
+
+__all__ = [
+    "POLICIES",
+    "Admission",
+    "AdmissionConfig",
+    "AdmissionPolicy",
+    "FederationView",
+    "LocalPolicy",
+    "SeedPolicy",
+    "make_policy",
+]
+
+_NS = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class FederationView:
+    """What the federation last told this node (filled by the aggregation, later from Flower).
+
+    ``load_share`` is this node's share of the federation's load (0..1), ``federation_load`` the
+    federation's load ratio, ``peer_loads`` the load ratio of each peer (for choosing whom to
+    offer work to). Any of them may be unknown (None, empty)."""
+
+    at_ns: int
+    load_share: float | None = None
+    federation_load: float | None = None
+    peer_loads: Mapping[str, float] = field(default_factory=dict)
+
+
+class AdmissionPolicy(Protocol):
+    name: str
+
+    def threshold(self, load: Load, view: FederationView | None) -> float:
+        """The threshold this policy wants for ``load`` given ``view`` (None: no view)."""
+        ...
+
+
+def _check_unit(name: str, v: object) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not (0.0 < v <= 1.0):
+        raise ValidationError(name, f"{v!r} out of range", limit="0 < value <= 1")
+    return float(v)
+
+
+def _check_non_negative(name: str, v: object) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+        raise ValidationError(name, f"{v!r} out of range", limit=">= 0")
+    return float(v)
+
+
+POLICIES = ("local", "seed")
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionConfig:
+    """Settings of admission; refused at start (``ValidationError`` naming the setting) when out of range."""
+
+    policy: str = "local"
+    threshold: float = 0.8  # the local threshold: the load ratio up to which the node accepts work
+    margin: float = 0.1  # offload only above threshold + margin
+    # seed rule: above `seed_share` of the federation's load the threshold is `seed_high`, else `seed_low`
+    seed_share: float = 0.4
+    seed_high: float = 0.8
+    seed_low: float = 0.5
+    hysteresis: float = 0.05  # the seed rule switches only once the share is this far past seed_share
+    stale_after_s: float = 60.0  # a federation view older than this starts losing weight ...
+    decay_s: float = 60.0  # ... and counts for nothing this much later (the local threshold rules)
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValidationError("admission.policy", f"{self.policy!r} is not a policy", limit=" | ".join(POLICIES))
+        for name in ("threshold", "seed_high", "seed_low"):
+            _check_unit(f"admission.{name}", getattr(self, name))
+        _check_unit("admission.seed_share", self.seed_share)
+        for name in ("margin", "hysteresis", "stale_after_s", "decay_s"):
+            _check_non_negative(f"admission.{name}", getattr(self, name))
+        if self.hysteresis >= min(self.seed_share, 1 - self.seed_share) and self.seed_share < 1:
+            raise ValidationError(
+                "admission.hysteresis", f"{self.hysteresis!r} leaves no room around seed_share {self.seed_share}"
+            )
+
+
+class LocalPolicy:
+    name = "local"
+
+    def __init__(self, threshold: float):
+        self._threshold = threshold
+
+    def threshold(self, load: Load, view: FederationView | None) -> float:
+        return self._threshold
+
+
+class SeedPolicy:
+    """Seed 000's rule with hysteresis: remembers which side of the share it decided last."""
+
+    name = "seed"
+
+    def __init__(self, cfg: AdmissionConfig):
+        self._cfg = cfg
+        self._high = False  # the last decision: share above seed_share
+
+    def threshold(self, load: Load, view: FederationView | None) -> float:
+        cfg = self._cfg
+        share = None if view is None else view.load_share
+        if share is None:
+            return cfg.threshold
+        if self._high and share < cfg.seed_share - cfg.hysteresis:
+            self._high = False
+        elif not self._high and share > cfg.seed_share + cfg.hysteresis:
+            self._high = True
+        return cfg.seed_high if self._high else cfg.seed_low
+
+
+def make_policy(cfg: AdmissionConfig) -> AdmissionPolicy:
+    if cfg.policy == "seed":
+        return SeedPolicy(cfg)
+    return LocalPolicy(cfg.threshold)
+
+
+class Admission:
+    """The node's admission: a policy, the latest federation view, and the arithmetic of offers."""
+
+    def __init__(self, cfg: AdmissionConfig | None = None, policy: AdmissionPolicy | None = None):
+        self.cfg = cfg = cfg or AdmissionConfig()
+        self.policy = policy or make_policy(cfg)
+        self.view: FederationView | None = None
+        self._local = LocalPolicy(cfg.threshold)
+
+    def update(self, view: FederationView) -> None:
+        """A new view from the federation (an older one than the current is ignored)."""
+        if self.view is None or view.at_ns >= self.view.at_ns:
+            self.view = view
+
+    def view_weight(self, now_ns: int) -> float:
+        """How much the federation view still counts: 1 while fresh, down to 0 as it goes stale."""
+        view = self.view
+        if view is None:
+            return 0.0
+        age_s = max(0.0, (now_ns - view.at_ns) / _NS)
+        over = age_s - self.cfg.stale_after_s
+        if over <= 0:
+            return 1.0
+        if self.cfg.decay_s <= 0:
+            return 0.0
+        return max(0.0, 1.0 - over / self.cfg.decay_s)
+
+    def threshold(self, load: Load, now_ns: int) -> float:
+        local = self._local.threshold(load, None)
+        weight = self.view_weight(now_ns)
+        if weight <= 0.0:
+            return local
+        federated = self.policy.threshold(load, self.view)
+        return weight * federated + (1.0 - weight) * local
+
+    def offload_count(self, load: Load, now_ns: int) -> int:
+        """How many ready tasks to offer to peers now (0 unless above threshold + margin)."""
+        threshold = self.threshold(load, now_ns)
+        if load.ratio <= threshold + self.cfg.margin:
+            return 0
+        keep = math.floor(threshold * load.slots + 1e-9)  # what the node can hold at its threshold
+        return max(0, min(load.ready, load.demand - keep))
+
+    def accept_count(self, load: Load, offered: int, now_ns: int, *, reserved: int = 0) -> int:
+        """How many of ``offered`` tasks to accept: as many as keep the ratio after accepting
+        (with ``reserved`` tasks promised to earlier offers) at or under the threshold."""
+        if load.slots <= 0 or offered <= 0:
+            return 0
+        room = math.floor(self.threshold(load, now_ns) * load.slots + 1e-9) - load.demand - reserved
+        return max(0, min(offered, room))

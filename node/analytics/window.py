@@ -1,0 +1,192 @@
+"""Per-window raw summaries: what a node did in each window of ``window_s`` seconds, by task type.
+
+This is the input of the federation's privacy step (which comes later and is applied before
+anything leaves the node): per task type the tasks submitted, completed, failed, cancelled,
+handed off in and out, and a completion-time histogram on fixed public bins. Nothing here is
+private-safe by itself.
+
+Counts are kept as commits become durable (:meth:`Windows.record` is a post-commit hook; the
+simulator calls it on each drained outbox), never by scanning tasks: reading a summary copies a
+few counters per type. Windows are aligned to the node's clock (``start = now // window``); a
+task counts in the window of the commit that finished it. The last ``keep`` closed windows are
+kept, empty ones included.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from node.analytics.histogram import FixedBinHistogram, FixedBins
+from node.core.outbox import Outbox
+from node.errors import ValidationError
+from node.model import TaskStatus
+
+__all__ = ["TypeWindow", "WindowSummary", "Windows"]
+
+_NS = 1_000_000_000
+_COMPLETED = TaskStatus.COMPLETED
+# slots of a type's counters
+_SUBMITTED, _COMPLETED_I, _FAILED, _CANCELLED, _IN, _OUT = range(6)
+_BY_STATUS = {
+    TaskStatus.COMPLETED: _COMPLETED_I,
+    TaskStatus.FAILED: _FAILED,
+    TaskStatus.CANCELLED: _CANCELLED,
+    TaskStatus.HANDED_OFF: _OUT,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TypeWindow:
+    """One task type in one window."""
+
+    submitted: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    handed_off_in: int = 0
+    handed_off_out: int = 0
+    completion_s: FixedBinHistogram = field(default_factory=FixedBinHistogram)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "submitted": self.submitted,
+            "completed": self.completed,
+            "failed": self.failed,
+            "cancelled": self.cancelled,
+            "handed_off_in": self.handed_off_in,
+            "handed_off_out": self.handed_off_out,
+            "completion_s": self.completion_s.counts,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSummary:
+    """What one node did in ``[start_ns, end_ns)``, by task type (raw: before any privacy step).
+    ``closed`` is False for the window still open (``end_ns`` is then when it was read)."""
+
+    node_id: str
+    start_ns: int
+    end_ns: int
+    closed: bool
+    bins: FixedBins
+    types: dict[str, TypeWindow]
+
+    def total(self, name: str) -> int:
+        return sum(int(getattr(t, name)) for t in self.types.values())
+
+    def completion_s(self) -> FixedBinHistogram:
+        """The completion-time histogram of every type together."""
+        h = FixedBinHistogram(self.bins)
+        for t in self.types.values():
+            h.merge(t.completion_s)
+        return h
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "start_ns": self.start_ns,
+            "end_ns": self.end_ns,
+            "closed": self.closed,
+            "completion_edges_s": list(self.bins.edges),
+            "types": {k: v.to_dict() for k, v in sorted(self.types.items())},
+        }
+
+
+class _Window:
+    __slots__ = ("counts", "hists", "start_ns")
+
+    def __init__(self, start_ns: int):
+        self.start_ns = start_ns
+        self.counts: dict[str, list[int]] = {}  # type -> [submitted, completed, failed, cancelled, in, out]
+        self.hists: dict[str, list[int]] = {}  # type -> counts per completion-time bin
+
+
+class Windows:
+    def __init__(
+        self, node_id: str, now_ns: int, *, window_s: float = 20.0, bins: FixedBins | None = None, keep: int = 16
+    ):
+        if not (isinstance(window_s, int | float) and window_s > 0):
+            raise ValidationError("window_s", f"{window_s!r}", limit="> 0 seconds")
+        self.node_id = node_id
+        self.window_ns = int(window_s * _NS)
+        self.bins = bins or FixedBins()
+        self._edges = self.bins.edges
+        self._nbins = len(self.bins)
+        self._closed: deque[WindowSummary] = deque(maxlen=max(1, keep))
+        self._open = _Window(self._start_of(now_ns))
+
+    def _start_of(self, now_ns: int) -> int:
+        return (now_ns // self.window_ns) * self.window_ns
+
+    def _roll(self, now_ns: int) -> _Window:
+        w = self._open
+        start = self._start_of(now_ns)
+        if start > w.start_ns:
+            end = w.start_ns + self.window_ns
+            self._closed.append(self._summary(w, end, closed=True))
+            # windows in between without any commit are closed empty (at most `keep` of them)
+            first_empty = max(end, start - self._closed.maxlen * self.window_ns)  # type: ignore[operator]
+            for s in range(first_empty, start, self.window_ns):
+                self._closed.append(self._summary(_Window(s), s + self.window_ns, closed=True))
+            w = self._open = _Window(start)
+        return w
+
+    def _type(self, w: _Window, ttype: str) -> list[int]:
+        c = w.counts.get(ttype)
+        if c is None:
+            c = w.counts[ttype] = [0, 0, 0, 0, 0, 0]
+            w.hists[ttype] = [0] * self._nbins
+        return c
+
+    def record(self, out: Outbox, now_ns: int) -> None:
+        """Count a durable commit (post-commit hook)."""
+        w = self._roll(now_ns)
+        for ttype, n in out.submitted.items():
+            self._type(w, ttype)[_SUBMITTED] += n
+        for ttype, n in out.adopted.items():
+            self._type(w, ttype)[_IN] += n
+        if not out.finished:
+            return
+        counts = w.counts
+        hists = w.hists
+        edges = self._edges
+        right = bisect.bisect_right
+        by_status = _BY_STATUS
+        for t in out.finished.values():
+            slot = by_status.get(t.status)
+            if slot is None:
+                continue
+            ttype = t.spec.type
+            c = counts.get(ttype)
+            if c is None:
+                c = self._type(w, ttype)
+            c[slot] += 1
+            if slot == _COMPLETED_I:
+                began = t.started_ns if t.started_ns is not None else t.claimed_ns
+                if began is not None and t.finished_ns is not None:
+                    hists[ttype][right(edges, (t.finished_ns - began) / _NS)] += 1
+
+    def _summary(self, w: _Window, end_ns: int, *, closed: bool) -> WindowSummary:
+        bins = self.bins
+        types = {
+            ttype: TypeWindow(c[0], c[1], c[2], c[3], c[4], c[5], FixedBinHistogram(bins, w.hists[ttype]))
+            for ttype, c in w.counts.items()
+        }
+        return WindowSummary(self.node_id, w.start_ns, end_ns, closed, bins, types)
+
+    def current(self, now_ns: int) -> WindowSummary:
+        """The window still open, so far."""
+        return self._summary(self._roll(now_ns), now_ns, closed=False)
+
+    def last_closed(self, now_ns: int) -> WindowSummary | None:
+        """The most recent complete window (None before the first one ended)."""
+        self._roll(now_ns)
+        return self._closed[-1] if self._closed else None
+
+    def closed(self, now_ns: int) -> list[WindowSummary]:
+        """The closed windows kept, oldest first."""
+        self._roll(now_ns)
+        return list(self._closed)

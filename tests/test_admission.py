@@ -1,0 +1,86 @@
+"""Admission: policies, hysteresis, staleness decay, offer and acceptance arithmetic, settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from node.admission import Admission, AdmissionConfig, FederationView
+from node.core import Load
+from node.errors import ValidationError
+
+S = 1_000_000_000
+
+
+def load(leased: int, ready: int, slots: int, delayed: int = 0) -> Load:
+    demand = leased + ready
+    return Load(leased, ready, delayed, 0, 0, slots, demand / slots if slots else float(demand))
+
+
+def test_local_policy_is_the_configured_threshold_with_or_without_a_view() -> None:
+    adm = Admission(AdmissionConfig(threshold=0.7))
+    assert adm.threshold(load(3, 0, 10), 0) == 0.7
+    adm.update(FederationView(at_ns=0, load_share=0.9))
+    assert adm.threshold(load(3, 0, 10), 0) == 0.7
+
+
+def test_seed_policy_follows_the_share_with_hysteresis() -> None:
+    adm = Admission(AdmissionConfig(policy="seed", threshold=0.6, hysteresis=0.05))
+    now = 100 * S
+    assert adm.threshold(load(1, 0, 10), now) == 0.6  # no view yet: local
+    seen = []
+    for share in (0.30, 0.42, 0.46, 0.42, 0.38, 0.34, 0.42):
+        adm.update(FederationView(at_ns=now, load_share=share))
+        seen.append(adm.threshold(load(1, 0, 10), now))
+    # up only past 0.45, down only under 0.35
+    assert seen == [0.5, 0.5, 0.8, 0.8, 0.8, 0.5, 0.5]
+
+
+def test_a_stale_view_decays_to_the_local_threshold() -> None:
+    adm = Admission(AdmissionConfig(policy="seed", threshold=0.6, stale_after_s=20, decay_s=40))
+    adm.update(FederationView(at_ns=0, load_share=0.9))  # seed: 0.8
+    ld = load(1, 0, 10)
+    assert adm.threshold(ld, 20 * S) == pytest.approx(0.8)
+    assert adm.threshold(ld, 40 * S) == pytest.approx(0.7)  # halfway
+    assert adm.threshold(ld, 60 * S) == pytest.approx(0.6)
+    assert adm.threshold(ld, 3600 * S) == pytest.approx(0.6)  # never frozen on old data
+    adm.update(FederationView(at_ns=-5 * S, load_share=0.1))  # older than what it has: ignored
+    assert adm.view is not None and adm.view.at_ns == 0
+
+
+def test_offload_only_above_threshold_plus_margin_and_only_ready_tasks() -> None:
+    adm = Admission(AdmissionConfig(threshold=0.5, margin=0.2))
+    assert adm.offload_count(load(4, 3, 10), 0) == 0  # 0.7: not above 0.7
+    assert adm.offload_count(load(4, 4, 10), 0) == 3  # 0.8: back to 5 of 10
+    assert adm.offload_count(load(9, 1, 10), 0) == 1  # only ready tasks can go
+    assert adm.offload_count(load(0, 6, 0), 0) == 6  # no worker at all: everything that is ready
+
+
+def test_accept_only_while_the_load_after_stays_under_the_threshold() -> None:
+    adm = Admission(AdmissionConfig(threshold=0.8))
+    assert adm.accept_count(load(2, 3, 10), 10, 0) == 3  # 5 + 3 = 8 of 10
+    assert adm.accept_count(load(2, 3, 10), 10, 0, reserved=2) == 1
+    assert adm.accept_count(load(2, 3, 10), 2, 0) == 2
+    assert adm.accept_count(load(8, 0, 10), 5, 0) == 0
+    assert adm.accept_count(load(0, 0, 0), 5, 0) == 0  # no slot: nothing
+    assert adm.accept_count(load(0, 0, 7), 10, 0) == 5  # floor(0.8 * 7)
+
+
+@pytest.mark.parametrize(
+    ("settings", "name"),
+    [
+        ({"threshold": 0.0}, "admission.threshold"),
+        ({"threshold": 1.5}, "admission.threshold"),
+        ({"threshold": True}, "admission.threshold"),
+        ({"margin": -0.1}, "admission.margin"),
+        ({"policy": "greedy"}, "admission.policy"),
+        ({"seed_high": 2}, "admission.seed_high"),
+        ({"stale_after_s": -1}, "admission.stale_after_s"),
+        ({"hysteresis": 0.5}, "admission.hysteresis"),
+    ],
+)
+def test_settings_out_of_range_are_refused_naming_the_setting(settings: dict[str, Any], name: str) -> None:
+    with pytest.raises(ValidationError) as ei:
+        AdmissionConfig(**settings)
+    assert ei.value.field == name and str(ei.value).startswith(name)
