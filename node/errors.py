@@ -12,6 +12,9 @@ subclasses say what went wrong so a caller (and later the gRPC layer) can map th
 * :class:`FencedError` - this process lost ownership of the node while running
 * :class:`WaitTimeoutError` - a wait ran out of time (also a :class:`TimeoutError`)
 * :class:`EmbeddedRedisError` - the embedded redis-server could not be found or started
+* :class:`HandoffError` - hand-off between nodes: :class:`PeerUnavailableError` (no answer:
+  the outcome is unknown, the node asks again later), :class:`HandoffProtocolError` (a peer
+  answered for a task it was never offered, or broke the protocol otherwise)
 
 Every error survives pickling with its attributes (a sweep runs cores in worker processes, and
 multiprocessing sends exceptions back by pickle between our own processes).
@@ -25,11 +28,14 @@ __all__ = [
     "EmbeddedRedisError",
     "FedcoordError",
     "FencedError",
+    "HandoffError",
+    "HandoffProtocolError",
     "InvalidTransitionError",
     "InvariantError",
     "NodeClosedError",
     "NodeOwnedError",
     "NotFoundError",
+    "PeerUnavailableError",
     "StaleLeaseError",
     "StoreError",
     "StoreUnavailableError",
@@ -58,23 +64,27 @@ class ValidationError(FedcoordError, ValueError):
     ``index`` is the position in a batch when the bad value came in one.
     """
 
-    def __init__(self, field: str, message: str, *, limit: str | None = None, index: int | None = None):
+    def __init__(
+        self, field: str, message: str, *, limit: str | None = None, index: int | None = None, batch: str = "specs"
+    ):
         self.field = field
         self.limit = limit
         self.index = index
+        self.batch = batch
         self.detail = message
-        where = f"{field}" if index is None else f"specs[{index}].{field}"
+        where = f"{field}" if index is None else f"{batch}[{index}].{field}"
         text = f"{where}: {message}"
         if limit is not None:
             text += f" (limit: {limit})"
         super().__init__(text)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return _rebuild, (type(self), (self.field, self.detail), {"limit": self.limit, "index": self.index})
+        kw = {"limit": self.limit, "index": self.index, "batch": self.batch}
+        return _rebuild, (type(self), (self.field, self.detail), kw)
 
-    def at(self, index: int) -> ValidationError:
-        """The same error, placed at ``index`` of a batch."""
-        return type(self)(self.field, self.detail, limit=self.limit, index=index)
+    def at(self, index: int, batch: str = "specs") -> ValidationError:
+        """The same error, placed at ``index`` of a batch (``specs``, ``records``...)."""
+        return type(self)(self.field, self.detail, limit=self.limit, index=index, batch=batch)
 
 
 class NotFoundError(FedcoordError, KeyError):
@@ -166,3 +176,17 @@ class InvariantError(FedcoordError, AssertionError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return _rebuild, (type(self), (self.problems,), {})
+
+
+class HandoffError(FedcoordError):
+    """Hand-off between nodes failed."""
+
+
+class PeerUnavailableError(HandoffError):
+    """The peer could not be reached or did not answer: what it did is unknown (the node settles
+    it by asking the peer later, never by guessing)."""
+
+
+class HandoffProtocolError(HandoffError):
+    """A peer broke the hand-off protocol: it acknowledged or reported on a task that was never
+    handed to it, or sent something no correct peer sends. Nothing of the call was applied."""

@@ -16,10 +16,9 @@ this object's throughput is a product goal (see bench/core.py).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from operator import attrgetter
 
-from node.core.engine import Engine
 from node.core.state import (
     _LEASED,
     _RANK,
@@ -34,6 +33,7 @@ from node.core.state import (
     HeartbeatReply,
     _timeout_ns,
 )
+from node.core.transfer import Transfers
 from node.core.workers import (
     WorkerInfo,
     WorkerState,
@@ -60,9 +60,10 @@ from node.model import (
 __all__ = ["Core", "HeartbeatReply"]
 
 
-class Core(Engine):
+class Core(Transfers):
     """The scheduling core: its commands. State and queries: :class:`~node.core.state.CoreState`;
-    internal transitions: :class:`~node.core.engine.Engine`."""
+    internal transitions: :class:`~node.core.engine.Engine`; hand-off commands:
+    :class:`~node.core.transfer.Transfers`."""
 
     # ------------------------------------------------------------------ submit
 
@@ -208,7 +209,7 @@ class Core(Engine):
         sp = t.spec
         if w is not None:
             self._worker_done(t, w, now_ns, True, True)
-        if tid in self._dependents or sp.idempotency_key is not None:
+        if tid in self._dependents or sp.idempotency_key is not None or t.from_node is not None:
             self._finish(t, COMPLETED, now_ns)
         else:
             # The common case, written out: _finish() with nothing waiting on the task
@@ -358,13 +359,28 @@ class Core(Engine):
 
     # ------------------------------------------------------------------ restore
 
-    def restore(self, tasks: Iterable[Task], workers: Iterable[WorkerState], now_ns: int) -> None:
+    def restore(
+        self,
+        tasks: Iterable[Task],
+        workers: Iterable[WorkerState],
+        now_ns: int,
+        *,
+        reports: Iterable[Task] = (),
+        refused: Mapping[str, int] | None = None,
+        remote_pending: Collection[str] = (),
+    ) -> None:
         """Rebuild state from stored records (after a restart). Workers that were not unhealthy
         come back of *unknown* health: their slots do not count and they take no new work until
         they are heard from (heartbeat, claim, report) within a fresh heartbeat grace period;
         their leases stay theirs meanwhile. Queues are rebuilt in line order; leases held by
         workers that are gone or unhealthy go back in line; leases that expired meanwhile are
-        handled by the next :meth:`tick`."""
+        handled by the next :meth:`tick`. Tasks being handed off stay so (out of line) until the
+        runtime settles them with their peer.
+
+        Hand-off state: ``reports`` are final records of adopted tasks not yet acknowledged by
+        the node they came from; ``refused`` the ids declared unknown to a peer (id -> ns);
+        ``remote_pending`` the handed-off tasks without a result yet, which pending tasks here
+        may wait on."""
         if self.tasks or self.workers:
             raise RuntimeError("restore() needs an empty core")
         for w in workers:
@@ -405,15 +421,19 @@ class Core(Engine):
                     self._n_delayed += 1
                 else:
                     ready.append(t)
-            elif st is not PENDING:
+            elif st is ASSIGNED or st is IN_PROGRESS:
                 leased.append(t)
         for t in by_id.values():
             if t.status is PENDING:
-                unmet = [d for d in (t.waits_on or t.spec.dependencies) if d in by_id]
+                unmet = [d for d in (t.waits_on or t.spec.dependencies) if d in by_id or d in remote_pending]
                 if unmet:
                     self._deps.wait(t.id, unmet)
+                    self._remote_deps.update(d for d in unmet if d not in by_id)
                 else:
                     unmet_ready.append(t)
+        for r in reports:
+            self._reports[r.id] = r
+        self._refused.update(refused or {})
         heapq.heapify(self._delayed)
         live_leases: list[Task] = []
         for t in leased:

@@ -18,6 +18,7 @@ from node.core.state import (
     ASSIGNED,
     COMPLETED,
     FAILED,
+    HANDED_OFF,
     NEW_TASK,
     PENDING,
     QUEUED,
@@ -251,7 +252,9 @@ class Engine(CoreState):
 
     def _finish(self, t: Task, status: TaskStatus, now_ns: int, *, error: str | None = None) -> None:
         """Move a task to a terminal status and out of the core; settle its dependents
-        (completion releases them, anything else fails them, transitively)."""
+        (completion releases them, anything else fails them, transitively). A task handed off
+        to a peer is terminal here but not finished: its dependents wait for its result. An
+        adopted task's final record is queued for reporting to the node it came from."""
         stack = [(t, status, error)]
         out = self.out
         deps = self._deps
@@ -272,17 +275,31 @@ class Engine(CoreState):
             out.finished[t.id] = t
             if self.emit_events:
                 self._event(t, now_ns)
-            if t.id not in deps.dependents:
+            if status is HANDED_OFF:
+                if t.id in deps.dependents:
+                    self._remote_deps.add(t.id)
                 continue
-            for d in deps.take_dependents(t.id):
-                dt = self.tasks.get(d)
-                if dt is None or dt.status is not PENDING or not deps.waits_on(d, t.id):
-                    continue  # gone, or a stale or repeated entry (already failed in this cascade)
-                if status is not COMPLETED:
-                    deps.forget(d)
-                    stack.append((dt, FAILED, f"dependency {t.id} {status.value}"))
-                elif deps.met_one(d, t.id):
-                    self._ready_or_delay(dt, now_ns)
+            if t.from_node is not None:
+                self._reports[t.id] = t
+                out.reports[t.id] = t
+            if t.id in deps.dependents:
+                self._settle_dependents(t.id, status, now_ns, stack)
+
+    def _settle_dependents(
+        self, tid: str, status: TaskStatus, now_ns: int, stack: list[tuple[Task, TaskStatus, str | None]]
+    ) -> None:
+        """``tid`` reached its final ``status``: its pending dependents are released (completed)
+        or pushed on ``stack`` to fail (anything else)."""
+        deps = self._deps
+        for d in deps.take_dependents(tid):
+            dt = self.tasks.get(d)
+            if dt is None or dt.status is not PENDING or not deps.waits_on(d, tid):
+                continue  # gone, or a stale or repeated entry (already failed in this cascade)
+            if status is not COMPLETED:
+                deps.forget(d)
+                stack.append((dt, FAILED, f"dependency {tid} {status.value}"))
+            elif deps.met_one(d, tid):
+                self._ready_or_delay(dt, now_ns)
 
     def _forget_key(self, t: Task) -> None:
         """The task leaves: its idempotency key moves to the bounded memory of recent keys."""

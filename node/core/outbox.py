@@ -35,6 +35,13 @@ class Outbox:
     counters: Counter[str] = field(default_factory=Counter)  # submitted, retried, timed_out, ...
     submitted: dict[str, int] = field(default_factory=dict)  # task type -> tasks submitted (for summaries)
     adopted: dict[str, int] = field(default_factory=dict)  # task type -> tasks taken over from peers
+    # Hand-off: final records of adopted tasks to report to the node they came from (kept until it
+    # acknowledges), reports acknowledged, final records of handed-off tasks that came back (archive
+    # only: the owner counted them), and ids declared unknown to a peer that asked (task id -> ns).
+    reports: dict[str, Task] = field(default_factory=dict)
+    reports_done: set[str] = field(default_factory=set)
+    archived: dict[str, Task] = field(default_factory=dict)
+    refused: dict[str, int] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(
@@ -48,6 +55,10 @@ class Outbox:
             or self.counters
             or self.submitted
             or self.adopted
+            or self.reports
+            or self.reports_done
+            or self.archived
+            or self.refused
         )
 
     def event_list(self) -> list[Event]:

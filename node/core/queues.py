@@ -74,6 +74,49 @@ class ReadyQueues:
         cls.deques[_RANKS[task.spec.priority]].append(task)  # type: ignore[index]
         cls.size += 1
 
+    def remove(self, task: Task) -> None:
+        """Take ``task`` out of line now (not lazily): it is being handed off and may come back
+        (:meth:`put_back`). Tasks chosen for hand-off are taken from the tail, so the search
+        from the right is short."""
+        cls, _ = self.class_of(task)
+        dq = cls.deques[_RANKS[task.spec.priority]]  # type: ignore[index]
+        if dq and dq[-1] is task:
+            dq.pop()
+        else:
+            for i in range(len(dq) - 1, -1, -1):
+                if dq[i] is task:
+                    del dq[i]
+                    break
+            else:
+                raise KeyError(task.id)
+        cls.size -= 1
+
+    def put_back(self, task: Task, cls: TaskClass) -> None:
+        """Return ``task`` to its old place in line (by its unchanged ``queued_ns``)."""
+        dq = cls.deques[_RANKS[task.spec.priority]]  # type: ignore[index]
+        q = task.queued_ns
+        assert q is not None
+        i = len(dq)
+        while i > 0 and (dq[i - 1].queued_ns or 0) > q:
+            i -= 1
+        dq.insert(i, task)
+        cls.size += 1
+
+    def tails(self, n: int) -> list[Task]:
+        """Up to ``n`` queued tasks from the back of every deque (the ones that would wait the
+        longest), candidates for a hand-off."""
+        out: list[Task] = []
+        for cls in self.classes.values():
+            for dq in cls.deques:
+                taken = 0
+                for t in reversed(dq):
+                    if taken >= n:
+                        break
+                    if t.status is _QUEUED:
+                        out.append(t)
+                        taken += 1
+        return out
+
     def pop_for(self, classes: list[TaskClass], n: int) -> list[Task]:
         """Remove and return up to ``n`` tasks in line order among ``classes``.
 

@@ -40,6 +40,7 @@ QUEUED = TaskStatus.QUEUED
 ASSIGNED = TaskStatus.ASSIGNED
 IN_PROGRESS = TaskStatus.IN_PROGRESS
 HANDING_OFF = TaskStatus.HANDING_OFF
+HANDED_OFF = TaskStatus.HANDED_OFF
 COMPLETED = TaskStatus.COMPLETED
 FAILED = TaskStatus.FAILED
 CANCELLED = TaskStatus.CANCELLED
@@ -89,8 +90,13 @@ class CoreState:
         self._slots = 0  # ... and their concurrency summed (load = (leased + ready) / slots)
         self._leases = LeaseClock(self.tasks)
         self._deps = DependencyGraph()
-        # Handed-off tasks that pending tasks here still wait on: settled when the result comes back.
+        # Hand-off: handed-off tasks that pending tasks here still wait on (settled when their
+        # result comes back); final records of adopted tasks not yet acknowledged by the node
+        # they came from; ids this node declared unknown to a peer that asked (id -> ns), whose
+        # late transfers it refuses.
         self._remote_deps: set[str] = set()
+        self._reports: dict[str, Task] = {}
+        self._refused: dict[str, int] = {}
         self._dependents = self._deps.dependents  # the same dict: read on every completion
         self._idem: dict[str, str] = {}  # idempotency key -> id, active tasks
         self._recent_idem: dict[str, str] = {}  # ... and recently finished ones (bounded)

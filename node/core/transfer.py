@@ -1,0 +1,414 @@
+"""The core's side of hand-off: tasks moving to a peer node and back, as pure commands.
+
+Origin (the node that hands a task off):
+
+* :meth:`Transfers.begin_handoff` takes ready tasks out of line into ``handing_off``, recording
+  the peer (made durable *before* the transfer is sent). Refused, all or nothing, for a task
+  that is not ready, has dependents on this node, or reached the hop limit.
+* :meth:`Transfers.finish_handoff`, once the peer acknowledged that it holds the tasks durably:
+  they become ``handed_off`` (terminal here; ``owner_node`` names the new owner).
+* :meth:`Transfers.abort_handoff`, when the peer refused them or said it never got them: they
+  go back to their old place in line.
+* :meth:`Transfers.record_result`: the owner reported a handed-off task's final result; this
+  node archives it (``get`` and ``wait`` follow the task to it) without counting it again, and
+  releases or fails the tasks here that waited on it.
+
+Owner (the peer):
+
+* :meth:`Transfers.adopt` takes the records in, idempotent on task id (a repeated transfer
+  changes nothing and gets the same answer); ids it declared unknown earlier are refused.
+* :meth:`Transfers.task_status` says whether it owns tasks (for an origin settling hand-offs
+  after a restart); an id it does not know is *declared unknown* for good (a tombstone), so a
+  transfer of it that arrives late is refused: the origin, told "unknown", takes the task back,
+  and two owners must never result.
+* Finished adopted tasks are reported back (:meth:`Transfers.pending_reports`) until the node
+  they came from acknowledges (:meth:`Transfers.report_done`).
+
+Invariant across nodes: every task has exactly one owner: active on one node, or finished
+there; never on two, never on none.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import NamedTuple
+
+from node.core.engine import Engine
+from node.core.state import (
+    _NS,
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    HANDED_OFF,
+    HANDING_OFF,
+    NEW_TASK,
+    PENDING,
+    QUEUED,
+)
+from node.errors import HandoffProtocolError, InvalidTransitionError, TaskNotFoundError, ValidationError
+from node.model import Task, TaskSpec, TaskStatus, check_id, check_name, check_result, normalize_spec
+
+__all__ = ["AdoptResult", "HandoffRecord", "Outcome", "RemoteStatus", "Transfers"]
+
+_FINAL = (COMPLETED, FAILED, CANCELLED)
+TOMBSTONE_S = 86_400.0  # how long a "declared unknown" is remembered (far beyond any RPC deadline)
+
+
+class HandoffRecord(NamedTuple):
+    """A task as it travels to a peer: what the peer needs to own it."""
+
+    task_id: str
+    spec: TaskSpec
+    origin_node: str  # where it was submitted
+    created_ns: int
+    attempt: int  # leases granted so far (fencing continues from there)
+    failures: int  # failed attempts so far (the retry budget continues)
+    hops: int  # moves so far, before this one
+    error: str | None = None
+
+
+class Outcome(NamedTuple):
+    """A handed-off task's final result, reported to the node it came from."""
+
+    task_id: str
+    status: TaskStatus  # completed, failed or cancelled
+    finished_ns: int
+    attempt: int
+    worker_id: str | None
+    owner_node: str  # where it finished
+    result: bytes | None = None
+    error: str | None = None
+
+
+class RemoteStatus(StrEnum):
+    OWNED = "owned"  # this node holds it, finished it, or handed it on
+    UNKNOWN = "unknown"  # never received (and now refused for good)
+
+
+@dataclass(slots=True)
+class AdoptResult:
+    adopted: list[str] = field(default_factory=list)  # taken in now
+    already: list[str] = field(default_factory=list)  # taken in by an earlier transfer: the same answer
+    refused: dict[str, str] = field(default_factory=dict)  # task id -> why
+
+    @property
+    def owned(self) -> list[str]:
+        """Every id this node holds now (what the origin may mark handed off)."""
+        return self.adopted + self.already
+
+
+def record_of(t: Task) -> HandoffRecord:
+    """The record that carries ``t`` to a peer."""
+    return HandoffRecord(t.id, t.spec, t.origin_node, t.created_ns, t.attempt, t.failures, t.hops, t.error)
+
+
+def outcome_of(t: Task) -> Outcome:
+    """The report of a finished adopted task."""
+    assert t.finished_ns is not None
+    return Outcome(t.id, t.status, t.finished_ns, t.attempt, t.assigned_worker, t.owner_node, t.result, t.error)
+
+
+def _ids(field_name: str, task_ids: Sequence[str]) -> list[str]:
+    if isinstance(task_ids, str) or not isinstance(task_ids, Sequence):
+        raise ValidationError(field_name, f"expected a sequence of task ids, got {type(task_ids).__name__}")
+    ids = [check_id(field_name, tid) for tid in task_ids]
+    if len(set(ids)) != len(ids):
+        raise ValidationError(field_name, "the same task id twice")
+    return ids
+
+
+def _check_int(field_name: str, value: object, index: int) -> int:
+    if type(value) is not int or value < 0:
+        raise ValidationError(field_name, f"{value!r} must be a non-negative integer", index=index, batch="records")
+    return value
+
+
+class Transfers(Engine):
+    """Hand-off commands (see the module docstring)."""
+
+    # ------------------------------------------------------------------ origin
+
+    def _has_dependents(self, tid: str) -> bool:
+        deps = self._deps
+        return any(d in self.tasks and deps.waits_on(d, tid) for d in deps.dependents.get(tid, ()))
+
+    def handoff_candidates(self, n: int) -> list[str]:
+        """Up to ``n`` ready tasks that may be handed off, those that would wait longest first
+        (lowest in line): no dependents here, under the hop limit."""
+        if n <= 0:
+            return []
+        max_hops = self.config.max_hops
+        line_key = self._queues.line_key
+        tails = [t for t in self._queues.tails(n) if t.hops < max_hops and not self._has_dependents(t.id)]
+        tails.sort(key=line_key, reverse=True)
+        return [t.id for t in tails[:n]]
+
+    def begin_handoff(self, task_ids: Sequence[str], peer: str, now_ns: int) -> None:
+        """Ready tasks -> ``handing_off`` to ``peer``, out of line (all or nothing)."""
+        peer = check_name("peer", peer)
+        if peer == self.node_id:
+            raise ValidationError("peer", f"{peer!r} is this node")
+        ids = _ids("task_ids", task_ids)
+        tasks: list[Task] = []
+        for tid in ids:
+            t = self.tasks.get(tid)
+            if t is None:
+                raise TaskNotFoundError(tid)
+            if t.status is not QUEUED or t.queued_ns is None:
+                what = "waiting for its start time" if t.status is QUEUED else t.status.value
+                raise InvalidTransitionError(tid, what, "hand off", "a ready task (queued and claimable)")
+            if t.hops >= self.config.max_hops:
+                raise InvalidTransitionError(
+                    tid, f"at {t.hops} hops", "hand off", f"fewer than {self.config.max_hops} hops"
+                )
+            if self._has_dependents(tid):
+                raise InvalidTransitionError(tid, "awaited by tasks here", "hand off", "no dependents on this node")
+            tasks.append(t)
+        queues = self._queues
+        for t in tasks:
+            queues.remove(t)
+            self._move(t, HANDING_OFF)
+            t.handoff_peer = peer
+            self.out.saved[t.id] = t
+            if self.emit_events:
+                self._event(t, now_ns)
+
+    def _handing_off(self, task_ids: Sequence[str], peer: str | None, operation: str) -> list[Task]:
+        ids = _ids("task_ids", task_ids)
+        tasks = []
+        for tid in ids:
+            t = self.tasks.get(tid)
+            if t is None or t.status is not HANDING_OFF:
+                status = "not active here" if t is None else t.status.value
+                if peer is not None:
+                    raise HandoffProtocolError(f"peer {peer!r} answered for task {tid!r}, which is {status}")
+                if t is None:
+                    raise TaskNotFoundError(tid)
+                raise InvalidTransitionError(tid, status, operation, "status handing_off")
+            if peer is not None and t.handoff_peer != peer:
+                raise HandoffProtocolError(
+                    f"peer {peer!r} answered for task {tid!r}, which is being handed to {t.handoff_peer!r}"
+                )
+            tasks.append(t)
+        return tasks
+
+    def finish_handoff(self, task_ids: Sequence[str], peer: str, now_ns: int) -> None:
+        """``peer`` holds these tasks durably: they are ``handed_off`` here (all or nothing;
+        :class:`HandoffProtocolError` if ``peer`` was not handed one of them)."""
+        for t in self._handing_off(task_ids, peer, "finish a hand-off"):
+            t.owner_node = peer
+            t.handoff_peer = None
+            self._finish(t, HANDED_OFF, now_ns)
+
+    def abort_handoff(self, task_ids: Sequence[str], now_ns: int, *, peer: str | None = None) -> None:
+        """The peer refused these tasks or never got them: back to their old place in line.
+        With ``peer``, it is the peer's answer (a task not being handed to it is a protocol error)."""
+        tasks = self._handing_off(task_ids, peer, "abort a hand-off")
+        queues = self._queues
+        for t in tasks:
+            t.handoff_peer = None
+            self._move(t, QUEUED)
+            queues.put_back(t, self._class_of(t))
+            self.out.saved[t.id] = t
+            if self.emit_events:
+                self._event(t, now_ns)
+        for wid in list(self._waiters):  # waiting claims may take them now
+            if wid in self._waiters:
+                self._refill(self.workers[wid], now_ns)
+
+    def handoffs_in_flight(self) -> dict[str, list[str]]:
+        """Tasks being handed off, by peer (to settle after a restart)."""
+        by_peer: dict[str, list[str]] = {}
+        for t in self.tasks.values():
+            if t.status is HANDING_OFF and t.handoff_peer is not None:
+                by_peer.setdefault(t.handoff_peer, []).append(t.id)
+        return by_peer
+
+    def record_result(self, outcome: Outcome, peer: str, archived: Task | None, now_ns: int) -> Task:
+        """``peer`` reports the final result of a task this node handed to it. ``archived`` is
+        this node's record of the task (the runtime reads it from the archive). Returns the final
+        record; a repeated report changes nothing and returns the same."""
+        if type(outcome) is not Outcome:
+            raise ValidationError("outcome", f"must be an Outcome, got {type(outcome).__name__}")
+        tid = outcome.task_id
+        if archived is None or archived.id != tid:
+            raise HandoffProtocolError(f"peer {peer!r} reported on task {tid!r}, which this node never handed off")
+        if archived.status is not HANDED_OFF:
+            if archived.status in _FINAL and archived.owner_node == outcome.owner_node:
+                return archived  # reported before: the same answer
+            raise HandoffProtocolError(f"peer {peer!r} reported on task {tid!r}, which is {archived.status.value} here")
+        if archived.owner_node != peer:
+            raise HandoffProtocolError(
+                f"peer {peer!r} reported on task {tid!r}, which was handed to {archived.owner_node!r}"
+            )
+        if outcome.status not in _FINAL:
+            raise ValidationError("outcome.status", f"{outcome.status!r}", limit="completed|failed|cancelled")
+        result = None if outcome.result is None else check_result(outcome.result, self.limits)
+        final = dataclasses.replace(
+            archived,
+            status=outcome.status,
+            finished_ns=outcome.finished_ns,
+            attempt=outcome.attempt,
+            assigned_worker=outcome.worker_id,
+            owner_node=check_name("owner_node", outcome.owner_node),
+            result=result,
+            error=outcome.error,
+        )
+        out = self.out
+        out.archived[tid] = final
+        out.counters[f"handoff_result:{final.status.value}"] += 1
+        if self.emit_events:
+            self._event(final, now_ns)
+        if final.from_node is not None:  # this node had adopted it: pass the result on
+            self._reports[tid] = final
+            out.reports[tid] = final
+        if tid in self._remote_deps:
+            self._remote_deps.discard(tid)
+            stack: list[tuple[Task, TaskStatus, str | None]] = []
+            self._settle_dependents(tid, final.status, now_ns, stack)
+            for dt, st, err in stack:
+                if dt.id in self.tasks:
+                    self._finish(dt, st, now_ns, error=err)
+            self._dispatch(now_ns)
+        return final
+
+    # ------------------------------------------------------------------ owner
+
+    def _check_record(self, rec: object, i: int) -> HandoffRecord:
+        if type(rec) is not HandoffRecord:
+            raise ValidationError(
+                "record", f"must be a HandoffRecord, got {type(rec).__name__}", index=i, batch="records"
+            )
+        try:
+            tid = check_id("task_id", rec.task_id)
+            spec = normalize_spec(rec.spec, self.limits)
+            origin = check_name("origin_node", rec.origin_node)
+        except ValidationError as e:
+            raise e.at(i, "records") from None
+        if rec.error is not None and not isinstance(rec.error, str):
+            raise ValidationError("error", "must be a string or None", index=i, batch="records")
+        hops = _check_int("hops", rec.hops, i)
+        if hops + 1 > self.config.max_hops:
+            raise ValidationError(
+                "hops", f"{hops} hops already", limit=f"< {self.config.max_hops}", index=i, batch="records"
+            )
+        return HandoffRecord(
+            tid,
+            spec,
+            origin,
+            _check_int("created_ns", rec.created_ns, i),
+            _check_int("attempt", rec.attempt, i),
+            _check_int("failures", rec.failures, i),
+            hops,
+            rec.error,
+        )
+
+    def adopt(
+        self, records: Sequence[HandoffRecord], from_node: str, now_ns: int, *, known: Mapping[str, Task] | None = None
+    ) -> AdoptResult:
+        """Take handed-off tasks in from ``from_node``: they are queued here, owned here.
+
+        ``known`` holds this node's finished records of those ids (the runtime reads them from
+        the archive): a task adopted, finished (or handed on) before is answered "already"
+        again. Every record is checked before any is taken (all or nothing for bad input);
+        an id declared unknown earlier, or used here by a task from elsewhere, is refused."""
+        from_node = check_name("from_node", from_node)
+        if from_node == self.node_id:
+            raise ValidationError("from_node", f"{from_node!r} is this node")
+        kind: type = type(records)
+        if kind is HandoffRecord or isinstance(records, str) or not isinstance(records, Sequence):
+            got = "one HandoffRecord (pass [record])" if kind is HandoffRecord else kind.__name__
+            raise ValidationError("records", f"expected a sequence of HandoffRecord, got {got}")
+        checked = [self._check_record(r, i) for i, r in enumerate(records)]
+        if len({r.task_id for r in checked}) != len(checked):
+            raise ValidationError("records", "the same task id twice in one transfer")
+        known = known or {}
+        res = AdoptResult()
+        fresh: list[HandoffRecord] = []
+        for rec in checked:
+            tid = rec.task_id
+            here = self.tasks.get(tid) or known.get(tid)
+            if tid in self._refused:
+                res.refused[tid] = "declared unknown to a status query before this transfer arrived"
+            elif here is not None:
+                if here.from_node == from_node:
+                    res.already.append(tid)
+                else:
+                    res.refused[tid] = "this task id is in use here"
+            else:
+                fresh.append(rec)
+        out = self.out
+        adopted = out.adopted
+        node_id = self.node_id
+        for rec in fresh:
+            spec = rec.spec
+            if spec.idempotency_key is not None or spec.delay_s:
+                spec = spec._replace(idempotency_key=None, delay_s=0.0)  # keys and delays stay with the origin
+            t = Task(
+                rec.task_id,
+                spec,
+                PENDING,
+                rec.origin_node,
+                node_id,
+                rec.created_ns,
+                attempt=rec.attempt,
+                failures=rec.failures,
+                error=rec.error,
+                hops=rec.hops + 1,
+                from_node=from_node,
+            )
+            self._enter(t)
+            self._make_ready(t, now_ns, event=False)
+            if self.emit_events:
+                self._event(t, now_ns, NEW_TASK)
+            adopted[spec.type] = adopted.get(spec.type, 0) + 1
+            res.adopted.append(t.id)
+        if fresh:
+            out.counters["adopted"] += len(fresh)
+            self._dispatch(now_ns)
+        return res
+
+    def task_status(
+        self, task_ids: Sequence[str], asker: str, now_ns: int, *, known: Mapping[str, Task] | None = None
+    ) -> dict[str, RemoteStatus]:
+        """Whether this node owns each task ``asker`` handed to it. An id it never received is
+        declared unknown, durably (its late transfer will be refused)."""
+        asker = check_name("asker", asker)
+        ids = _ids("task_ids", task_ids)
+        known = known or {}
+        answer: dict[str, RemoteStatus] = {}
+        self._prune_refused(now_ns)
+        for tid in ids:
+            here = self.tasks.get(tid) or known.get(tid)
+            if here is not None and here.from_node == asker:
+                answer[tid] = RemoteStatus.OWNED
+            else:
+                answer[tid] = RemoteStatus.UNKNOWN
+                if here is None and tid not in self._refused:
+                    self._refused[tid] = now_ns
+                    self.out.refused[tid] = now_ns
+        return answer
+
+    def _prune_refused(self, now_ns: int) -> None:
+        cutoff = now_ns - int(TOMBSTONE_S * _NS)
+        for tid in [tid for tid, at in self._refused.items() if at < cutoff]:
+            del self._refused[tid]
+
+    def pending_reports(self) -> dict[str, list[Outcome]]:
+        """Final results of adopted tasks not yet acknowledged, by the node to report them to."""
+        by_node: dict[str, list[Outcome]] = {}
+        for t in self._reports.values():
+            if t.from_node is not None:
+                by_node.setdefault(t.from_node, []).append(outcome_of(t))
+        return by_node
+
+    def report_done(self, task_ids: Sequence[str]) -> None:
+        """The node these results went to acknowledged them (ids not pending are ignored: a
+        repeated acknowledgement)."""
+        for tid in task_ids:
+            if self._reports.pop(tid, None) is not None:
+                self.out.reports_done.add(tid)
+                self.out.reports.pop(tid, None)
