@@ -1014,3 +1014,36 @@ def test_outage_raises_store_unavailable_and_recovers(
         assert f.get_owner("n1", url) == tok.encode()
 
     f.run(body())
+
+
+def test_hand_off_state_round_trips(store_factory: StoreFactory) -> None:
+    """Reports of adopted tasks (kept until acknowledged), ids declared unknown (kept 24 h), and
+    results archived without touching counters: the same on both backends, in big batches too."""
+    f = store_factory
+
+    async def body() -> None:
+        s = await f.make("n1")
+        await s.acquire()
+        now = f.now_ns()
+        many = [make_task(f"r{i}", status=TaskStatus.COMPLETED, now_ns=now) for i in range(8000)]
+        old_ns = now - 2 * 86_400 * NS
+        await s.write(
+            WriteBatch(
+                reports=upserts(*many),
+                refused=[("gone-long-ago", old_ns)] + [(f"u{i}", now) for i in range(7500)],
+                now_ns=now,
+            )
+        )
+        snap = await s.load()
+        assert len(snap.reports) == 8000 and decode_task(snap.reports[0]).status is TaskStatus.COMPLETED
+        assert len(snap.refused) == 7500 and snap.refused["u3"] == now and "gone-long-ago" not in snap.refused
+        back = make_task("h1", status=TaskStatus.COMPLETED, now_ns=now, result=b"from the peer")
+        await s.write(
+            WriteBatch(reports_done=[f"r{i}" for i in range(7999)], finished=upserts(back), now_ns=f.now_ns())
+        )
+        snap = await s.load()
+        assert [decode_task(r).id for r in snap.reports] == ["r7999"]
+        assert snap.counters == {}  # archiving a result that came back counts nothing by itself
+        assert decode_task((await s.get_finished(["h1"], now_ns=now))["h1"]).result == b"from the peer"
+
+    f.run(body())

@@ -368,9 +368,15 @@ class LocalNode:
         t0 = time.perf_counter()
         rec = await read_records(self._store, self.node_id)
         self.corrupt_records += rec.corrupt
-        t_read = time.perf_counter()
         now = self._now()
-        core = rebuild_core(self._core_cfg, random.Random(self._rng.getrandbits(64)), rec.tasks, rec.workers, now)
+        dangling = rec.dangling_dependencies()
+        if dangling:  # pending tasks may wait on tasks handed off and not back yet
+            for tid, raw in (await self._store.get_finished(sorted(dangling), now_ns=now)).items():
+                with contextlib.suppress(CorruptRecordError):
+                    if decode_task(raw).status is TaskStatus.HANDED_OFF:
+                        rec.remote_pending.add(tid)
+        t_read = time.perf_counter()
+        core = rebuild_core(self._core_cfg, random.Random(self._rng.getrandbits(64)), rec, now)
         core.want_events(bool(self._hub) or self._redis_listeners > 0)
         if self._core.story_log is not None:
             core.story_log = self._core.story_log  # the transitions seen before the reload

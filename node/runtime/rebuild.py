@@ -15,11 +15,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from node.core import Core, CoreConfig, WorkerState
-from node.model import Task
+from node.model import Task, TaskStatus
 from node.store.base import Store
 from node.store.codec import CorruptRecordError, decode_task, decode_worker
 
-__all__ = ["Records", "decode_tasks", "read_records", "rebuild_core"]
+__all__ = ["Records", "decode_tasks", "decode_workers", "read_records", "rebuild_core"]
 
 log = logging.getLogger("fedcoord.node")
 
@@ -32,7 +32,21 @@ class Records:
     tasks: list[Task] = field(default_factory=list)
     workers: list[WorkerState] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
+    reports: list[Task] = field(default_factory=list)  # adopted tasks' results not yet acknowledged
+    refused: dict[str, int] = field(default_factory=dict)  # ids declared unknown to a peer
+    remote_pending: set[str] = field(default_factory=set)  # handed-off tasks pending ones wait on
     corrupt: int = 0
+
+    def dangling_dependencies(self) -> set[str]:
+        """Ids pending tasks wait on that are not active here (finished, or handed off)."""
+        active = {t.id for t in self.tasks}
+        return {
+            d
+            for t in self.tasks
+            if t.status is TaskStatus.PENDING
+            for d in (t.waits_on or t.spec.dependencies)
+            if d not in active
+        }
 
 
 def decode_tasks(raws: Iterable[bytes], into: Records, node_id: str) -> None:
@@ -66,23 +80,33 @@ async def read_records(store: Store, node_id: str) -> Records:
         snap = await store.load(with_tasks=False)
         decode_workers(snap.workers, rec, node_id)
         rec.counters = snap.counters
+        reports = Records()
+        decode_tasks(snap.reports, reports, node_id)
+        rec.reports, rec.corrupt = reports.tasks, rec.corrupt + reports.corrupt
+        rec.refused = snap.refused
     finally:
         if gc_was_on:
             gc.enable()
     return rec
 
 
-def rebuild_core(
-    config: CoreConfig, rng: random.Random, tasks: Iterable[Task], workers: Iterable[WorkerState], now_ns: int
-) -> Core:
+def rebuild_core(config: CoreConfig, rng: random.Random, rec: Records, now_ns: int) -> Core:
     """A core holding what the records say, as of ``now_ns``: queues rebuilt in line order,
-    leases of workers that are gone put back in line, and the first tick run (leases that
-    expired meanwhile fail over). What that changed is in the core's outbox, to be written."""
+    leases of workers that are gone put back in line, hand-offs in flight parked, and the first
+    tick run (leases that expired meanwhile fail over). What that changed is in the core's
+    outbox, to be written."""
     gc_was_on = gc.isenabled()
     gc.disable()
     try:
         core = Core(config, rng)
-        core.restore(tasks, workers, now_ns)
+        core.restore(
+            rec.tasks,
+            rec.workers,
+            now_ns,
+            reports=rec.reports,
+            refused=rec.refused,
+            remote_pending=rec.remote_pending,
+        )
         core.tick(now_ns)
     finally:
         if gc_was_on:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from node.store.codec import WriteBatch
 
 __all__ = [
+    "REFUSED_KEEP_S",
     "HistoryRow",
     "OwnerToken",
     "Snapshot",
@@ -76,9 +77,12 @@ class Snapshot:
     tasks: list[bytes] = field(default_factory=list)
     workers: list[bytes] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
+    reports: list[bytes] = field(default_factory=list)  # final records of adopted tasks to report back
+    refused: dict[str, int] = field(default_factory=dict)  # ids declared unknown to a peer -> ns
 
 
 HistoryRow = tuple[int, bytes]  # (minute start in ms, JSON)
+REFUSED_KEEP_S = 86_400  # ids declared unknown are remembered this long (far beyond any RPC deadline)
 
 
 def bucket_of(now_s: float, width_s: int) -> int:
@@ -132,7 +136,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def load(self, *, with_tasks: bool = True) -> Snapshot:
-        """Workers and counters, and (unless ``with_tasks`` is False) every active task record."""
+        """Workers, counters and hand-off state (reports, refused ids), and (unless
+        ``with_tasks`` is False) every active task record."""
 
     @abc.abstractmethod
     def iter_active(self) -> AsyncIterator[list[bytes]]:

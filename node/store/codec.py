@@ -234,6 +234,9 @@ class WriteBatch:
     counters: dict[str, int] = field(default_factory=dict)
     events: bytes | None = None  # one pub/sub message, or None
     now_ns: int = 0  # when the batch was sealed: picks the archive bucket
+    reports: list[tuple[str, bytes]] = field(default_factory=list)  # results to report to another node
+    reports_done: list[str] = field(default_factory=list)  # ... acknowledged
+    refused: list[tuple[str, int]] = field(default_factory=list)  # ids declared unknown (id, ns)
 
     def __bool__(self) -> bool:
         return bool(
@@ -244,12 +247,16 @@ class WriteBatch:
             or self.idempotency
             or self.counters
             or self.events
+            or self.reports
+            or self.reports_done
+            or self.refused
         )
 
 
 def encode_batch(out: Outbox, now_ns: int, *, with_events: bool) -> WriteBatch:
     """Encode an outbox. Counters of finished tasks are derived here: by status, and by type and
-    status (``type:<type>:<status>``)."""
+    status (``type:<type>:<status>``). Results of handed-off tasks that came back are archived
+    with the finished tasks but not counted (the node that ran them counts them)."""
     counters: dict[str, int] = {k: v for k, v in out.counters.items() if v}
     finished: list[tuple[str, bytes]] = []
     by_kind: dict[tuple[TaskStatus, str], int] = {}
@@ -260,6 +267,8 @@ def encode_batch(out: Outbox, now_ns: int, *, with_events: bool) -> WriteBatch:
     for (st, ttype), n in by_kind.items():
         counters[st.value] = counters.get(st.value, 0) + n
         counters[f"type:{ttype}:{st.value}"] = n
+    for tid, t in out.archived.items():  # results that came back: archived, counted by their owner
+        finished.append((tid, encode_task(t)))
     return WriteBatch(
         upserts=[(tid, encode_task(t)) for tid, t in out.saved.items()],
         finished=finished,
@@ -269,4 +278,7 @@ def encode_batch(out: Outbox, now_ns: int, *, with_events: bool) -> WriteBatch:
         counters=counters,
         events=encode_events(e.to_dict() for e in out.event_list()) if with_events and out.events else None,
         now_ns=now_ns,
+        reports=[(tid, encode_task(t)) for tid, t in out.reports.items()],
+        reports_done=sorted(out.reports_done),
+        refused=sorted(out.refused.items()),
     )

@@ -15,6 +15,10 @@ key                         type    holds
 ``fc:N:owner``              string  owner lock: ``epoch|host|pid|nonce`` with a TTL
 ``fc:N:epoch``              string  fencing counter, incremented by each new owner
 ``fc:N:history``            stream  one entry per minute of analytics, 24 h kept
+``fc:N:reports``            hash    task id -> final JSON record of an adopted task, kept
+                                    until the node it came from acknowledges the result
+``fc:N:refused``            zset    task ids declared unknown to a peer that asked
+                                    (score: ns); their late transfers are refused (24 h)
 ``fc:N:events``             pubsub  channel: JSON arrays of new_task / task_updated
 ==========================  ======  ====================================================
 """
@@ -69,3 +73,11 @@ class NodeKeys:
     @property
     def events(self) -> str:
         return self.base + "events"
+
+    @property
+    def reports(self) -> str:
+        return self.base + "reports"
+
+    @property
+    def refused(self) -> str:
+        return self.base + "refused"

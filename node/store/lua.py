@@ -47,11 +47,13 @@ return 0
 """
 
 # One group commit.
-# KEYS: owner, epoch, active, workers, counters, done bucket, idempotency keys...
+# KEYS: owner, epoch, active, workers, counters, done bucket, reports, refused, idempotency keys...
 # ARGV: token, epoch, lock ttl ms, #upserts, #finished, #workers, #dropped, #counters,
 #       bucket expire-at (s), idempotency ttl (s), channel ('' = no event), event message,
+#       #reports, #reports done, #refused, refused cutoff (ns: older entries are dropped),
 #       then upserts (id, json)..., finished (id, json)..., workers (id, json)..., dropped ids...,
-#       counters (field, delta)..., one task id per idempotency key.
+#       counters (field, delta)..., reports (id, json)..., reports done (ids)...,
+#       refused (ns, id)..., one task id per idempotency key.
 FLUSH = """
 local v = redis.call('GET', KEYS[1])
 if v ~= ARGV[1] then
@@ -63,8 +65,9 @@ if v ~= ARGV[1] then
 end
 local nu, nf, nw = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local nd, nc = tonumber(ARGV[7]), tonumber(ARGV[8])
+local nr, nrd, nref = tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
 local CHUNK = 7000
-local i = 13
+local i = 17
 
 local function hset_pairs(key, from, npairs)
   local last = from + 2 * npairs - 1
@@ -72,6 +75,16 @@ local function hset_pairs(key, from, npairs)
   while j <= last do
     local e = math.min(j + CHUNK - 1, last)
     redis.call('HSET', key, unpack(ARGV, j, e))
+    j = e + 1
+  end
+end
+
+local function each_chunk(cmd, key, from, n)
+  local last = from + n - 1
+  local j = from
+  while j <= last do
+    local e = math.min(j + CHUNK - 1, last)
+    redis.call(cmd, key, unpack(ARGV, j, e))
     j = e + 1
   end
 end
@@ -99,20 +112,27 @@ if nw > 0 then
   i = i + 2 * nw
 end
 if nd > 0 then
-  local last = i + nd - 1
-  local j = i
-  while j <= last do
-    local e = math.min(j + CHUNK - 1, last)
-    redis.call('HDEL', KEYS[4], unpack(ARGV, j, e))
-    j = e + 1
-  end
+  each_chunk('HDEL', KEYS[4], i, nd)
   i = i + nd
 end
 for j = i, i + 2 * nc - 1, 2 do
   redis.call('HINCRBY', KEYS[5], ARGV[j], ARGV[j + 1])
 end
 i = i + 2 * nc
-for k = 7, #KEYS do
+if nr > 0 then
+  hset_pairs(KEYS[7], i, nr)
+  i = i + 2 * nr
+end
+if nrd > 0 then
+  each_chunk('HDEL', KEYS[7], i, nrd)
+  i = i + nrd
+end
+if nref > 0 then
+  each_chunk('ZADD', KEYS[8], i, 2 * nref)
+  redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', '(' .. ARGV[16])
+  i = i + 2 * nref
+end
+for k = 9, #KEYS do
   redis.call('SET', KEYS[k], ARGV[i], 'EX', ARGV[10])
   i = i + 1
 end

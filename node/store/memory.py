@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from node.errors import FencedError, NodeOwnedError, StoreUnavailableError
 from node.store.base import (
+    REFUSED_KEEP_S,
     HistoryRow,
     OwnerToken,
     Snapshot,
@@ -39,6 +40,8 @@ class _NodeData:
     owner: tuple[str, float] | None = None  # (token, expires at)
     epoch: int = 0
     history: dict[int, bytes] = field(default_factory=dict)
+    reports: dict[str, bytes] = field(default_factory=dict)
+    refused: dict[str, int] = field(default_factory=dict)
 
 
 class MemoryBackend:
@@ -161,6 +164,15 @@ class MemoryStore(Store):
             d.counters[k] = d.counters.get(k, 0) + v
         for key, tid in batch.idempotency:
             d.idem[key] = (tid, now + self.retention_s)
+        for tid, raw in batch.reports:
+            d.reports[tid] = raw
+        for tid in batch.reports_done:
+            d.reports.pop(tid, None)
+        if batch.refused:
+            d.refused.update(batch.refused)
+            cutoff = batch.now_ns - REFUSED_KEEP_S * 1_000_000_000
+            for tid in [tid for tid, at in d.refused.items() if at < cutoff]:
+                del d.refused[tid]
         if batch.events is not None:
             self.backend.published.setdefault(self.node_id, []).append(batch.events)
 
@@ -176,7 +188,13 @@ class MemoryStore(Store):
     async def load(self, *, with_tasks: bool = True) -> Snapshot:
         d = self._d
         tasks = list(d.active.values()) if with_tasks else []
-        return Snapshot(tasks=tasks, workers=list(d.workers.values()), counters=dict(d.counters))
+        return Snapshot(
+            tasks=tasks,
+            workers=list(d.workers.values()),
+            counters=dict(d.counters),
+            reports=list(d.reports.values()),
+            refused=dict(d.refused),
+        )
 
     async def iter_active(self) -> AsyncIterator[list[bytes]]:
         records = list(self._d.active.values())

@@ -32,6 +32,7 @@ from redis.retry import Retry
 from node.errors import FencedError, NodeOwnedError, StoreUnavailableError, ValidationError
 from node.store import lua
 from node.store.base import (
+    REFUSED_KEEP_S,
     HistoryRow,
     OwnerToken,
     Snapshot,
@@ -236,7 +237,7 @@ class RedisStore(Store):
     def _flush_args(self, batch: WriteBatch, tok: OwnerToken) -> tuple[list[str], list[Any]]:
         k = self.keys
         bucket = bucket_of(batch.now_ns / 1e9, self.bucket_s)
-        keys = [k.owner, k.epoch, k.active, k.workers, k.counters, k.done(bucket)]
+        keys = [k.owner, k.epoch, k.active, k.workers, k.counters, k.done(bucket), k.reports, k.refused]
         keys.extend(k.idem(key) for key, _ in batch.idempotency)
         counters = list(batch.counters.items())
         args: list[Any] = [
@@ -252,6 +253,10 @@ class RedisStore(Store):
             max(1, int(self.retention_s)),
             k.events if batch.events is not None else "",
             batch.events or b"",
+            len(batch.reports),
+            len(batch.reports_done),
+            len(batch.refused),
+            batch.now_ns - REFUSED_KEEP_S * 1_000_000_000,
         ]
         for pairs in (batch.upserts, batch.finished, batch.workers):
             for a, b in pairs:
@@ -261,6 +266,13 @@ class RedisStore(Store):
         for a, n in counters:
             args.append(a)
             args.append(n)
+        for tid, raw in batch.reports:
+            args.append(tid)
+            args.append(raw)
+        args.extend(batch.reports_done)
+        for tid, at_ns in batch.refused:
+            args.append(at_ns)
+            args.append(tid)
         args.extend(tid for _, tid in batch.idempotency)
         return keys, args
 
@@ -286,12 +298,19 @@ class RedisStore(Store):
         if with_tasks:
             async for chunk in self.iter_active():
                 tasks.extend(chunk)
-        workers = await self._call(self._aio.hgetall(self.keys.workers))
-        counters = await self._call(self._aio.hgetall(self.keys.counters))
+        k = self.keys
+        pipe = self._aio.pipeline(transaction=False)
+        pipe.hgetall(k.workers)
+        pipe.hgetall(k.counters)
+        pipe.hvals(k.reports)
+        pipe.zrange(k.refused, 0, -1, withscores=True)
+        workers, counters, reports, refused = await self._call(pipe.execute())
         return Snapshot(
             tasks=list(dict.fromkeys(tasks)),  # HSCAN may return a record twice
             workers=list(workers.values()),
             counters={f.decode(): int(v) for f, v in counters.items()},
+            reports=list(reports),
+            refused={tid.decode(): int(score) for tid, score in refused},
         )
 
     async def iter_active(self, chunk: int = 20_000) -> AsyncIterator[list[bytes]]:
