@@ -284,3 +284,20 @@ def test_the_node_keeps_window_summaries_and_applies_federation_views() -> None:
             assert node.load().ready == 1
 
     run(main())
+
+
+def test_callers_of_a_write_cut_short_by_kill_get_an_answer() -> None:
+    """kill() stops the flusher mid-write: the callers whose changes were in that write are told
+    (NodeClosedError), not left waiting forever."""
+
+    async def main() -> None:
+        store = GatedStore("n1")
+        node = await LocalNode.start("n1", store=store, config=fast_config())
+        store.gate.clear()
+        submit = asyncio.create_task(node.submit([TaskSpec("t")]))
+        await async_wait_until(lambda: node._committer.inflight is not None, what="the flush to start")
+        await node.kill()
+        with pytest.raises(NodeClosedError, match="before the write was acknowledged"):
+            await asyncio.wait_for(submit, 5)
+
+    run(main())

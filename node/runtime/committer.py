@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable
 
 from node.core import Core, Outbox
-from node.errors import FedcoordError, StoreError, StoreUnavailableError
+from node.errors import FedcoordError, NodeClosedError, StoreError, StoreUnavailableError
 from node.store.base import Store
 from node.store.codec import WriteBatch, encode_batch
 
@@ -138,6 +138,10 @@ class GroupCommitter:
         try:
             batch = encode_batch(out, now, with_events=self.with_events)
             await self.store.write(batch)
+        except asyncio.CancelledError:  # the node stops mid-write: its callers are not acknowledged
+            self.inflight = None
+            _reject(waiters, NodeClosedError(f"node {self.node_id!r} stopped before the write was acknowledged"))
+            raise
         except (StoreError, FedcoordError) as e:
             self.inflight = None
             _reject(waiters, e)

@@ -11,6 +11,7 @@ from node.admission import AdmissionConfig
 from node.analytics.histogram import FixedBins
 from node.core import CoreConfig
 from node.errors import ValidationError
+from node.runtime.handoff import HandoffConfig
 
 __all__ = ["NodeConfig", "NodeState", "default_data_dir"]
 
@@ -32,6 +33,7 @@ class NodeConfig:
 
     core: CoreConfig = field(default_factory=CoreConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    handoff: HandoffConfig = field(default_factory=HandoffConfig)  # used when a transport is given
     # Raw window summaries (the federation's input): window length, completion-time bins
     window_s: float = 20.0
     completion_bins: FixedBins = field(default_factory=FixedBins)

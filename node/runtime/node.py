@@ -42,9 +42,11 @@ from node.errors import (
     WaitTimeoutError,
 )
 from node.events import EventHub, Subscription
+from node.handoff import HandoffTransport
 from node.model import Lease, Task, TaskSpec, TaskStatus, WorkerSpec, check_batch, check_name
 from node.runtime.committer import GroupCommitter
 from node.runtime.config import NodeConfig, NodeState, default_data_dir
+from node.runtime.handoff import HandoffAgent, StepHook
 from node.runtime.rebuild import read_records, rebuild_core
 from node.runtime.timers import History, Loops, run_listener_check, run_lock_keeper, run_ticker
 from node.runtime.waiters import ClaimWaiters, Watchers
@@ -68,6 +70,8 @@ class LocalNode:
         config: NodeConfig | None = None,
         embedded: EmbeddedRedis | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
+        transport: HandoffTransport | None = None,
+        step_hook: StepHook | None = None,
     ):
         self.node_id = check_name("node_id", node_id)
         self.config = cfg = config or NodeConfig()
@@ -103,8 +107,13 @@ class LocalNode:
         c.add_hook("grants", self._deliver_grants)
         c.add_hook("analytics", lambda out, batch, now: self._analytics.record(out, now, batch.counters))
         c.add_hook("windows", lambda out, batch, now: self._windows.record(out, now))
-        c.add_hook("watchers", lambda out, batch, now: self._watchers.notify(out.finished) if self._watchers else None)
+        c.add_hook("watchers", self._notify_watchers)
         c.add_hook("events", lambda out, batch, now: self._hub.publish(out.event_list()) if out.events else None)
+        self.handoff: HandoffAgent | None = None
+        if transport is not None:
+            self.handoff = HandoffAgent(self, transport, cfg.handoff, step_hook=step_hook)
+            agent = self.handoff
+            c.add_hook("handoff", lambda out, batch, now: agent.after_commit(bool(out.reports)))
 
     # ------------------------------------------------------------------ opening and closing
 
@@ -119,13 +128,26 @@ class LocalNode:
         config: NodeConfig | None = None,
         store: Store | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
+        transport: HandoffTransport | None = None,
+        step_hook: StepHook | None = None,
     ) -> AsyncIterator[LocalNode]:
         """``async with LocalNode.open(node_id="n1") as node:`` - start, serve, close.
 
         With no ``redis_url`` (and no ``store``) the node runs a private redis-server with an
-        append-only file in ``data_dir`` (default ``~/.local/share/fedcoord/nodes/<id>``).
+        append-only file in ``data_dir`` (default ``~/.local/share/fedcoord/nodes/<id>``). With a
+        ``transport`` the node hands work to the peers of ``config.handoff`` and takes theirs
+        (``step_hook`` runs at each named step of the protocol: for fault tests).
         """
-        node = await cls.start(node_id, redis_url, data_dir, config=config, store=store, clock_ns=clock_ns)
+        node = await cls.start(
+            node_id,
+            redis_url,
+            data_dir,
+            config=config,
+            store=store,
+            clock_ns=clock_ns,
+            transport=transport,
+            step_hook=step_hook,
+        )
         try:
             yield node
         finally:
@@ -141,6 +163,8 @@ class LocalNode:
         config: NodeConfig | None = None,
         store: Store | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
+        transport: HandoffTransport | None = None,
+        step_hook: StepHook | None = None,
     ) -> LocalNode:
         """Start a node and return it serving; call :meth:`close` when done. ``clock_ns`` is the
         node's clock (Unix ns): task times, lease deadlines and archive buckets follow it."""
@@ -153,7 +177,15 @@ class LocalNode:
                 embedded = EmbeddedRedis(data, appendfsync=config.embedded_fsync)
                 redis_url = embedded.start()
             store = RedisStore(node_id, redis_url, retention_s=config.retention_s)
-        node = cls(node_id, store, config=config, embedded=embedded, clock_ns=clock_ns)
+        node = cls(
+            node_id,
+            store,
+            config=config,
+            embedded=embedded,
+            clock_ns=clock_ns,
+            transport=transport,
+            step_hook=step_hook,
+        )
         try:
             await node._boot()
         except BaseException:
@@ -205,6 +237,8 @@ class LocalNode:
                 loops, store=store, every_s=cfg.listener_check_s, serving=serving, on_count=self._set_listeners
             ),
         )
+        if self.handoff is not None:
+            self.handoff.start()
         log.info(
             "node %s serving from %s: %d active tasks, %d workers",
             self.node_id,
@@ -219,6 +253,8 @@ class LocalNode:
             return
         prev = self._state
         self._state = NodeState.CLOSING
+        if self.handoff is not None:
+            self.handoff.stop()
         self._claims.end_all()
         loops = [self._loops.stop()]
         if self._recovery is not None:
@@ -239,6 +275,8 @@ class LocalNode:
         if self._state is NodeState.CLOSED:
             return
         self._state = NodeState.CLOSING
+        if self.handoff is not None:
+            self.handoff.stop()
         await self._loops.kill()
         if self._recovery is not None:
             self._recovery.cancel()
@@ -308,6 +346,16 @@ class LocalNode:
     def _deliver_grants(self, out: Outbox, batch: WriteBatch, now_ns: int) -> None:
         if out.grants:
             self._claims.deliver(out.grants, self._core.is_current)
+
+    def _notify_watchers(self, out: Outbox, batch: WriteBatch, now_ns: int) -> None:
+        """Post-commit: tasks that reached their final record. A handed-off task has not: its
+        watchers wait on until its result comes back (``out.archived``)."""
+        if not self._watchers:
+            return
+        if out.finished:
+            self._watchers.notify({tid: t for tid, t in out.finished.items() if t.status is not TaskStatus.HANDED_OFF})
+        if out.archived:
+            self._watchers.notify(out.archived)
 
     def _commit_failed(self, err: BaseException, out: Outbox) -> None:
         self._claims.reject(out.grants, err)
@@ -409,12 +457,13 @@ class LocalNode:
     async def _finished(self, ids: Sequence[str]) -> dict[str, Task]:
         """Finished tasks by id: not yet durable ones from memory, then the store's archive."""
         found: dict[str, Task] = {}
-        for out in (self._core.out, self._committer.inflight):
+        for out in (self._core.out, self._committer.inflight):  # newest first
             if out is not None:
                 for tid in ids:
-                    t = out.finished.get(tid)
-                    if t is not None:
-                        found[tid] = t
+                    if tid not in found:
+                        t = out.archived.get(tid) or out.finished.get(tid)
+                        if t is not None:
+                            found[tid] = t
         rest = [tid for tid in ids if tid not in found]
         if rest:
             for tid, raw in (await self._store.get_finished(rest, now_ns=self._now())).items():
@@ -471,19 +520,20 @@ class LocalNode:
         raise TaskNotFoundError(task_id)
 
     async def wait(self, task_id: str, timeout_s: float | None = None) -> Task:
-        """Wait until the task is finished (durably) and return its final record.
-        :class:`~node.errors.WaitTimeoutError` after ``timeout_s`` (the task goes on)."""
-        t = await self.get(task_id)
-        if t.status.terminal:
-            return t
-        fut = self._watchers.watch(task_id)
+        """Wait until the task is finished (durably) and return its final record; a task handed
+        off to a peer is followed to its result there. :class:`~node.errors.WaitTimeoutError`
+        after ``timeout_s`` (the task goes on)."""
+        fut = self._watchers.watch(task_id)  # before looking: a result that lands meanwhile is not missed
         try:
+            t = await self.get(task_id)
+            if t.status.terminal and t.status is not TaskStatus.HANDED_OFF:
+                return t
             return await asyncio.wait_for(fut, timeout_s)
         except TimeoutError:
             if timeout_s is None:  # not our time limit: pass it on as it is
                 raise
             active = self._core.tasks.get(task_id)
-            state = f"still {active.status.value}" if active is not None else "not finished"
+            state = f"still {active.status.value}" if active is not None else "not finished (handed off?)"
             raise WaitTimeoutError(f"task {task_id!r} is {state} after {timeout_s:g} s") from None
         finally:
             self._watchers.unwatch(task_id, fut)

@@ -32,7 +32,10 @@ class Loops:
 
     def spawn(self, name: str, fn: Callable[[], Awaitable[None]]) -> None:
         async def run() -> None:
-            await fn()
+            try:
+                await fn()
+            except Exception:  # a loop must not die in silence (nobody awaits it)
+                log.exception("node %s: background loop %s died", self.name, name)
 
         self._tasks.append(asyncio.create_task(run(), name=f"fc-{name}-{self.name}"))
 
@@ -45,6 +48,18 @@ class Loops:
         except TimeoutError:
             return False
         return True
+
+    async def wait_for(self, event: asyncio.Event, timeout_s: float) -> bool:
+        """Wait until ``event`` is set, the loops stop, or ``timeout_s`` passed; True if stopping."""
+        if event.is_set() or self._stop.is_set():
+            return self._stop.is_set()
+        waiters = {asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._stop.wait())}
+        try:
+            await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+        return self._stop.is_set()
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Ask every loop to end; cut short those that do not within ``timeout_s`` (stuck in a
@@ -59,9 +74,11 @@ class Loops:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def kill(self) -> None:
-        """End every loop at once, wherever it is."""
+        """End every loop at once, wherever it is (one of them may be the caller: it is left to
+        unwind by itself)."""
         self._stop.set()
-        tasks, self._tasks = self._tasks, []
+        current = asyncio.current_task()
+        tasks, self._tasks = [t for t in self._tasks if t is not current], []
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

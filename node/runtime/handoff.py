@@ -1,0 +1,442 @@
+"""The node's hand-off agent: it runs the protocol of :mod:`node.handoff` over a transport,
+using the core's hand-off commands, and acts only on durable state.
+
+Origin side: :meth:`HandoffAgent.offload` (offer, record the intent durably, transfer, record
+the answer durably), started by a timer whenever admission says the node is over its threshold
+plus margin, or called directly. Settling: hand-offs left in flight by a crash (or by a peer
+that did not answer) are settled by asking the peer, and finished adopted tasks are reported
+to the node they came from; both are retried with backoff until they succeed.
+
+Peer side: the ``on_*`` methods answer a peer's calls; each answer goes out only once what it
+says is durable here.
+
+Named steps (for fault tests, ``step_hook(node_id, step)`` runs at each): ``intent_recorded``
+(origin, handing_off durable, nothing sent), ``transfer_received`` (peer, before adopting),
+``peer_acked`` (peer, adopted durably, answer not sent), ``ack_received`` (origin, answer in
+hand, not recorded), ``handed_off_recorded`` (origin), ``result_sent`` (owner, the origin
+acknowledged the result, not yet recorded here) and ``result_recorded`` (origin, archived
+durably, answer not sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from node.core import Core
+from node.core.transfer import RemoteStatus, record_of
+from node.errors import (
+    FedcoordError,
+    HandoffProtocolError,
+    NodeClosedError,
+    PeerUnavailableError,
+    StoreUnavailableError,
+    ValidationError,
+)
+from node.handoff import (
+    HandoffTransport,
+    Offer,
+    OfferItem,
+    OfferReply,
+    Report,
+    ReportReply,
+    StatusQuery,
+    StatusReply,
+    Transfer,
+    TransferReply,
+    choose_peer,
+)
+from node.model import Task, TaskStatus, check_name
+
+if TYPE_CHECKING:
+    from node.runtime.node import LocalNode
+
+__all__ = ["HandoffAgent", "HandoffConfig", "HandoffResult", "StepHook"]
+
+log = logging.getLogger("fedcoord.handoff")
+StepHook = Callable[[str, str], Awaitable[None]]
+_NS = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class HandoffConfig:
+    """Settings of hand-off (the transport is given to ``LocalNode.open``)."""
+
+    peers: tuple[str, ...] = ()  # node ids this node may hand work to
+    auto: bool = True  # offload on its own whenever admission says so (else only offload() calls)
+    check_s: float = 1.0  # how often the node looks at its load to decide
+    batch: int = 1000  # tasks per offer and transfer at most
+    reservation_s: float = 10.0  # how long an accepted offer holds room on this node
+    retry_s: float = 0.5  # first retry of settling / reporting; doubles up to retry_max_s
+    retry_max_s: float = 15.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.peers, str) or not isinstance(self.peers, tuple):
+            raise ValidationError("handoff.peers", "must be a tuple of node ids")
+        for p in self.peers:
+            check_name("handoff.peers", p)
+        if type(self.batch) is not int or not 1 <= self.batch <= 10_000:
+            raise ValidationError("handoff.batch", f"{self.batch!r}", limit="1..10000")
+        for name in ("check_s", "reservation_s", "retry_s", "retry_max_s"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+                raise ValidationError(f"handoff.{name}", f"{v!r}", limit="> 0 seconds")
+
+
+@dataclass(slots=True)
+class HandoffResult:
+    """What one offload did."""
+
+    peer: str | None = None
+    offered: int = 0
+    accepted: int = 0
+    handed_off: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)  # back in line here
+    unsettled: list[str] = field(default_factory=list)  # no answer: settled later by asking
+    reason: str = ""
+
+
+class HandoffAgent:
+    def __init__(
+        self,
+        node: LocalNode,
+        transport: HandoffTransport,
+        cfg: HandoffConfig,
+        *,
+        step_hook: StepHook | None = None,
+    ):
+        self.node = node
+        self.node_id = node.node_id
+        self.transport = transport
+        self.cfg = cfg
+        self.step_hook = step_hook
+        self._rng = random.Random(int.from_bytes(os.urandom(8), "big"))
+        self._reserved: dict[str, tuple[int, int]] = {}  # offer id -> (tasks, expires at ns)
+        self._busy: set[str] = set()  # tasks an offload of this process is moving right now
+        self._lock = asyncio.Lock()  # one offload at a time
+        self._wake = asyncio.Event()  # something to settle or report
+        self.stats: dict[str, int] = {"offers": 0, "handed_off": 0, "adopted": 0, "refused": 0, "reported": 0}
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def alive(self) -> bool:
+        return self.node._serving()
+
+    def _core(self) -> Core:
+        return self.node._check()
+
+    async def _durable(self) -> None:
+        await self.node._committer.commit()
+
+    async def _step(self, name: str) -> None:
+        if self.step_hook is not None:
+            await self.step_hook(self.node_id, name)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self.transport.bind(self.node_id, self)
+        loops = self.node._loops
+        loops.spawn("handoff-settle", self._settle_loop)
+        if self.cfg.auto and self.cfg.peers:
+            loops.spawn("handoff-offload", self._offload_loop)
+        if self._core().handoffs_in_flight() or self._core().pending_reports():
+            self.wake()
+
+    def stop(self) -> None:
+        self.transport.unbind(self.node_id, self)
+
+    def after_commit(self, reports: bool) -> None:
+        if reports:
+            self.wake()
+
+    # ------------------------------------------------------------------ origin
+
+    async def offload(self, peer: str | None = None, max_tasks: int | None = None) -> HandoffResult:
+        """Hand up to ``max_tasks`` ready tasks (default: what admission says is too much, at
+        most one batch) to ``peer`` (default: chosen from the federation's view)."""
+        async with self._lock:
+            return await self._offload(peer, max_tasks)
+
+    async def _offload(self, peer: str | None, max_tasks: int | None) -> HandoffResult:
+        node = self.node
+        core = self._core()
+        now = node._now()
+        n = node.admission.offload_count(core.load(), now) if max_tasks is None else max_tasks
+        n = min(n, self.cfg.batch)
+        res = HandoffResult()
+        if peer is None:
+            view = node.admission.view
+            peer = choose_peer(self.cfg.peers, view.peer_loads if view else {}, self._rng)
+        res.peer = peer
+        if peer is None or n <= 0:
+            res.reason = "no peer" if peer is None else "nothing to hand off"
+            return res
+        ids = core.handoff_candidates(n)
+        if not ids:
+            res.reason = "no task may be handed off"
+            return res
+        items = tuple(
+            OfferItem(t.id, t.type, t.priority, t.difficulty, t.required_capabilities)
+            for t in (core.tasks[tid] for tid in ids)
+        )
+        offer = Offer(f"{self.node_id}:{time.time_ns():x}:{self._rng.getrandbits(32):08x}", self.node_id, items)
+        res.offered = len(items)
+        self.stats["offers"] += 1
+        try:
+            reply = await self.transport.offer(peer, offer)
+        except PeerUnavailableError as e:
+            res.reason = str(e)
+            return res
+        offered = set(ids)
+        stray = [tid for tid in reply.accepted if tid not in offered]
+        if stray:
+            raise HandoffProtocolError(f"peer {peer!r} accepted tasks it was never offered: {stray[:5]}")
+        core = self._core()
+        # claimed or cancelled while the offer was out: those stay
+        chosen = [tid for tid in reply.accepted if (t := core.tasks.get(tid)) is not None and _ready(t)]
+        res.accepted = len(chosen)
+        if not chosen:
+            res.reason = reply.reason or "the peer accepted none"
+            return res
+        core.begin_handoff(chosen, peer, node._now())
+        self._busy.update(chosen)
+        try:
+            await self._durable()
+            await self._step("intent_recorded")
+            core = self._core()
+            records = tuple(record_of(core.tasks[tid]) for tid in chosen)
+            try:
+                answer = await self.transport.transfer(peer, Transfer(offer.offer_id, self.node_id, records))
+            except PeerUnavailableError as e:
+                res.unsettled = chosen
+                res.reason = f"no answer to the transfer, settled later: {e}"
+                self.wake()
+                return res
+            await self._step("ack_received")
+            await self._settle_answer(peer, chosen, answer.owned, answer.refused, res)
+        finally:
+            self._busy.difference_update(chosen)
+        await self._step("handed_off_recorded")
+        return res
+
+    async def _settle_answer(
+        self, peer: str, sent: list[str], owned: tuple[str, ...], refused: Mapping[str, str], res: HandoffResult
+    ) -> None:
+        """Record a peer's answer on tasks ``sent`` to it: owned ones are handed off, refused ones
+        go back in line; the answer must be about those tasks only."""
+        refused_map = dict(refused)
+        answered = set(owned) | set(refused_map)
+        if not answered <= set(sent):
+            raise HandoffProtocolError(
+                f"peer {peer!r} answered for tasks it was never sent: {sorted(answered - set(sent))[:5]}"
+            )
+        core = self._core()
+        now = self.node._now()
+        if owned:
+            core.finish_handoff(list(owned), peer, now)
+        back = [tid for tid in sent if tid in refused_map]
+        if back:
+            core.abort_handoff(back, now, peer=peer)
+        missing = [tid for tid in sent if tid not in answered]  # the peer said nothing about them
+        await self._durable()
+        res.handed_off = list(owned)
+        res.refused = {tid: refused_map[tid] for tid in back}
+        res.unsettled = missing
+        self.stats["handed_off"] += len(owned)
+        self.stats["refused"] += len(back)
+        if missing:
+            self.wake()
+
+    async def settle(self) -> bool:
+        """Settle hand-offs in flight (ask each peer) and send pending reports, once. True when
+        nothing is left to do; peers that do not answer are left for the next round."""
+        done = True
+        core = self._core()
+        for peer, in_flight in core.handoffs_in_flight().items():
+            ids = [tid for tid in in_flight if tid not in self._busy]
+            if not ids:
+                continue
+            try:
+                reply = await self.transport.task_status(peer, StatusQuery(self.node_id, tuple(ids)))
+            except PeerUnavailableError as e:
+                log.info("node %s: hand-offs to %s not settled yet: %s", self.node_id, peer, e)
+                done = False
+                continue
+            owned = tuple(tid for tid in ids if reply.statuses.get(tid) is RemoteStatus.OWNED)
+            unknown = {tid: "the peer never got it" for tid in ids if reply.statuses.get(tid) is RemoteStatus.UNKNOWN}
+            core = self._core()
+            live = [tid for tid in ids if (t := core.tasks.get(tid)) is not None and t.status is TaskStatus.HANDING_OFF]
+            res = HandoffResult(peer=peer)
+            await self._settle_answer(
+                peer, live, tuple(t for t in owned if t in live), {k: v for k, v in unknown.items() if k in live}, res
+            )
+            log.info(
+                "node %s: settled hand-offs to %s: %d handed off, %d back in line",
+                self.node_id,
+                peer,
+                len(res.handed_off),
+                len(res.refused),
+            )
+            if res.unsettled:
+                done = False
+        for to_node, outcomes in self._core().pending_reports().items():
+            try:
+                ack = await self.transport.report_result(to_node, Report(self.node_id, tuple(outcomes)))
+            except PeerUnavailableError as e:
+                log.info("node %s: results for %s not delivered yet: %s", self.node_id, to_node, e)
+                done = False
+                continue
+            await self._step("result_sent")
+            for tid, why in ack.rejected.items():
+                log.error(
+                    "node %s: %s refused the result of task %s (%s); dropping it", self.node_id, to_node, tid, why
+                )
+            self._core().report_done([*ack.recorded, *ack.rejected])
+            self.stats["reported"] += len(ack.recorded)
+            await self._durable()
+        return done
+
+    # ------------------------------------------------------------------ peer
+
+    def _reserved_now(self, now_ns: int) -> int:
+        for oid in [oid for oid, (_, exp) in self._reserved.items() if exp <= now_ns]:
+            del self._reserved[oid]
+        return sum(n for n, _ in self._reserved.values())
+
+    async def on_offer(self, offer: Offer) -> OfferReply:
+        core = self._core()
+        node = self.node
+        now = node._now()
+        workers = [w for w in core.workers.values() if w.healthy]
+        strict = core.config.strict_matching
+
+        def can_run(it: OfferItem) -> bool:
+            caps = set(it.required_capabilities)
+            return any(caps <= w.capabilities and (not strict or it.difficulty <= w.skill) for w in workers)
+
+        runnable = [it.task_id for it in offer.items if can_run(it)]
+        k = node.admission.accept_count(core.load(), len(runnable), now, reserved=self._reserved_now(now))
+        accepted = tuple(runnable[:k])
+        expires = now + int(self.cfg.reservation_s * _NS)
+        if accepted:
+            self._reserved[offer.offer_id] = (len(accepted), expires)
+        reason = ""
+        if len(accepted) < len(offer.items):
+            reason = (
+                f"{len(offer.items) - len(runnable)} need a worker this node lacks"
+                if len(runnable) < len(offer.items)
+                else ""
+            )
+            if k < len(runnable):
+                reason = (reason + "; " if reason else "") + "over the threshold after the rest"
+        return OfferReply(offer.offer_id, accepted, expires, reason)
+
+    async def on_transfer(self, transfer: Transfer) -> TransferReply:
+        node = self.node
+        core = self._core()
+        ids = [r.task_id for r in transfer.records if isinstance(r.task_id, str)]
+        maybe_known = [tid for tid in ids if tid not in core.tasks]
+        known = await node._finished(maybe_known) if maybe_known else {}
+        await self._step("transfer_received")
+        core = self._core()
+        now = node._now()
+        records = list(transfer.records)
+        reservation = self._reserved.pop(transfer.offer_id, None)
+        no_room: dict[str, str] = {}
+        if reservation is None or reservation[1] <= now:  # expired or never made: is there room now?
+            fresh = [r for r in records if r.task_id not in core.tasks and r.task_id not in known]
+            room = node.admission.accept_count(core.load(), len(fresh), now, reserved=self._reserved_now(now))
+            no_room = {r.task_id: "no room (the offer's reservation expired)" for r in fresh[room:]}
+            records = [r for r in records if r.task_id not in no_room]
+        res = core.adopt(records, transfer.from_node, now, known=known)
+        if res.adopted:
+            await self._durable()
+        self.stats["adopted"] += len(res.adopted)
+        await self._step("peer_acked")
+        return TransferReply(tuple(res.owned), {**res.refused, **no_room})
+
+    async def on_status(self, query: StatusQuery) -> StatusReply:
+        node = self.node
+        core = self._core()
+        maybe_known = [tid for tid in query.task_ids if tid not in core.tasks]
+        known = await node._finished(maybe_known) if maybe_known else {}
+        core = self._core()
+        statuses = core.task_status(list(query.task_ids), query.from_node, node._now(), known=known)
+        await self._durable()  # "unknown" is a promise to refuse: it must hold before it is told
+        return StatusReply(statuses)
+
+    async def on_report(self, report: Report) -> ReportReply:
+        node = self.node
+        ids = [o.task_id for o in report.outcomes]
+        archived = await node._finished(ids)
+        core = self._core()
+        now = node._now()
+        recorded: list[str] = []
+        rejected: dict[str, str] = {}
+        for o in report.outcomes:
+            try:
+                core.record_result(o, report.from_node, archived.get(o.task_id), now)
+            except (HandoffProtocolError, ValidationError) as e:
+                rejected[o.task_id] = str(e)
+            else:
+                recorded.append(o.task_id)
+        await self._durable()
+        await self._step("result_recorded")
+        return ReportReply(tuple(recorded), rejected)
+
+    # ------------------------------------------------------------------ loops
+
+    async def _settle_loop(self) -> None:
+        loops = self.node._loops
+        delay = self.cfg.retry_s
+        while not loops.stopping:
+            if await loops.wait_for(self._wake, 3600.0):
+                return
+            self._wake.clear()
+            if not self.node._serving():
+                if await loops.pause(delay):
+                    return
+                self._wake.set()
+                continue
+            try:
+                done = await self.settle()
+            except (NodeClosedError, StoreUnavailableError):
+                done = False
+            except FedcoordError:
+                log.exception("node %s: settling hand-offs failed", self.node_id)
+                done = False
+            if done:
+                delay = self.cfg.retry_s
+                continue
+            if await loops.pause(delay):
+                return
+            delay = min(delay * 2, self.cfg.retry_max_s)
+            self._wake.set()
+
+    async def _offload_loop(self) -> None:
+        loops = self.node._loops
+        while not await loops.pause(self.cfg.check_s):
+            if not self.node._serving():
+                continue
+            try:
+                while True:  # keep going while each batch helps
+                    res = await self.offload()
+                    if not res.handed_off or len(res.handed_off) < self.cfg.batch:
+                        break
+            except (NodeClosedError, StoreUnavailableError):
+                continue
+            except FedcoordError:
+                log.exception("node %s: offloading failed", self.node_id)
+
+
+def _ready(t: Task) -> bool:
+    return t.status is TaskStatus.QUEUED and t.queued_ns is not None
