@@ -25,7 +25,7 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from node.core.transfer import HandoffRecord, Outcome, RemoteStatus
 from node.errors import FedcoordError, PeerUnavailableError
@@ -48,9 +48,9 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class OfferItem:
-    """What a peer needs to decide whether it can take a task: never the payload."""
+class OfferItem(NamedTuple):
+    """What a peer needs to decide whether it can take a task: never the payload. (A tuple:
+    offers carry thousands of them.)"""
 
     task_id: str
     type: str

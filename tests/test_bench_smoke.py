@@ -28,6 +28,8 @@ CASES = {
     "claim_latency": ["--queued", "2000", "--claims", "300", "--warmup", "50"],
     "memory": ["--tasks", "5000", "--lifecycles", "20000", "--sample-every", "5000", "--durable"],
     "recovery": ["--tasks", "5000"],
+    "handoff": ["--tasks", "3000", "--batch", "500"],
+    "summary": ["--finished", "3000", "--queued", "1000", "--leased", "100", "--calls", "1000", "--builds", "10"],
     "recovery --embedded": ["--tasks", "3000", "--embedded", "--fill", "node"],
 }
 

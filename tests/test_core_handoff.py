@@ -13,7 +13,7 @@ from node.core import Core, HandoffRecord, Outcome, RemoteStatus
 from node.core.transfer import outcome_of, record_of
 from node.errors import HandoffProtocolError, InvalidTransitionError, TaskNotFoundError, ValidationError
 from node.model import TaskSpec, TaskStatus, WorkerSpec
-from tests.test_core import NEW, UPD, drained, expect, make_core, state, view
+from tests.test_core import NEW, UPD, expect, make_core, state, view
 
 S = 1_000_000_000
 QUEUED, HANDING_OFF, HANDED_OFF = TaskStatus.QUEUED, TaskStatus.HANDING_OFF, TaskStatus.HANDED_OFF
@@ -44,9 +44,10 @@ def test_begin_adopt_finish_exact_outputs() -> None:
     keep, x, y = a.submit([TaskSpec("job"), TaskSpec("job", payload=b"x"), TaskSpec("job")], S)
     a.drain()
     a.begin_handoff([x, y], "b", 2 * S)
-    assert drained(a) == expect(
-        saved={x: HANDING_OFF, y: HANDING_OFF}, events=[(UPD, x, HANDING_OFF), (UPD, y, HANDING_OFF)]
-    )
+    out = a.drain()
+    # the stored records stay as they are (queued): an intent beside them names the peer
+    assert view(out) == expect(events=[(UPD, x, HANDING_OFF), (UPD, y, HANDING_OFF)])
+    assert out.intents == {x: "b", y: "b"}
     assert a.load()[:5] == (0, 1, 0, 0, 2)  # leased, ready, delayed, pending, handing_off
     assert a.tasks[x].handoff_peer == "b" and a.handoffs_in_flight() == {"b": [x, y]}
     a.validate()
@@ -64,9 +65,11 @@ def test_begin_adopt_finish_exact_outputs() -> None:
     b.validate()
 
     a.finish_handoff([x, y], "b", 4 * S)
-    assert drained(a) == expect(
+    out = a.drain()
+    assert view(out) == expect(
         finished={x: HANDED_OFF, y: HANDED_OFF}, events=[(UPD, x, HANDED_OFF), (UPD, y, HANDED_OFF)]
     )
+    assert out.intents_done == {x, y} and not out.intents
     assert set(a.tasks) == {keep} and a.load().handing_off == 0
     a.validate()
 
@@ -97,7 +100,9 @@ def test_abort_puts_tasks_back_at_their_old_place_in_line() -> None:
     [newer] = a.submit([TaskSpec("job")], 3 * S)
     a.drain()
     a.abort_handoff([middle], 4 * S)
-    assert drained(a) == expect(saved={middle: QUEUED}, events=[(UPD, middle, QUEUED)])
+    out = a.drain()
+    assert view(out) == expect(events=[(UPD, middle, QUEUED)])  # its stored record never left its place
+    assert out.intents_done == {middle}
     a.validate()
     a.register_worker(WorkerSpec("w", concurrency=10), 5 * S)
     assert [lease.task_id for lease in a.claim("w", 10, 5 * S)] == [first, middle, last, newer]
@@ -275,13 +280,24 @@ def test_dependents_that_came_during_the_hand_off_wait_for_the_result() -> None:
         a.validate()
 
 
+def test_an_intent_begun_and_ended_before_a_drain_writes_nothing() -> None:
+    a = node("a")
+    [x] = a.submit([TaskSpec("job")], S)
+    a.drain()
+    a.begin_handoff([x], "b", 2 * S)
+    a.abort_handoff([x], 3 * S)
+    out = a.drain()
+    assert not out.intents and not out.intents_done and not out.saved
+
+
 def test_restore_keeps_hand_offs_in_flight_out_of_line() -> None:
     a = node("a")
     x, y = a.submit([TaskSpec("job"), TaskSpec("job")], S)
+    stored = {t.id: dataclasses.replace(t) for t in a.tasks.values()}  # as the store has them: queued
     a.begin_handoff([x], "b", 2 * S)
-    records = [dataclasses.replace(t) for t in a.tasks.values()]
+    intents = a.drain().intents
     fresh = node("a")
-    fresh.restore(records, [], 10 * S)
+    fresh.restore(list(stored.values()), [], 10 * S, handoffs=intents)
     assert fresh.handoffs_in_flight() == {"b": [x]} and fresh.tasks[x].status is HANDING_OFF
     fresh.validate()
     fresh.register_worker(WorkerSpec("w", concurrency=5), 10 * S)

@@ -1017,8 +1017,9 @@ def test_outage_raises_store_unavailable_and_recovers(
 
 
 def test_hand_off_state_round_trips(store_factory: StoreFactory) -> None:
-    """Reports of adopted tasks (kept until acknowledged), ids declared unknown (kept 24 h), and
-    results archived without touching counters: the same on both backends, in big batches too."""
+    """Hand-off intents, reports of adopted tasks (kept until acknowledged), ids declared unknown
+    (kept 24 h), and results archived without touching counters: the same on both backends, in
+    big batches too (beyond the Lua script's chunk of 7000 arguments)."""
     f = store_factory
 
     async def body() -> None:
@@ -1031,9 +1032,14 @@ def test_hand_off_state_round_trips(store_factory: StoreFactory) -> None:
             WriteBatch(
                 reports=upserts(*many),
                 refused=[("gone-long-ago", old_ns)] + [(f"u{i}", now) for i in range(7500)],
+                intents=[(f"h{i}", "peer-2") for i in range(7200)],
                 now_ns=now,
             )
         )
+        snap = await s.load()
+        assert len(snap.handoffs) == 7200 and snap.handoffs["h7"] == "peer-2"
+        await s.write(WriteBatch(intents_done=[f"h{i}" for i in range(7199)], now_ns=f.now_ns()))
+        assert (await s.load()).handoffs == {"h7199": "peer-2"}
         snap = await s.load()
         assert len(snap.reports) == 8000 and decode_task(snap.reports[0]).status is TaskStatus.COMPLETED
         assert len(snap.refused) == 7500 and snap.refused["u3"] == now and "gone-long-ago" not in snap.refused

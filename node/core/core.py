@@ -26,6 +26,7 @@ from node.core.state import (
     CANCELLED,
     COMPLETED,
     FAILED,
+    HANDING_OFF,
     IN_PROGRESS,
     PENDING,
     QUEUED,
@@ -368,6 +369,7 @@ class Core(Transfers):
         reports: Iterable[Task] = (),
         refused: Mapping[str, int] | None = None,
         remote_pending: Collection[str] = (),
+        handoffs: Mapping[str, str] | None = None,
     ) -> None:
         """Rebuild state from stored records (after a restart). Workers that were not unhealthy
         come back of *unknown* health: their slots do not count and they take no new work until
@@ -377,7 +379,8 @@ class Core(Transfers):
         handled by the next :meth:`tick`. Tasks being handed off stay so (out of line) until the
         runtime settles them with their peer.
 
-        Hand-off state: ``reports`` are final records of adopted tasks not yet acknowledged by
+        Hand-off state: ``handoffs`` names the peer of each task being handed off (its stored
+        record is the queued one it had); ``reports`` are final records of adopted tasks not yet acknowledged by
         the node they came from; ``refused`` the ids declared unknown to a peer (id -> ns);
         ``remote_pending`` the handed-off tasks without a result yet, which pending tasks here
         may wait on."""
@@ -401,7 +404,11 @@ class Core(Transfers):
         unmet_ready: list[Task] = []  # pending, but every dependency finished meanwhile
         orphans: list[Task] = []
         leased: list[Task] = []
+        handoffs = handoffs or {}
         for t in tasks:
+            peer = handoffs.get(t.id)
+            if peer is not None and t.status is QUEUED:  # the intent, recorded beside the record
+                t.status, t.handoff_peer = HANDING_OFF, peer
             st = t.status
             if st in TERMINAL_STATUSES:
                 raise ValueError(f"restore() got terminal task {t.id} ({st.value})")

@@ -35,9 +35,13 @@ class Outbox:
     counters: Counter[str] = field(default_factory=Counter)  # submitted, retried, timed_out, ...
     submitted: dict[str, int] = field(default_factory=dict)  # task type -> tasks submitted (for summaries)
     adopted: dict[str, int] = field(default_factory=dict)  # task type -> tasks taken over from peers
-    # Hand-off: final records of adopted tasks to report to the node they came from (kept until it
+    # Hand-off: intents (a task's stored record stays as it was, queued, while an intent names the
+    # peer: a cheap write, and an abort leaves the record in its old place in line), final records
+    # of adopted tasks to report to the node they came from (kept until it
     # acknowledges), reports acknowledged, final records of handed-off tasks that came back (archive
     # only: the owner counted them), and ids declared unknown to a peer that asked (task id -> ns).
+    intents: dict[str, str] = field(default_factory=dict)  # task id -> peer it is being handed to
+    intents_done: set[str] = field(default_factory=set)  # hand-offs that ended (finished or aborted)
     reports: dict[str, Task] = field(default_factory=dict)
     reports_done: set[str] = field(default_factory=set)
     archived: dict[str, Task] = field(default_factory=dict)
@@ -55,6 +59,8 @@ class Outbox:
             or self.counters
             or self.submitted
             or self.adopted
+            or self.intents
+            or self.intents_done
             or self.reports
             or self.reports_done
             or self.archived

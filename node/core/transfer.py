@@ -31,7 +31,7 @@ there; never on two, never on none.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
@@ -45,11 +45,10 @@ from node.core.state import (
     HANDED_OFF,
     HANDING_OFF,
     NEW_TASK,
-    PENDING,
     QUEUED,
 )
 from node.errors import HandoffProtocolError, InvalidTransitionError, TaskNotFoundError, ValidationError
-from node.model import Task, TaskSpec, TaskStatus, check_id, check_name, check_result, normalize_spec
+from node.model import Task, TaskSpec, TaskStatus, check_id, check_name, check_result, normalize_specs
 
 __all__ = ["AdoptResult", "HandoffRecord", "Outcome", "RemoteStatus", "Transfers"]
 
@@ -111,10 +110,11 @@ def outcome_of(t: Task) -> Outcome:
     return Outcome(t.id, t.status, t.finished_ns, t.attempt, t.assigned_worker, t.owner_node, t.result, t.error)
 
 
-def _ids(field_name: str, task_ids: Sequence[str]) -> list[str]:
+def _ids(field_name: str, task_ids: Sequence[str], active: Mapping[str, Task]) -> list[str]:
+    """Task ids given to a command, checked (an id of an active task is known to be valid)."""
     if isinstance(task_ids, str) or not isinstance(task_ids, Sequence):
         raise ValidationError(field_name, f"expected a sequence of task ids, got {type(task_ids).__name__}")
-    ids = [check_id(field_name, tid) for tid in task_ids]
+    ids = [tid if type(tid) is str and tid in active else check_id(field_name, tid) for tid in task_ids]
     if len(set(ids)) != len(ids):
         raise ValidationError(field_name, "the same task id twice")
     return ids
@@ -135,14 +135,20 @@ class Transfers(Engine):
         deps = self._deps
         return any(d in self.tasks and deps.waits_on(d, tid) for d in deps.dependents.get(tid, ()))
 
-    def handoff_candidates(self, n: int) -> list[str]:
+    def handoff_candidates(self, n: int, exclude: Collection[str] = ()) -> list[str]:
         """Up to ``n`` ready tasks that may be handed off, those that would wait longest first
-        (lowest in line): no dependents here, under the hop limit."""
+        (lowest in line): no dependents here, under the hop limit, not in ``exclude`` (offered
+        already)."""
         if n <= 0:
             return []
         max_hops = self.config.max_hops
         line_key = self._queues.line_key
-        tails = [t for t in self._queues.tails(n) if t.hops < max_hops and not self._has_dependents(t.id)]
+        dependents = self._deps.dependents
+        tails = [
+            t
+            for t in self._queues.tails(n + len(exclude))
+            if t.hops < max_hops and t.id not in exclude and (t.id not in dependents or not self._has_dependents(t.id))
+        ]
         tails.sort(key=line_key, reverse=True)
         return [t.id for t in tails[:n]]
 
@@ -151,7 +157,7 @@ class Transfers(Engine):
         peer = check_name("peer", peer)
         if peer == self.node_id:
             raise ValidationError("peer", f"{peer!r} is this node")
-        ids = _ids("task_ids", task_ids)
+        ids = _ids("task_ids", task_ids, self.tasks)
         tasks: list[Task] = []
         for tid in ids:
             t = self.tasks.get(tid)
@@ -164,20 +170,21 @@ class Transfers(Engine):
                 raise InvalidTransitionError(
                     tid, f"at {t.hops} hops", "hand off", f"fewer than {self.config.max_hops} hops"
                 )
-            if self._has_dependents(tid):
+            if tid in self._deps.dependents and self._has_dependents(tid):
                 raise InvalidTransitionError(tid, "awaited by tasks here", "hand off", "no dependents on this node")
             tasks.append(t)
         queues = self._queues
+        intents = self.out.intents
         for t in tasks:
             queues.remove(t)
             self._move(t, HANDING_OFF)
             t.handoff_peer = peer
-            self.out.saved[t.id] = t
+            intents[t.id] = peer  # the stored record stays as it is (queued); the intent says where to
             if self.emit_events:
                 self._event(t, now_ns)
 
     def _handing_off(self, task_ids: Sequence[str], peer: str | None, operation: str) -> list[Task]:
-        ids = _ids("task_ids", task_ids)
+        ids = _ids("task_ids", task_ids, self.tasks)
         tasks = []
         for tid in ids:
             t = self.tasks.get(tid)
@@ -201,6 +208,7 @@ class Transfers(Engine):
         for t in self._handing_off(task_ids, peer, "finish a hand-off"):
             t.owner_node = peer
             t.handoff_peer = None
+            self._end_intent(t.id)
             self._finish(t, HANDED_OFF, now_ns)
 
     def abort_handoff(self, task_ids: Sequence[str], now_ns: int, *, peer: str | None = None) -> None:
@@ -212,12 +220,17 @@ class Transfers(Engine):
             t.handoff_peer = None
             self._move(t, QUEUED)
             queues.put_back(t, self._class_of(t))
-            self.out.saved[t.id] = t
+            self._end_intent(t.id)  # its stored record never left its place in line
             if self.emit_events:
                 self._event(t, now_ns)
         for wid in list(self._waiters):  # waiting claims may take them now
             if wid in self._waiters:
                 self._refill(self.workers[wid], now_ns)
+
+    def _end_intent(self, tid: str) -> None:
+        out = self.out
+        if out.intents.pop(tid, None) is None:  # not written yet: nothing to remove from the store
+            out.intents_done.add(tid)
 
     def handoffs_in_flight(self) -> dict[str, list[str]]:
         """Tasks being handed off, by peer (to settle after a restart)."""
@@ -277,14 +290,10 @@ class Transfers(Engine):
 
     # ------------------------------------------------------------------ owner
 
-    def _check_record(self, rec: object, i: int) -> HandoffRecord:
-        if type(rec) is not HandoffRecord:
-            raise ValidationError(
-                "record", f"must be a HandoffRecord, got {type(rec).__name__}", index=i, batch="records"
-            )
+    def _check_record(self, rec: HandoffRecord, i: int, spec: TaskSpec) -> HandoffRecord:
+        """One record, its ``spec`` already checked (a transfer's specs are checked in one batch)."""
         try:
             tid = check_id("task_id", rec.task_id)
-            spec = normalize_spec(rec.spec, self.limits)
             origin = check_name("origin_node", rec.origin_node)
         except ValidationError as e:
             raise e.at(i, "records") from None
@@ -322,7 +331,15 @@ class Transfers(Engine):
         if kind is HandoffRecord or isinstance(records, str) or not isinstance(records, Sequence):
             got = "one HandoffRecord (pass [record])" if kind is HandoffRecord else kind.__name__
             raise ValidationError("records", f"expected a sequence of HandoffRecord, got {got}")
-        checked = [self._check_record(r, i) for i, r in enumerate(records)]
+        for i, r in enumerate(records):
+            if type(r) is not HandoffRecord:
+                got = type(r).__name__
+                raise ValidationError("record", f"must be a HandoffRecord, got {got}", index=i, batch="records")
+        try:
+            specs, _ = normalize_specs([r.spec for r in records], self.limits)
+        except ValidationError as e:
+            raise e.at(e.index or 0, "records") from None
+        checked = [self._check_record(r, i, specs[i]) for i, r in enumerate(records)]
         if len({r.task_id for r in checked}) != len(checked):
             raise ValidationError("records", "the same task id twice in one transfer")
         known = known or {}
@@ -340,36 +357,52 @@ class Transfers(Engine):
                     res.refused[tid] = "this task id is in use here"
             else:
                 fresh.append(rec)
+        if fresh:
+            self._take_in(fresh, from_node, now_ns, res)
+        return res
+
+    def _take_in(self, fresh: list[HandoffRecord], from_node: str, now_ns: int, res: AdoptResult) -> None:
+        """Checked records -> queued tasks owned here, in line now (or to waiting claims)."""
         out = self.out
         adopted = out.adopted
+        saved = out.saved
+        events = out.events if self.emit_events else None
         node_id = self.node_id
+        tasks = self.tasks
+        queues = self._queues
+        by_req = queues.by_requirements
+        by_priority = self._by_priority
+        by_type = self._by_type
+        direct = not self._waiters  # nobody waits: straight in line (else through dispatch)
+        q = max(now_ns, self._last_queued_ns + 1)
+        self._last_queued_ns = q + len(fresh) - 1
         for rec in fresh:
             spec = rec.spec
             if spec.idempotency_key is not None or spec.delay_s:
                 spec = spec._replace(idempotency_key=None, delay_s=0.0)  # keys and delays stay with the origin
-            t = Task(
-                rec.task_id,
-                spec,
-                PENDING,
-                rec.origin_node,
-                node_id,
-                rec.created_ns,
-                attempt=rec.attempt,
-                failures=rec.failures,
-                error=rec.error,
-                hops=rec.hops + 1,
-                from_node=from_node,
-            )
-            self._enter(t)
-            self._make_ready(t, now_ns, event=False)
-            if self.emit_events:
-                self._event(t, now_ns, NEW_TASK)
-            adopted[spec.type] = adopted.get(spec.type, 0) + 1
-            res.adopted.append(t.id)
-        if fresh:
-            out.counters["adopted"] += len(fresh)
-            self._dispatch(now_ns)
-        return res
+            t = Task(rec.task_id, spec, QUEUED, rec.origin_node, node_id, rec.created_ns, None, rec.attempt)
+            t.failures, t.error, t.hops, t.from_node, t.queued_ns = rec.failures, rec.error, rec.hops + 1, from_node, q
+            q += 1
+            tid = t.id
+            tasks[tid] = t
+            saved[tid] = t
+            by_priority[spec.priority] += 1  # type: ignore[index]
+            ttype = spec.type
+            by_type[ttype] = by_type.get(ttype, 0) + 1
+            adopted[ttype] = adopted.get(ttype, 0) + 1
+            if direct:
+                cls = by_req.get((spec.required_capabilities, spec.difficulty))
+                if cls is None:
+                    cls = self._class_of(t)
+                queues.push(t, cls)
+            else:
+                self._fresh.append(t)
+            if events is not None:
+                events.append((NEW_TASK, t, QUEUED, None, t.attempt, now_ns, None))
+            res.adopted.append(tid)
+        self._by_status[QUEUED] += len(fresh)
+        out.counters["adopted"] += len(fresh)
+        self._dispatch(now_ns)
 
     def task_status(
         self, task_ids: Sequence[str], asker: str, now_ns: int, *, known: Mapping[str, Task] | None = None
@@ -377,7 +410,7 @@ class Transfers(Engine):
         """Whether this node owns each task ``asker`` handed to it. An id it never received is
         declared unknown, durably (its late transfer will be refused)."""
         asker = check_name("asker", asker)
-        ids = _ids("task_ids", task_ids)
+        ids = _ids("task_ids", task_ids, self.tasks)
         known = known or {}
         answer: dict[str, RemoteStatus] = {}
         self._prune_refused(now_ns)

@@ -72,6 +72,7 @@ class HandoffConfig:
     auto: bool = True  # offload on its own whenever admission says so (else only offload() calls)
     check_s: float = 1.0  # how often the node looks at its load to decide
     batch: int = 1000  # tasks per offer and transfer at most
+    concurrency: int = 2  # offloads in flight at once (one writes while another waits on Redis)
     reservation_s: float = 10.0  # how long an accepted offer holds room on this node
     retry_s: float = 0.5  # first retry of settling / reporting; doubles up to retry_max_s
     retry_max_s: float = 15.0
@@ -83,6 +84,8 @@ class HandoffConfig:
             check_name("handoff.peers", p)
         if type(self.batch) is not int or not 1 <= self.batch <= 10_000:
             raise ValidationError("handoff.batch", f"{self.batch!r}", limit="1..10000")
+        if type(self.concurrency) is not int or not 1 <= self.concurrency <= 16:
+            raise ValidationError("handoff.concurrency", f"{self.concurrency!r}", limit="1..16")
         for name in ("check_s", "reservation_s", "retry_s", "retry_max_s"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
@@ -117,9 +120,11 @@ class HandoffAgent:
         self.cfg = cfg
         self.step_hook = step_hook
         self._rng = random.Random(int.from_bytes(os.urandom(8), "big"))
-        self._reserved: dict[str, tuple[int, int]] = {}  # offer id -> (tasks, expires at ns)
+        # offer id -> (task ids accepted, expires at ns): room held for an offer this process accepted
+        self._reserved: dict[str, tuple[frozenset[str], int]] = {}
+        self._offered: set[str] = set()  # tasks in an offer still out (a concurrent offload skips them)
         self._busy: set[str] = set()  # tasks an offload of this process is moving right now
-        self._lock = asyncio.Lock()  # one offload at a time
+        self._slots = asyncio.Semaphore(cfg.concurrency)  # offloads in flight at once
         self._wake = asyncio.Event()  # something to settle or report
         self.stats: dict[str, int] = {"offers": 0, "handed_off": 0, "adopted": 0, "refused": 0, "reported": 0}
 
@@ -163,14 +168,15 @@ class HandoffAgent:
     async def offload(self, peer: str | None = None, max_tasks: int | None = None) -> HandoffResult:
         """Hand up to ``max_tasks`` ready tasks (default: what admission says is too much, at
         most one batch) to ``peer`` (default: chosen from the federation's view)."""
-        async with self._lock:
+        async with self._slots:
             return await self._offload(peer, max_tasks)
 
     async def _offload(self, peer: str | None, max_tasks: int | None) -> HandoffResult:
         node = self.node
         core = self._core()
         now = node._now()
-        n = node.admission.offload_count(core.load(), now) if max_tasks is None else max_tasks
+        # by default: what admission finds too much, less what offers still out already take
+        n = node.admission.offload_count(core.load(), now) - len(self._offered) if max_tasks is None else max_tasks
         n = min(n, self.cfg.batch)
         res = HandoffResult()
         if peer is None:
@@ -180,10 +186,19 @@ class HandoffAgent:
         if peer is None or n <= 0:
             res.reason = "no peer" if peer is None else "nothing to hand off"
             return res
-        ids = core.handoff_candidates(n)
+        ids = core.handoff_candidates(n, exclude=self._offered)
         if not ids:
             res.reason = "no task may be handed off"
             return res
+        self._offered.update(ids)
+        try:
+            return await self._offer_and_move(peer, ids, res)
+        finally:
+            self._offered.difference_update(ids)
+
+    async def _offer_and_move(self, peer: str, ids: list[str], res: HandoffResult) -> HandoffResult:
+        node = self.node
+        core = self._core()
         items = tuple(
             OfferItem(t.id, t.type, t.priority, t.difficulty, t.required_capabilities)
             for t in (core.tasks[tid] for tid in ids)
@@ -310,7 +325,7 @@ class HandoffAgent:
     def _reserved_now(self, now_ns: int) -> int:
         for oid in [oid for oid, (_, exp) in self._reserved.items() if exp <= now_ns]:
             del self._reserved[oid]
-        return sum(n for n, _ in self._reserved.values())
+        return sum(len(ids) for ids, _ in self._reserved.values())
 
     async def on_offer(self, offer: Offer) -> OfferReply:
         core = self._core()
@@ -328,7 +343,7 @@ class HandoffAgent:
         accepted = tuple(runnable[:k])
         expires = now + int(self.cfg.reservation_s * _NS)
         if accepted:
-            self._reserved[offer.offer_id] = (len(accepted), expires)
+            self._reserved[offer.offer_id] = (frozenset(accepted), expires)
         reason = ""
         if len(accepted) < len(offer.items):
             reason = (
@@ -341,16 +356,25 @@ class HandoffAgent:
         return OfferReply(offer.offer_id, accepted, expires, reason)
 
     async def on_transfer(self, transfer: Transfer) -> TransferReply:
+        """Adopt what the origin sends, durably, then say which tasks this node owns.
+
+        A repeated transfer must get the same answer, so ids not active here are looked up among
+        finished tasks, except when the transfer is the first one of an offer this process
+        accepted and still holds room for: the origin offers only tasks it owns and has not
+        transferred (its own hand-off commands refuse anything else), so those ids cannot have
+        been adopted here before; the in-memory checks (active tasks, ids declared unknown) still
+        apply. A repeated transfer, or one after this node restarted, gets the full lookup."""
         node = self.node
         core = self._core()
         ids = [r.task_id for r in transfer.records if isinstance(r.task_id, str)]
-        maybe_known = [tid for tid in ids if tid not in core.tasks]
+        reservation = self._reserved.pop(transfer.offer_id, None)
+        fresh_offer = reservation is not None and reservation[1] > node._now() and reservation[0].issuperset(ids)
+        maybe_known = [] if fresh_offer else [tid for tid in ids if tid not in core.tasks]
         known = await node._finished(maybe_known) if maybe_known else {}
         await self._step("transfer_received")
         core = self._core()
         now = node._now()
         records = list(transfer.records)
-        reservation = self._reserved.pop(transfer.offer_id, None)
         no_room: dict[str, str] = {}
         if reservation is None or reservation[1] <= now:  # expired or never made: is there room now?
             fresh = [r for r in records if r.task_id not in core.tasks and r.task_id not in known]

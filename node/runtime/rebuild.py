@@ -34,6 +34,7 @@ class Records:
     counters: dict[str, int] = field(default_factory=dict)
     reports: list[Task] = field(default_factory=list)  # adopted tasks' results not yet acknowledged
     refused: dict[str, int] = field(default_factory=dict)  # ids declared unknown to a peer
+    handoffs: dict[str, str] = field(default_factory=dict)  # task id -> peer, hand-offs in flight
     remote_pending: set[str] = field(default_factory=set)  # handed-off tasks pending ones wait on
     corrupt: int = 0
 
@@ -84,6 +85,7 @@ async def read_records(store: Store, node_id: str) -> Records:
         decode_tasks(snap.reports, reports, node_id)
         rec.reports, rec.corrupt = reports.tasks, rec.corrupt + reports.corrupt
         rec.refused = snap.refused
+        rec.handoffs = snap.handoffs
     finally:
         if gc_was_on:
             gc.enable()
@@ -106,6 +108,7 @@ def rebuild_core(config: CoreConfig, rng: random.Random, rec: Records, now_ns: i
             reports=rec.reports,
             refused=rec.refused,
             remote_pending=rec.remote_pending,
+            handoffs=rec.handoffs,
         )
         core.tick(now_ns)
     finally:

@@ -77,6 +77,7 @@ class Snapshot:
     tasks: list[bytes] = field(default_factory=list)
     workers: list[bytes] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
+    handoffs: dict[str, str] = field(default_factory=dict)  # task id -> peer it is being handed to
     reports: list[bytes] = field(default_factory=list)  # final records of adopted tasks to report back
     refused: dict[str, int] = field(default_factory=dict)  # ids declared unknown to a peer -> ns
 

@@ -234,6 +234,8 @@ class WriteBatch:
     counters: dict[str, int] = field(default_factory=dict)
     events: bytes | None = None  # one pub/sub message, or None
     now_ns: int = 0  # when the batch was sealed: picks the archive bucket
+    intents: list[tuple[str, str]] = field(default_factory=list)  # hand-offs begun: task id -> peer
+    intents_done: list[str] = field(default_factory=list)  # hand-offs ended
     reports: list[tuple[str, bytes]] = field(default_factory=list)  # results to report to another node
     reports_done: list[str] = field(default_factory=list)  # ... acknowledged
     refused: list[tuple[str, int]] = field(default_factory=list)  # ids declared unknown (id, ns)
@@ -247,6 +249,8 @@ class WriteBatch:
             or self.idempotency
             or self.counters
             or self.events
+            or self.intents
+            or self.intents_done
             or self.reports
             or self.reports_done
             or self.refused
@@ -278,6 +282,8 @@ def encode_batch(out: Outbox, now_ns: int, *, with_events: bool) -> WriteBatch:
         counters=counters,
         events=encode_events(e.to_dict() for e in out.event_list()) if with_events and out.events else None,
         now_ns=now_ns,
+        intents=list(out.intents.items()),
+        intents_done=sorted(out.intents_done),
         reports=[(tid, encode_task(t)) for tid, t in out.reports.items()],
         reports_done=sorted(out.reports_done),
         refused=sorted(out.refused.items()),

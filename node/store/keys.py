@@ -15,6 +15,8 @@ key                         type    holds
 ``fc:N:owner``              string  owner lock: ``epoch|host|pid|nonce`` with a TTL
 ``fc:N:epoch``              string  fencing counter, incremented by each new owner
 ``fc:N:history``            stream  one entry per minute of analytics, 24 h kept
+``fc:N:handoffs``           hash    task id -> peer, for tasks being handed off (their
+                                    record in ``active`` stays as it was: queued)
 ``fc:N:reports``            hash    task id -> final JSON record of an adopted task, kept
                                     until the node it came from acknowledges the result
 ``fc:N:refused``            zset    task ids declared unknown to a peer that asked
@@ -73,6 +75,10 @@ class NodeKeys:
     @property
     def events(self) -> str:
         return self.base + "events"
+
+    @property
+    def handoffs(self) -> str:
+        return self.base + "handoffs"
 
     @property
     def reports(self) -> str:

@@ -8,7 +8,7 @@ if nobody acquired the node since, i.e. the epoch counter still equals its own e
 
 from __future__ import annotations
 
-__all__ = ["ACQUIRE", "FLUSH", "REFRESH", "RELEASE", "TAKEOVER"]
+__all__ = ["ACQUIRE", "FIND_FINISHED", "FLUSH", "REFRESH", "RELEASE", "TAKEOVER"]
 
 # KEYS: owner, epoch. ARGV: "|host|pid|nonce" suffix, ttl ms. Returns the new epoch, or false.
 ACQUIRE = """
@@ -46,14 +46,44 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# Archived records of finished tasks. KEYS: bucket hashes, newest first. ARGV: task ids.
+# Returns a flat list id, record, ... of the ids found (each once: the newest bucket wins).
+FIND_FINISHED = """
+local found = {}
+local out = {}
+local CHUNK = 7000
+for k = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[k]) == 1 then
+    local j = 1
+    while j <= #ARGV do
+      local e = math.min(j + CHUNK - 1, #ARGV)
+      local vals = redis.call('HMGET', KEYS[k], unpack(ARGV, j, e))
+      for n = 1, #vals do
+        local id = ARGV[j + n - 1]
+        if vals[n] and not found[id] then
+          found[id] = true
+          out[#out + 1] = id
+          out[#out + 1] = vals[n]
+        end
+      end
+      j = e + 1
+    end
+  end
+end
+return out
+"""
+
 # One group commit.
-# KEYS: owner, epoch, active, workers, counters, done bucket, reports, refused, idempotency keys...
+# KEYS: owner, epoch, active, workers, counters, done bucket, reports, refused, handoffs,
+#       idempotency keys...
 # ARGV: token, epoch, lock ttl ms, #upserts, #finished, #workers, #dropped, #counters,
 #       bucket expire-at (s), idempotency ttl (s), channel ('' = no event), event message,
 #       #reports, #reports done, #refused, refused cutoff (ns: older entries are dropped),
+#       #intents, #intents done,
 #       then upserts (id, json)..., finished (id, json)..., workers (id, json)..., dropped ids...,
 #       counters (field, delta)..., reports (id, json)..., reports done (ids)...,
-#       refused (ns, id)..., one task id per idempotency key.
+#       refused (ns, id)..., intents (id, peer)..., intents done (ids)...,
+#       one task id per idempotency key.
 FLUSH = """
 local v = redis.call('GET', KEYS[1])
 if v ~= ARGV[1] then
@@ -66,8 +96,9 @@ end
 local nu, nf, nw = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local nd, nc = tonumber(ARGV[7]), tonumber(ARGV[8])
 local nr, nrd, nref = tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
+local ni, nid = tonumber(ARGV[17]), tonumber(ARGV[18])
 local CHUNK = 7000
-local i = 17
+local i = 19
 
 local function hset_pairs(key, from, npairs)
   local last = from + 2 * npairs - 1
@@ -132,7 +163,15 @@ if nref > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', '(' .. ARGV[16])
   i = i + 2 * nref
 end
-for k = 9, #KEYS do
+if ni > 0 then
+  hset_pairs(KEYS[9], i, ni)
+  i = i + 2 * ni
+end
+if nid > 0 then
+  each_chunk('HDEL', KEYS[9], i, nid)
+  i = i + nid
+end
+for k = 10, #KEYS do
   redis.call('SET', KEYS[k], ARGV[i], 'EX', ARGV[10])
   i = i + 1
 end

@@ -40,6 +40,7 @@ class _NodeData:
     owner: tuple[str, float] | None = None  # (token, expires at)
     epoch: int = 0
     history: dict[int, bytes] = field(default_factory=dict)
+    handoffs: dict[str, str] = field(default_factory=dict)
     reports: dict[str, bytes] = field(default_factory=dict)
     refused: dict[str, int] = field(default_factory=dict)
 
@@ -164,6 +165,10 @@ class MemoryStore(Store):
             d.counters[k] = d.counters.get(k, 0) + v
         for key, tid in batch.idempotency:
             d.idem[key] = (tid, now + self.retention_s)
+        for tid, peer in batch.intents:
+            d.handoffs[tid] = peer
+        for tid in batch.intents_done:
+            d.handoffs.pop(tid, None)
         for tid, raw in batch.reports:
             d.reports[tid] = raw
         for tid in batch.reports_done:
@@ -192,6 +197,7 @@ class MemoryStore(Store):
             tasks=tasks,
             workers=list(d.workers.values()),
             counters=dict(d.counters),
+            handoffs=dict(d.handoffs),
             reports=list(d.reports.values()),
             refused=dict(d.refused),
         )
