@@ -34,7 +34,7 @@ from bench._common import (
     peak_rss_bytes,
     positive_int,
 )
-from node import LocalNode, WorkerSpec
+from node import LocalNode, NodeConfig, WorkerSpec
 from node.store.keys import NodeKeys
 from node.store.redis_store import RedisStore
 
@@ -144,8 +144,12 @@ async def run(args: argparse.Namespace, res: Result) -> None:
     server = None
     if args.embedded:
         data_dir = make_temp_dir("durable")
-        node = await LocalNode.start(NODE_ID, data_dir=data_dir)
-        res["redis"] = {"mode": "embedded (LocalNode's own redis-server, unix socket)", "data_dir": str(data_dir)}
+        node = await LocalNode.start(NODE_ID, data_dir=data_dir, config=NodeConfig(embedded_fsync=args.fsync))
+        res["redis"] = {
+            "mode": "embedded (LocalNode's own redis-server, unix socket)",
+            "appendfsync": args.fsync,
+            "data_dir": str(data_dir),
+        }
     else:
         server = RedisServer().run()
         res["redis"] = {"mode": "private redis-server, TCP loopback", "version": server.version(), "url": server.url}
@@ -251,6 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trim", type=float, default=0.1, help="fraction cut at each end for the steady rate")
     p.add_argument("--mix", action="store_true", help="mixed types/priorities/difficulties instead of uniform")
     p.add_argument("--embedded", action="store_true", help="use LocalNode's embedded redis-server")
+    p.add_argument(
+        "--fsync",
+        choices=("everysec", "always"),
+        default="everysec",
+        help="the embedded redis-server's appendfsync (with --embedded)",
+    )
     p.add_argument("--gc-tune", action="store_true", help="gc.set_threshold(100_000, 50, 100) first")
     p.add_argument("--timeout-s", type=float, default=600.0)
     p.add_argument("--seed", type=int, default=1)
@@ -260,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--batch and --claim must be <= 10000 (Limits.max_batch)")
     if not 0 <= args.trim < 0.5:
         p.error("--trim must be in [0, 0.5)")
+    if args.fsync != "everysec" and not args.embedded:
+        p.error("--fsync applies to the embedded redis-server: add --embedded")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     res = Result("durable", args)
     res["gc"] = gc_tune(args.gc_tune)

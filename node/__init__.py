@@ -36,8 +36,10 @@ if TYPE_CHECKING:
         WorkerNotFoundError,
     )
     from node.events import Subscription
+    from node.handoff import MemoryTransport
     from node.model import Event, EventKind, Lease, Limits, Priority, Task, TaskSpec, TaskStatus, WorkerSpec
     from node.runtime import LocalNode, NodeConfig, NodeState
+    from node.runtime.handoff import HandoffConfig
     from node.store.memory import MemoryBackend, MemoryStore
     from node.store.redis_store import RedisStore
 
@@ -62,6 +64,8 @@ _WHERE = {
         "WorkerNotFoundError",
     ),
     "node.events": ("Subscription",),
+    "node.handoff": ("MemoryTransport",),
+    "node.runtime.handoff": ("HandoffConfig",),
     "node.model": ("Event", "EventKind", "Lease", "Limits", "Priority", "Task", "TaskSpec", "TaskStatus", "WorkerSpec"),
     "node.runtime": ("LocalNode", "NodeConfig", "NodeState"),
     "node.store.memory": ("MemoryBackend", "MemoryStore"),
@@ -80,6 +84,7 @@ __all__ = [
     "FederationView",
     "FencedError",
     "FixedBins",
+    "HandoffConfig",
     "HeartbeatReply",
     "InvalidTransitionError",
     "Lease",
@@ -88,6 +93,7 @@ __all__ = [
     "LocalNode",
     "MemoryBackend",
     "MemoryStore",
+    "MemoryTransport",
     "NodeClosedError",
     "NodeConfig",
     "NodeOwnedError",

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -35,12 +37,21 @@ def test_mypy_strict_is_clean() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_readme_python_example_runs(tmp_path: Path) -> None:
-    (example,) = re.findall(r"```python\n(.*?)\n```", (ROOT / "README.md").read_text(), re.S)
+README_OUTPUT = [
+    ("status=<TaskStatus.", "PerformanceReport("),  # using a node from Python
+    ("[('completed', 'n2', b'IMG-0'), ('completed', 'n2', b'IMG-1')]",),  # hand-off between nodes
+]
+
+
+@pytest.mark.parametrize("n", range(len(README_OUTPUT)))
+def test_readme_python_examples_run(n: int, tmp_path: Path) -> None:
+    examples = re.findall(r"```python\n(.*?)\n```", (ROOT / "README.md").read_text(), re.S)
+    assert len(examples) == len(README_OUTPUT)
     script = tmp_path / "example.py"
-    script.write_text(example)
+    script.write_text(examples[n])
     r = subprocess.run(
         [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
     )
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "status=<TaskStatus." in r.stdout and "PerformanceReport(" in r.stdout
+    for text in README_OUTPUT[n]:
+        assert text in r.stdout, r.stdout

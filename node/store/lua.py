@@ -100,31 +100,24 @@ local ni, nid = tonumber(ARGV[17]), tonumber(ARGV[18])
 local CHUNK = 7000
 local i = 19
 
-local function hset_pairs(key, from, npairs)
-  local last = from + 2 * npairs - 1
-  local j = from
-  while j <= last do
-    local e = math.min(j + CHUNK - 1, last)
-    redis.call('HSET', key, unpack(ARGV, j, e))
-    j = e + 1
-  end
-end
-
-local function each_chunk(cmd, key, from, n)
-  local last = from + n - 1
-  local j = from
+-- The argument cursor: each section below takes its arguments from ARGV[i] on and moves i past them.
+local function each_chunk(cmd, key, n)  -- cmd key arg ... for n arguments, in chunks (CHUNK is even)
+  local last = i + n - 1
+  local j = i
   while j <= last do
     local e = math.min(j + CHUNK - 1, last)
     redis.call(cmd, key, unpack(ARGV, j, e))
     j = e + 1
   end
+  i = last + 1
 end
 
-if nu > 0 then
-  hset_pairs(KEYS[3], i, nu)
-  i = i + 2 * nu
+local function hset_pairs(key, npairs)  -- HSET key id value ... for npairs pairs
+  each_chunk('HSET', key, 2 * npairs)
 end
-if nf > 0 then
+
+hset_pairs(KEYS[3], nu)                         -- active records
+if nf > 0 then                                  -- finished: out of the active set, into the bucket
   local ids = {}
   for j = i, i + 2 * nf - 1, 2 do
     ids[#ids + 1] = ARGV[j]
@@ -134,43 +127,23 @@ if nf > 0 then
     end
   end
   if #ids > 0 then redis.call('HDEL', KEYS[3], unpack(ids)) end
-  hset_pairs(KEYS[6], i, nf)
+  hset_pairs(KEYS[6], nf)
   redis.call('EXPIREAT', KEYS[6], ARGV[9])
-  i = i + 2 * nf
 end
-if nw > 0 then
-  hset_pairs(KEYS[4], i, nw)
-  i = i + 2 * nw
-end
-if nd > 0 then
-  each_chunk('HDEL', KEYS[4], i, nd)
-  i = i + nd
-end
-for j = i, i + 2 * nc - 1, 2 do
+hset_pairs(KEYS[4], nw)                         -- workers
+each_chunk('HDEL', KEYS[4], nd)                 -- dropped workers
+for j = i, i + 2 * nc - 1, 2 do                 -- counters
   redis.call('HINCRBY', KEYS[5], ARGV[j], ARGV[j + 1])
 end
 i = i + 2 * nc
-if nr > 0 then
-  hset_pairs(KEYS[7], i, nr)
-  i = i + 2 * nr
-end
-if nrd > 0 then
-  each_chunk('HDEL', KEYS[7], i, nrd)
-  i = i + nrd
-end
-if nref > 0 then
-  each_chunk('ZADD', KEYS[8], i, 2 * nref)
+hset_pairs(KEYS[7], nr)                         -- reports
+each_chunk('HDEL', KEYS[7], nrd)                -- reports acknowledged
+if nref > 0 then                                -- ids declared unknown, and those expired
+  each_chunk('ZADD', KEYS[8], 2 * nref)
   redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', '(' .. ARGV[16])
-  i = i + 2 * nref
 end
-if ni > 0 then
-  hset_pairs(KEYS[9], i, ni)
-  i = i + 2 * ni
-end
-if nid > 0 then
-  each_chunk('HDEL', KEYS[9], i, nid)
-  i = i + nid
-end
+hset_pairs(KEYS[9], ni)                         -- hand-off intents
+each_chunk('HDEL', KEYS[9], nid)                -- ... ended
 for k = 10, #KEYS do
   redis.call('SET', KEYS[k], ARGV[i], 'EX', ARGV[10])
   i = i + 1
