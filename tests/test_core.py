@@ -1777,3 +1777,36 @@ def test_story_keeps_each_recent_task_s_transitions() -> None:
     core.drain()
     assert core.story(a) == [] and len(core.story(b)) == 1 and len(core.story(c)) == 1  # a was forgotten
     assert make_core().story(a) == []  # off by default
+
+
+def test_a_dependency_that_was_cancelled_fails_a_new_dependent() -> None:
+    core = make_core()
+    [t] = core.submit([TaskSpec("t", dependencies=["gone"])], S, known={"gone": CANCELLED})
+    assert view(core.drain())["finished"] == {t: FAILED}
+    core2 = make_core()
+    [t2] = core2.submit([TaskSpec("t", dependencies=["gone"])], S, known={"gone": COMPLETED})
+    assert core2.tasks[t2].status is QUEUED
+
+
+def test_a_delayed_task_cancelled_or_restored_keeps_the_delayed_count_exact() -> None:
+    core = make_core()
+    [d] = core.submit([TaskSpec("t", delay_s=50)], S)
+    assert core.load().delayed == 1
+    core.cancel(d, 2 * S)
+    assert (core.load().delayed, core.load().ready) == (0, 0)
+    core.validate()
+    core = make_core()
+    [d] = core.submit([TaskSpec("t", delay_s=50)], S)
+    fresh = make_core(seed=3)
+    fresh.restore(_records(core), [], 2 * S)
+    assert (fresh.load().delayed, fresh.load().ready) == (1, 0)
+    fresh.validate()
+
+
+def test_fifo_within_a_priority_through_the_general_submit_path() -> None:
+    core = make_core()
+    core.register_worker(WorkerSpec("w", concurrency=10), 0)
+    ids = []
+    for i in range(4):  # idempotency keys take the general path (push), not the plain one
+        ids += core.submit([TaskSpec("t", idempotency_key=f"k{i}")], S + i)
+    assert [lease.task_id for lease in core.claim("w", 10, 10 * S)] == ids

@@ -12,7 +12,7 @@ import pytest
 from node.core import Core, HandoffRecord, Outcome, RemoteStatus
 from node.core.transfer import outcome_of, record_of
 from node.errors import HandoffProtocolError, InvalidTransitionError, TaskNotFoundError, ValidationError
-from node.model import TaskSpec, TaskStatus, WorkerSpec
+from node.model import Priority, TaskSpec, TaskStatus, WorkerSpec
 from tests.test_core import NEW, UPD, expect, make_core, state, view
 
 S = 1_000_000_000
@@ -331,3 +331,61 @@ def test_restore_keeps_reports_tombstones_and_remote_dependencies() -> None:
     fresh_c.validate()
     fresh_c.record_result(outcome_of(dataclasses.replace(archived, status=COMPLETED)), "b", archived, 11 * S)
     assert fresh_c.tasks[d].status is QUEUED
+
+
+# ---------------------------------------------------------------------------- from mutation testing
+
+
+def test_a_result_from_the_second_hop_is_passed_back_to_the_origin() -> None:
+    a, b, c = node("a"), node("b"), node("c")
+    [t] = handed(a, b, 1)
+    b.begin_handoff([t], "c", 5 * S)
+    c.adopt([record_of(b.tasks[t])], "b", 6 * S)
+    b.finish_handoff([t], "c", 7 * S)
+    archived_b = b.drain().finished[t]
+    c.register_worker(WorkerSpec("w"), 8 * S)
+    [lease] = c.claim("w", 1, 8 * S)
+    c.complete(lease, b"r", 9 * S)
+    [o] = c.pending_reports()["b"]
+    final = b.record_result(o, "c", archived_b, 10 * S)
+    assert b.drain().reports == {t: final}
+    assert [(x.task_id, x.status, x.result, x.owner_node) for x in b.pending_reports()["a"]] == [
+        (t, COMPLETED, b"r", "c")
+    ]
+
+
+def test_hand_off_candidates_are_the_last_in_line_first() -> None:
+    a = node("a")
+    c0, c1 = a.submit([TaskSpec("job", priority=Priority.CRITICAL) for _ in range(2)], S)
+    [low] = a.submit([TaskSpec("job", priority=Priority.LOW)], 2 * S)
+    assert a.handoff_candidates(1) == [low]
+    assert a.handoff_candidates(3) == [low, c1, c0]
+    assert a.handoff_candidates(3, exclude={low}) == [c1, c0]  # offered already
+
+
+def test_idempotency_keys_stay_with_the_origin() -> None:
+    a, b = node("a"), node("b")
+    [x] = a.submit([TaskSpec("job", idempotency_key="k", payload=b"p")], S)
+    a.begin_handoff([x], "b", 2 * S)
+    b.adopt([record_of(a.tasks[x])], "a", 3 * S)
+    assert b.tasks[x].spec.idempotency_key is None
+    fresh = node("b")  # b restarts and reloads the adopted task
+    fresh.restore([dataclasses.replace(b.tasks[x])], [], 4 * S)
+    [y] = fresh.submit([TaskSpec("job", idempotency_key="k")], 5 * S)
+    assert y != x  # b's own key space is untouched
+
+
+def test_a_repeated_report_must_say_what_was_recorded() -> None:
+    a, b = node("a"), node("b")
+    [x] = handed(a, b, 1)
+    b.register_worker(WorkerSpec("w"), 5 * S)
+    [lease] = b.claim("w", 1, 5 * S)
+    b.complete(lease, b"answer", 6 * S)
+    [o] = b.pending_reports()["a"]
+    final = a.record_result(o, "b", _archive(a, b, [x])[x], 7 * S)
+    a.drain()
+    assert a.record_result(o, "b", final, 8 * S) == final and not a.out  # the same report again
+    for forged in (o._replace(owner_node="c", result=b"forged"), o._replace(result=b"other")):
+        with pytest.raises(HandoffProtocolError, match="another result"):
+            a.record_result(forged, "c", final, 8 * S)
+        assert not a.out

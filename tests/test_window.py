@@ -109,3 +109,13 @@ def test_fixed_bin_quantiles_interpolate_inside_a_bin() -> None:
     assert h.quantile(0.99) == 4.0
     with pytest.raises(ValidationError, match="different bins"):
         h.merge(FixedBinHistogram(FixedBins((1.0,))))
+
+
+def test_a_completion_time_on_a_bin_edge_counts_in_the_bin_it_opens() -> None:
+    core = make_core()
+    win = Windows("n", T0, window_s=20, bins=FixedBins((1.0, 2.0, 5.0)))
+    core.submit([TaskSpec("a")], T0 + S)
+    [lease] = core.claim("w", 1, T0 + 2 * S)
+    core.complete(lease, b"", T0 + 3 * S)  # exactly 1.0 s: bin [1, 2)
+    win.record(core.drain(), T0 + 3 * S)
+    assert win.current(T0 + 4 * S).types["a"].completion_s.counts == [0, 1, 0, 0]

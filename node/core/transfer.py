@@ -110,6 +110,12 @@ def outcome_of(t: Task) -> Outcome:
     return Outcome(t.id, t.status, t.finished_ns, t.attempt, t.assigned_worker, t.owner_node, t.result, t.error)
 
 
+def _same_result(final: Task, o: Outcome) -> bool:
+    """Whether a report says what was recorded."""
+    recorded = (final.status, final.owner_node, final.finished_ns, final.attempt, final.result, final.error)
+    return recorded == (o.status, o.owner_node, o.finished_ns, o.attempt, o.result, o.error)
+
+
 def _ids(field_name: str, task_ids: Sequence[str], active: Mapping[str, Task]) -> list[str]:
     """Task ids given to a command, checked (an id of an active task is known to be valid)."""
     if isinstance(task_ids, str) or not isinstance(task_ids, Sequence):
@@ -250,9 +256,10 @@ class Transfers(Engine):
         if archived is None or archived.id != tid:
             raise HandoffProtocolError(f"peer {peer!r} reported on task {tid!r}, which this node never handed off")
         if archived.status is not HANDED_OFF:
-            if archived.status in _FINAL and archived.owner_node == outcome.owner_node:
-                return archived  # reported before: the same answer
-            raise HandoffProtocolError(f"peer {peer!r} reported on task {tid!r}, which is {archived.status.value} here")
+            if archived.status in _FINAL and _same_result(archived, outcome):
+                return archived  # reported before: the same answer (harmless whoever repeats it)
+            what = "with another result than the" if archived.status in _FINAL else "which is"
+            raise HandoffProtocolError(f"peer {peer!r} reported on task {tid!r} {what} {archived.status.value} here")
         if archived.owner_node != peer:
             raise HandoffProtocolError(
                 f"peer {peer!r} reported on task {tid!r}, which was handed to {archived.owner_node!r}"
