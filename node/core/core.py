@@ -261,6 +261,10 @@ class Core(Transfers):
         if t is None:
             raise TaskNotFoundError(task_id)
         prev = t.status
+        if prev is HANDING_OFF:  # the peer may own it already: cancel it once the hand-off settles
+            raise InvalidTransitionError(
+                task_id, f"being handed off to {t.handoff_peer}", "cancel", "a task that is not being handed off"
+            )
         w = self.workers.get(t.assigned_worker or "") if prev in _LEASED else None
         if w is not None:
             self._worker_done(t, w, now_ns, False, False, blame=False)
@@ -276,6 +280,13 @@ class Core(Transfers):
         active again; finished ones count as met (the operator's call)."""
         if record.status is not FAILED:
             raise InvalidTransitionError(record.id, record.status.value, "requeue", "status failed")
+        if record.owner_node != self.node_id:  # a result reported back from the peer that ran it
+            raise InvalidTransitionError(
+                record.id,
+                f"failed on node {record.owner_node}",
+                "requeue",
+                "a task that failed here (requeue it there)",
+            )
         if record.id in self.tasks:
             raise InvalidTransitionError(record.id, self.tasks[record.id].status.value, "requeue", "status failed")
         t = record

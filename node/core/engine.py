@@ -424,8 +424,13 @@ class Engine(CoreState):
             if d in self.tasks:
                 unmet.append(d)
                 continue
-            # Not active: finished before (known), or an earlier spec of this batch that failed.
+            # Not active: finished before (known), handed off (its result decides), or an earlier
+            # spec of this batch that failed.
             st = known.get(d, FAILED)
+            if st is HANDED_OFF:
+                unmet.append(d)
+                self._remote_deps.add(d)
+                continue
             if st is not COMPLETED:
                 self._finish(t, FAILED, now_ns, error=f"dependency {d} {st.value}")
                 return

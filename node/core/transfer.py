@@ -185,6 +185,7 @@ class Transfers(Engine):
             queues.remove(t)
             self._move(t, HANDING_OFF)
             t.handoff_peer = peer
+            self.out.intents_done.discard(t.id)  # aborted earlier in this outbox: the new intent stands
             intents[t.id] = peer  # the stored record stays as it is (queued); the intent says where to
             if self.emit_events:
                 self._event(t, now_ns)
@@ -253,14 +254,24 @@ class Transfers(Engine):
         if type(outcome) is not Outcome:
             raise ValidationError("outcome", f"must be an Outcome, got {type(outcome).__name__}")
         tid = outcome.task_id
+        active = self.tasks.get(tid)
+        if archived is None and active is not None and active.status is HANDING_OFF and active.handoff_peer == peer:
+            # The peer ran it before this node settled the hand-off (the transfer's answer was
+            # lost, or this node restarted): a result proves the peer owns it.
+            self.finish_handoff([tid], peer, now_ns)
+            archived = self.out.finished[tid]
         if archived is None or archived.id != tid:
             raise HandoffProtocolError(f"peer {peer!r} reported on task {tid!r}, which this node never handed off")
         if archived.status is not HANDED_OFF:
             if archived.status in _FINAL and _same_result(archived, outcome):
                 return archived  # reported before: the same answer (harmless whoever repeats it)
-            what = "with another result than the" if archived.status in _FINAL else "which is"
-            raise HandoffProtocolError(f"peer {peer!r} reported on task {tid!r} {what} {archived.status.value} here")
-        if archived.owner_node != peer:
+            newer = archived.owner_node == outcome.owner_node and outcome.finished_ns > (archived.finished_ns or 0)
+            if not (archived.status in _FINAL and newer):  # (newer: requeued on its owner, finished again)
+                what = "with another result than the" if archived.status in _FINAL else "which is"
+                raise HandoffProtocolError(
+                    f"peer {peer!r} reported on task {tid!r} {what} {archived.status.value} here"
+                )
+        elif archived.owner_node != peer:
             raise HandoffProtocolError(
                 f"peer {peer!r} reported on task {tid!r}, which was handed to {archived.owner_node!r}"
             )

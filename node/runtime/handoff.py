@@ -191,12 +191,16 @@ class HandoffAgent:
             res.reason = "no task may be handed off"
             return res
         self._offered.update(ids)
+        chosen: list[str] = []
         try:
-            return await self._offer_and_move(peer, ids, res)
+            return await self._offer_and_move(peer, ids, res, chosen)
         finally:
             self._offered.difference_update(ids)
+            core = self.node._core
+            if any((t := core.tasks.get(tid)) is not None and t.status is TaskStatus.HANDING_OFF for tid in chosen):
+                self.wake()  # cut short (store outage, a bad answer...): settled by asking the peer
 
-    async def _offer_and_move(self, peer: str, ids: list[str], res: HandoffResult) -> HandoffResult:
+    async def _offer_and_move(self, peer: str, ids: list[str], res: HandoffResult, chosen: list[str]) -> HandoffResult:
         node = self.node
         core = self._core()
         items = tuple(
@@ -217,12 +221,13 @@ class HandoffAgent:
             raise HandoffProtocolError(f"peer {peer!r} accepted tasks it was never offered: {stray[:5]}")
         core = self._core()
         # claimed or cancelled while the offer was out: those stay
-        chosen = [tid for tid in reply.accepted if (t := core.tasks.get(tid)) is not None and _ready(t)]
+        chosen.extend(tid for tid in reply.accepted if (t := core.tasks.get(tid)) is not None and _ready(t))
         res.accepted = len(chosen)
         if not chosen:
             res.reason = reply.reason or "the peer accepted none"
             return res
         core.begin_handoff(chosen, peer, node._now())
+        self._offered.difference_update(chosen)  # out of line now: no longer load, nor offerable
         self._busy.update(chosen)
         try:
             await self._durable()
@@ -303,7 +308,14 @@ class HandoffAgent:
             )
             if res.unsettled:
                 done = False
-        for to_node, outcomes in self._core().pending_reports().items():
+        core = self._core()
+        inflight = self.node._committer.inflight
+        not_durable = set(core.out.reports) | (set(inflight.reports) if inflight is not None else set())
+        for to_node, all_outcomes in core.pending_reports().items():
+            outcomes = [o for o in all_outcomes if o.task_id not in not_durable]  # the rest: next round
+            if not outcomes:
+                done = False
+                continue
             try:
                 ack = await self.transport.report_result(to_node, Report(self.node_id, tuple(outcomes)))
             except PeerUnavailableError as e:
@@ -369,7 +381,11 @@ class HandoffAgent:
         ids = [r.task_id for r in transfer.records if isinstance(r.task_id, str)]
         reservation = self._reserved.pop(transfer.offer_id, None)
         fresh_offer = reservation is not None and reservation[1] > node._now() and reservation[0].issuperset(ids)
-        maybe_known = [] if fresh_offer else [tid for tid in ids if tid not in core.tasks]
+        maybe_known = [
+            r.task_id
+            for r in transfer.records
+            if r.task_id not in core.tasks and (not fresh_offer or getattr(r.spec, "id", None) is not None)
+        ]  # (ids a user chose may collide with ids used here: always looked up)
         known = await node._finished(maybe_known) if maybe_known else {}
         await self._step("transfer_received")
         core = self._core()
@@ -382,8 +398,7 @@ class HandoffAgent:
             no_room = {r.task_id: "no room (the offer's reservation expired)" for r in fresh[room:]}
             records = [r for r in records if r.task_id not in no_room]
         res = core.adopt(records, transfer.from_node, now, known=known)
-        if res.adopted:
-            await self._durable()
+        await self._durable()  # also what an earlier transfer of the same tasks adopted
         self.stats["adopted"] += len(res.adopted)
         await self._step("peer_acked")
         return TransferReply(tuple(res.owned), {**res.refused, **no_room})
@@ -423,8 +438,10 @@ class HandoffAgent:
         loops = self.node._loops
         delay = self.cfg.retry_s
         while not loops.stopping:
-            if await loops.wait_for(self._wake, 3600.0):
+            if await loops.wait_for(self._wake, self.cfg.retry_max_s):
                 return
+            if not self._wake.is_set() and not self._anything_to_settle():
+                continue  # the periodic look: nothing in flight, nothing to report
             self._wake.clear()
             if not self.node._serving():
                 if await loops.pause(delay):
@@ -446,19 +463,26 @@ class HandoffAgent:
             delay = min(delay * 2, self.cfg.retry_max_s)
             self._wake.set()
 
+    def _anything_to_settle(self) -> bool:
+        node = self.node
+        if not node._serving():
+            return False
+        core = node._core
+        return core.load().handing_off > len(self._busy) or bool(core._reports)
+
     async def _offload_loop(self) -> None:
         loops = self.node._loops
         while not await loops.pause(self.cfg.check_s):
             if not self.node._serving():
                 continue
             try:
-                while True:  # keep going while each batch helps
-                    res = await self.offload()
-                    if not res.handed_off or len(res.handed_off) < self.cfg.batch:
+                while True:  # keep going while full batches go out; several offloads in flight
+                    results = await asyncio.gather(*(self.offload() for _ in range(self.cfg.concurrency)))
+                    if sum(len(r.handed_off) for r in results) < self.cfg.batch * self.cfg.concurrency:
                         break
             except (NodeClosedError, StoreUnavailableError):
                 continue
-            except FedcoordError:
+            except Exception:  # a bug or a peer's bad answer: say so, and keep offloading later
                 log.exception("node %s: offloading failed", self.node_id)
 
 

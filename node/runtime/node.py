@@ -409,6 +409,8 @@ class LocalNode:
                 continue
             self._state = NodeState.SERVING
             self._cause = None
+            if self.handoff is not None:
+                self.handoff.wake()  # hand-offs the outage interrupted are settled by asking
             log.warning("node %s: store is back; reloaded %d active tasks", self.node_id, len(self._core.tasks))
 
     async def _reload(self) -> None:
@@ -553,6 +555,10 @@ class LocalNode:
             raise TaskNotFoundError(task_id)
         if t.status is TaskStatus.CANCELLED:
             return t.status
+        if t.status is TaskStatus.HANDED_OFF:
+            raise InvalidTransitionError(
+                task_id, f"handed off to {t.owner_node}", "cancel", f"an active task (cancel it on {t.owner_node})"
+            )
         raise InvalidTransitionError(task_id, t.status.value, "cancel", "an active task")
 
     async def requeue(self, task_id: str) -> None:
@@ -599,7 +605,7 @@ class LocalNode:
         to an earlier claim of this worker that it did not receive (it timed out or was
         replaced meanwhile) come first."""
         core = self._check()
-        held = self._claims.take_held(worker_id)
+        held = self._claims.take_held(worker_id, core.is_current)
         if held:
             core.touch(worker_id, self._now())
             await self._durable()

@@ -5,8 +5,10 @@ Both are resolved only from post-commit hooks, so what they receive is durable.
 Grants: a waiting claim that the core served gets its leases once they are durable. If nobody
 waits for them any more by then (the claim timed out, was cancelled, or a newer claim of the
 same worker replaced it), the leases are *held* for that worker and its next claim returns them
-first: nothing granted is dropped. Leases a worker can no longer use (it deregistered, or
-registered again as a new incarnation) are forgotten with it.
+first: nothing granted is dropped while the node serves (a claim still waiting when the node
+closes returns empty; its leases go back in line when the worker registers again). Leases a
+worker can no longer use (it deregistered, or registered again as a new incarnation) are
+forgotten with it.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ class ClaimWaiters:
         self._waiting: dict[str, asyncio.Future[list[Lease]]] = {}
         self._held: dict[str, list[Lease]] = {}
 
-    def take_held(self, worker_id: str) -> list[Lease]:
-        """Durable leases granted to ``worker_id`` that no claim received yet."""
-        return self._held.pop(worker_id, [])
+    def take_held(self, worker_id: str, current: Callable[[Lease], bool]) -> list[Lease]:
+        """Durable leases granted to ``worker_id`` that no claim received yet (and that are
+        still current: a reload after a store outage may have given them back)."""
+        return [lease for lease in self._held.pop(worker_id, []) if current(lease)]
 
     def held(self) -> int:
         return sum(len(v) for v in self._held.values())
@@ -51,16 +54,11 @@ class ClaimWaiters:
         no longer current (the worker registered again since) are not delivered."""
         for wid, leases in grants.items():
             live = [lease for lease in leases if current(lease)]
-            if not live:
-                continue
-            held = self._held.get(wid)
-            if held is None:
-                held = self._held[wid] = live
-            else:
-                held.extend(live)
-            fut = self._waiting.pop(wid, None)
+            if live:
+                self._held.setdefault(wid, []).extend(live)
+            fut = self._waiting.pop(wid, None)  # its grant came: it returns (empty if gone meanwhile)
             if fut is not None and not fut.done():
-                fut.set_result(self._held.pop(wid))
+                fut.set_result(self._held.pop(wid, []))
 
     def forget(self, worker_id: str) -> None:
         """The worker left or started a new incarnation: its waiting claim ends empty, and held
@@ -78,8 +76,8 @@ class ClaimWaiters:
                 fut.set_exception(err)
 
     def reject_all(self, err: BaseException) -> None:
+        """Every waiting claim gets ``err``; held leases are kept (they were durable)."""
         self.reject(list(self._waiting), err)
-        self._held.clear()
 
     def end_all(self) -> None:
         """The node closes: every waiting claim returns what it has (nothing)."""

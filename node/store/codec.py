@@ -52,7 +52,9 @@ def encode_task(t: Task) -> bytes:
         "v": RECORD_VERSION,
         "id": t.id,
         "type": s.type,
-        "status": t.status,
+        # a task being handed off is stored as the queued task it was: the intent beside it (the
+        # handoffs hash) says where it is going, and an abort leaves this record as it stands
+        "status": _QUEUED if t.status is _HANDING_OFF else t.status,
         "origin_node": t.origin_node,
         "created_ns": t.created_ns,
     }
@@ -103,8 +105,6 @@ def encode_task(t: Task) -> bytes:
         d["hops"] = t.hops
     if t.from_node is not None:
         d["from_node"] = t.from_node
-    if t.handoff_peer is not None:
-        d["handoff_peer"] = t.handoff_peer
     return _dumps(d)
 
 
@@ -121,6 +121,8 @@ def _name(v: str) -> str:
 
 
 _PRIORITY = {p.value: p for p in Priority}
+_QUEUED = TaskStatus.QUEUED
+_HANDING_OFF = TaskStatus.HANDING_OFF
 _MEDIUM = Priority.MEDIUM
 _STATUS = {st.value: st for st in TaskStatus}
 _new_tuple = tuple.__new__
@@ -178,7 +180,6 @@ def decode_task(raw: bytes | str) -> Task:
             tuple(get("waits_on") or ()),
             get("hops", 0),
             get("from_node"),
-            get("handoff_peer"),
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, binascii.Error) as e:
         head = raw[:120] if isinstance(raw, bytes | str) else raw

@@ -82,7 +82,7 @@ return out
 #       #intents, #intents done,
 #       then upserts (id, json)..., finished (id, json)..., workers (id, json)..., dropped ids...,
 #       counters (field, delta)..., reports (id, json)..., reports done (ids)...,
-#       refused (ns, id)..., intents (id, peer)..., intents done (ids)...,
+#       refused (ns, id)..., intents done (ids)..., intents (id, peer)...,
 #       one task id per idempotency key.
 FLUSH = """
 local v = redis.call('GET', KEYS[1])
@@ -142,8 +142,8 @@ if nref > 0 then                                -- ids declared unknown, and tho
   each_chunk('ZADD', KEYS[8], 2 * nref)
   redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', '(' .. ARGV[16])
 end
-hset_pairs(KEYS[9], ni)                         -- hand-off intents
-each_chunk('HDEL', KEYS[9], nid)                -- ... ended
+each_chunk('HDEL', KEYS[9], nid)                -- hand-off intents ended (before new ones:
+hset_pairs(KEYS[9], ni)                         --   a task may end one and begin another at once)
 for k = 10, #KEYS do
   redis.call('SET', KEYS[k], ARGV[i], 'EX', ARGV[10])
   i = i + 1

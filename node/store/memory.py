@@ -165,10 +165,10 @@ class MemoryStore(Store):
             d.counters[k] = d.counters.get(k, 0) + v
         for key, tid in batch.idempotency:
             d.idem[key] = (tid, now + self.retention_s)
+        for tid in batch.intents_done:  # ended ones first, as the Redis script does
+            d.handoffs.pop(tid, None)
         for tid, peer in batch.intents:
             d.handoffs[tid] = peer
-        for tid in batch.intents_done:
-            d.handoffs.pop(tid, None)
         for tid, raw in batch.reports:
             d.reports[tid] = raw
         for tid in batch.reports_done:

@@ -278,10 +278,10 @@ class RedisStore(Store):
         for tid, at_ns in batch.refused:
             args.append(at_ns)
             args.append(tid)
+        args.extend(batch.intents_done)
         for tid, peer in batch.intents:
             args.append(tid)
             args.append(peer)
-        args.extend(batch.intents_done)
         args.extend(tid for _, tid in batch.idempotency)
         return keys, args
 
