@@ -46,6 +46,7 @@ from node.core.state import (
     HANDING_OFF,
     NEW_TASK,
     QUEUED,
+    TASK_UPDATED,
 )
 from node.errors import HandoffProtocolError, InvalidTransitionError, TaskNotFoundError, ValidationError
 from node.model import Task, TaskSpec, TaskStatus, check_id, check_name, check_result, normalize_specs
@@ -99,9 +100,14 @@ class AdoptResult:
         return self.adopted + self.already
 
 
+_new_tuple = tuple.__new__  # skips NamedTuple's Python-level __new__ (thousands per transfer)
+
+
 def record_of(t: Task) -> HandoffRecord:
     """The record that carries ``t`` to a peer."""
-    return HandoffRecord(t.id, t.spec, t.origin_node, t.created_ns, t.attempt, t.failures, t.hops, t.error)
+    return _new_tuple(
+        HandoffRecord, (t.id, t.spec, t.origin_node, t.created_ns, t.attempt, t.failures, t.hops, t.error)
+    )
 
 
 def outcome_of(t: Task) -> Outcome:
@@ -124,12 +130,6 @@ def _ids(field_name: str, task_ids: Sequence[str], active: Mapping[str, Task]) -
     if len(set(ids)) != len(ids):
         raise ValidationError(field_name, "the same task id twice")
     return ids
-
-
-def _check_int(field_name: str, value: object, index: int) -> int:
-    if type(value) is not int or value < 0:
-        raise ValidationError(field_name, f"{value!r} must be a non-negative integer", index=index, batch="records")
-    return value
 
 
 class Transfers(Engine):
@@ -212,11 +212,27 @@ class Transfers(Engine):
     def finish_handoff(self, task_ids: Sequence[str], peer: str, now_ns: int) -> None:
         """``peer`` holds these tasks durably: they are ``handed_off`` here (all or nothing;
         :class:`HandoffProtocolError` if ``peer`` was not handed one of them)."""
+        out = self.out
+        finished, saved, intents = out.finished, out.saved, out.intents
+        events = out.events if self.emit_events else None
+        dependents = self._deps.dependents
         for t in self._handing_off(task_ids, peer, "finish a hand-off"):
+            tid = t.id
             t.owner_node = peer
             t.handoff_peer = None
-            self._end_intent(t.id)
-            self._finish(t, HANDED_OFF, now_ns)
+            if intents.pop(tid, None) is None:
+                out.intents_done.add(tid)
+            if t.spec.idempotency_key is not None or tid in dependents:
+                self._finish(t, HANDED_OFF, now_ns)  # keys to forget, dependents to keep waiting
+                continue
+            self._leave(t)  # the rest of _finish for a task nothing here depends on, written out
+            t.status = HANDED_OFF
+            t.finished_ns = now_ns
+            if saved:
+                saved.pop(tid, None)
+            finished[tid] = t
+            if events is not None:
+                events.append((TASK_UPDATED, t, HANDED_OFF, None, t.attempt, now_ns, None))
 
     def abort_handoff(self, task_ids: Sequence[str], now_ns: int, *, peer: str | None = None) -> None:
         """The peer refused these tasks or never got them: back to their old place in line.
@@ -310,28 +326,22 @@ class Transfers(Engine):
 
     def _check_record(self, rec: HandoffRecord, i: int, spec: TaskSpec) -> HandoffRecord:
         """One record, its ``spec`` already checked (a transfer's specs are checked in one batch)."""
+        tid, _, origin, created_ns, attempt, failures, hops, error = rec
         try:
-            tid = check_id("task_id", rec.task_id)
-            origin = check_name("origin_node", rec.origin_node)
+            check_id("task_id", tid)
+            check_name("origin_node", origin)
         except ValidationError as e:
             raise e.at(i, "records") from None
-        if rec.error is not None and not isinstance(rec.error, str):
+        if error is not None and type(error) is not str:
             raise ValidationError("error", "must be a string or None", index=i, batch="records")
-        hops = _check_int("hops", rec.hops, i)
+        for name, v in (("created_ns", created_ns), ("attempt", attempt), ("failures", failures), ("hops", hops)):
+            if type(v) is not int or v < 0:
+                raise ValidationError(name, f"{v!r} must be a non-negative integer", index=i, batch="records")
         if hops + 1 > self.config.max_hops:
             raise ValidationError(
                 "hops", f"{hops} hops already", limit=f"< {self.config.max_hops}", index=i, batch="records"
             )
-        return HandoffRecord(
-            tid,
-            spec,
-            origin,
-            _check_int("created_ns", rec.created_ns, i),
-            _check_int("attempt", rec.attempt, i),
-            _check_int("failures", rec.failures, i),
-            hops,
-            rec.error,
-        )
+        return rec if spec is rec.spec else rec._replace(spec=spec)
 
     def adopt(
         self, records: Sequence[HandoffRecord], from_node: str, now_ns: int, *, known: Mapping[str, Task] | None = None

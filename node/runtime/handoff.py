@@ -203,9 +203,11 @@ class HandoffAgent:
     async def _offer_and_move(self, peer: str, ids: list[str], res: HandoffResult, chosen: list[str]) -> HandoffResult:
         node = self.node
         core = self._core()
+        tasks = core.tasks
+        new = tuple.__new__
         items = tuple(
-            OfferItem(t.id, t.type, t.priority, t.difficulty, t.required_capabilities)
-            for t in (core.tasks[tid] for tid in ids)
+            new(OfferItem, (tid, (sp := tasks[tid].spec).type, sp.priority, sp.difficulty, sp.required_capabilities))
+            for tid in ids
         )
         offer = Offer(f"{self.node_id}:{time.time_ns():x}:{self._rng.getrandbits(32):08x}", self.node_id, items)
         res.offered = len(items)
@@ -345,12 +347,20 @@ class HandoffAgent:
         now = node._now()
         workers = [w for w in core.workers.values() if w.healthy]
         strict = core.config.strict_matching
+        verdicts: dict[tuple[tuple[str, ...], int], bool] = {}  # per requirement class, not per task
 
-        def can_run(it: OfferItem) -> bool:
-            caps = set(it.required_capabilities)
-            return any(caps <= w.capabilities and (not strict or it.difficulty <= w.skill) for w in workers)
+        def can_run(caps: tuple[str, ...], difficulty: int) -> bool:
+            need = set(caps)
+            return any(need <= w.capabilities and (not strict or difficulty <= w.skill) for w in workers)
 
-        runnable = [it.task_id for it in offer.items if can_run(it)]
+        runnable = []
+        for it in offer.items:
+            key = (it.required_capabilities, it.difficulty)
+            ok = verdicts.get(key)
+            if ok is None:
+                ok = verdicts[key] = can_run(*key)
+            if ok:
+                runnable.append(it.task_id)
         k = node.admission.accept_count(core.load(), len(runnable), now, reserved=self._reserved_now(now))
         accepted = tuple(runnable[:k])
         expires = now + int(self.cfg.reservation_s * _NS)
