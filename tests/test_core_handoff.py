@@ -280,14 +280,34 @@ def test_dependents_that_came_during_the_hand_off_wait_for_the_result() -> None:
         a.validate()
 
 
-def test_an_intent_begun_and_ended_before_a_drain_writes_nothing() -> None:
+def test_intents_that_begin_and_end_between_two_commits_leave_nothing_stored() -> None:
+    """Whatever happens to a task between two commits (begin, abort, begin again, abort again),
+    the store ends with the intent the task has, or none: removals apply before additions."""
     a = node("a")
     [x] = a.submit([TaskSpec("job")], S)
-    a.drain()
     a.begin_handoff([x], "b", 2 * S)
-    a.abort_handoff([x], 3 * S)
-    out = a.drain()
-    assert not out.intents and not out.intents_done and not out.saved
+    stored = dict(a.drain().intents)  # an intent is stored
+    for steps, want in (
+        (["abort"], {}),
+        (["abort", "begin"], {x: "b"}),
+        (["abort", "begin", "abort"], {}),  # (found by the two-core property test)
+        (["abort", "begin", "abort", "begin"], {x: "b"}),
+    ):
+        store = dict(stored)
+        a2 = node("a")
+        a2.restore([dataclasses.replace(t, status=QUEUED, handoff_peer=None) for t in a.tasks.values()], [], 3 * S,
+                   handoffs=stored)  # fmt: skip
+        for i, step in enumerate(steps):
+            if step == "abort":
+                a2.abort_handoff([x], (4 + i) * S, peer="b")
+            else:
+                a2.begin_handoff([x], "b", (4 + i) * S)
+        out = a2.drain()
+        for tid in out.intents_done:
+            store.pop(tid, None)
+        store.update(out.intents)
+        assert store == want, steps
+        assert not out.saved  # the stored record is never rewritten for an intent
 
 
 def test_restore_keeps_hand_offs_in_flight_out_of_line() -> None:
@@ -389,3 +409,21 @@ def test_a_repeated_report_must_say_what_was_recorded() -> None:
         with pytest.raises(HandoffProtocolError, match="another result"):
             a.record_result(forged, "c", final, 8 * S)
         assert not a.out
+
+
+def test_a_hand_off_taken_back_after_a_restart_keeps_a_unique_queue_time() -> None:
+    """Found by the two-core property test: after a restart whose clock has not passed the old
+    queue times, a task aborted back in line must not share its queue time with a new task."""
+    a = node("a")
+    x, y = a.submit([TaskSpec("job"), TaskSpec("job")], 1000 * S)  # queued at 1000 s and 1000 s + 1 ns
+    a.begin_handoff([y], "b", 1000 * S)
+    intents = a.drain().intents
+    stored = [dataclasses.replace(t, status=QUEUED, handoff_peer=None) for t in a.tasks.values()]
+    fresh = make_core(seed=99)  # (another seed: the same one would make the same ids)
+    fresh.node_id, fresh.config = "a", dataclasses.replace(fresh.config, node_id="a")
+    fresh.restore(stored, [], 1000 * S, handoffs=intents)  # the new process's clock is no later
+    [z] = fresh.submit([TaskSpec("job")], 1000 * S)
+    fresh.abort_handoff([y], 1000 * S, peer="b")
+    assert fresh.tasks[z].queued_ns != fresh.tasks[y].queued_ns
+    fresh.validate()
+    assert x in fresh.tasks

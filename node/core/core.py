@@ -467,6 +467,9 @@ class Core(Transfers):
         ready.sort(key=attrgetter("queued_ns"))  # back in line in the order they were in (unique times)
         if ready:
             self._last_queued_ns = max(self._last_queued_ns, ready[-1].queued_ns or 0)
+        for t in by_id.values():  # a hand-off taken back returns with its queue time: keep them unique
+            if t.status is HANDING_OFF and t.queued_ns is not None and t.queued_ns > self._last_queued_ns:
+                self._last_queued_ns = t.queued_ns
         by_req = self._queues.by_requirements
         for t in ready:
             sp = t.spec

@@ -220,8 +220,8 @@ class Transfers(Engine):
             tid = t.id
             t.owner_node = peer
             t.handoff_peer = None
-            if intents.pop(tid, None) is None:
-                out.intents_done.add(tid)
+            intents.pop(tid, None)  # as _end_intent
+            out.intents_done.add(tid)
             if t.spec.idempotency_key is not None or tid in dependents:
                 self._finish(t, HANDED_OFF, now_ns)  # keys to forget, dependents to keep waiting
                 continue
@@ -251,9 +251,11 @@ class Transfers(Engine):
                 self._refill(self.workers[wid], now_ns)
 
     def _end_intent(self, tid: str) -> None:
+        """The hand-off ended: its intent goes, unwritten or stored (an older intent of the same
+        task may be stored even when a newer one was not written yet)."""
         out = self.out
-        if out.intents.pop(tid, None) is None:  # not written yet: nothing to remove from the store
-            out.intents_done.add(tid)
+        out.intents.pop(tid, None)
+        out.intents_done.add(tid)
 
     def handoffs_in_flight(self) -> dict[str, list[str]]:
         """Tasks being handed off, by peer (to settle after a restart)."""
