@@ -125,6 +125,11 @@ class HandoffAgent:
         self._offered: set[str] = set()  # tasks in an offer still out (a concurrent offload skips them)
         self._busy: set[str] = set()  # tasks an offload of this process is moving right now
         self._slots = asyncio.Semaphore(cfg.concurrency)  # offloads in flight at once
+        # One offload at a time chooses, offers and records its intent; the transfers and finishes
+        # of others go on meanwhile. This keeps concurrent offloads a step apart: in lockstep,
+        # group commit would merge their steps into the same writes, and every write would
+        # leave the event loop idle.
+        self._begin_lock = asyncio.Lock()
         self._wake = asyncio.Event()  # something to settle or report
         self.stats: dict[str, int] = {"offers": 0, "handed_off": 0, "adopted": 0, "refused": 0, "reported": 0}
 
@@ -172,35 +177,48 @@ class HandoffAgent:
             return await self._offload(peer, max_tasks)
 
     async def _offload(self, peer: str | None, max_tasks: int | None) -> HandoffResult:
+        res = HandoffResult()
+        chosen: list[str] = []
+        try:
+            async with self._begin_lock:
+                offer_id = await self._choose_offer_begin(peer, max_tasks, res, chosen)
+            if offer_id is not None and res.peer is not None:
+                await self._transfer_and_settle(res.peer, offer_id, chosen, res)
+            return res
+        finally:
+            core = self.node._core
+            if any((t := core.tasks.get(tid)) is not None and t.status is TaskStatus.HANDING_OFF for tid in chosen):
+                self.wake()  # cut short (store outage, a bad answer...): settled by asking the peer
+
+    async def _choose_offer_begin(
+        self, peer: str | None, max_tasks: int | None, res: HandoffResult, chosen: list[str]
+    ) -> str | None:
+        """Choose tasks, offer them, record the hand-off of what the peer accepted durably; the
+        offer's id, or None when there is nothing to transfer (``res.reason`` says why)."""
         node = self.node
         core = self._core()
         now = node._now()
         # by default: what admission finds too much, less what offers still out already take
         n = node.admission.offload_count(core.load(), now) - len(self._offered) if max_tasks is None else max_tasks
         n = min(n, self.cfg.batch)
-        res = HandoffResult()
         if peer is None:
             view = node.admission.view
             peer = choose_peer(self.cfg.peers, view.peer_loads if view else {}, self._rng)
         res.peer = peer
         if peer is None or n <= 0:
             res.reason = "no peer" if peer is None else "nothing to hand off"
-            return res
+            return None
         ids = core.handoff_candidates(n, exclude=self._offered)
         if not ids:
             res.reason = "no task may be handed off"
-            return res
+            return None
         self._offered.update(ids)
-        chosen: list[str] = []
         try:
-            return await self._offer_and_move(peer, ids, res, chosen)
+            return await self._offer_and_begin(peer, ids, res, chosen)
         finally:
             self._offered.difference_update(ids)
-            core = self.node._core
-            if any((t := core.tasks.get(tid)) is not None and t.status is TaskStatus.HANDING_OFF for tid in chosen):
-                self.wake()  # cut short (store outage, a bad answer...): settled by asking the peer
 
-    async def _offer_and_move(self, peer: str, ids: list[str], res: HandoffResult, chosen: list[str]) -> HandoffResult:
+    async def _offer_and_begin(self, peer: str, ids: list[str], res: HandoffResult, chosen: list[str]) -> str | None:
         node = self.node
         core = self._core()
         tasks = core.tasks
@@ -216,7 +234,7 @@ class HandoffAgent:
             reply = await self.transport.offer(peer, offer)
         except PeerUnavailableError as e:
             res.reason = str(e)
-            return res
+            return None
         offered = set(ids)
         stray = [tid for tid in reply.accepted if tid not in offered]
         if stray:
@@ -227,28 +245,35 @@ class HandoffAgent:
         res.accepted = len(chosen)
         if not chosen:
             res.reason = reply.reason or "the peer accepted none"
-            return res
+            return None
         core.begin_handoff(chosen, peer, node._now())
         self._offered.difference_update(chosen)  # out of line now: no longer load, nor offerable
         self._busy.update(chosen)
         try:
             await self._durable()
-            await self._step("intent_recorded")
+        except BaseException:
+            self._busy.difference_update(chosen)
+            raise
+        await self._step("intent_recorded")
+        return offer.offer_id
+
+    async def _transfer_and_settle(self, peer: str, offer_id: str, chosen: list[str], res: HandoffResult) -> None:
+        """Send the tasks whose intent is durable; record the peer's answer durably."""
+        try:
             core = self._core()
             records = tuple(record_of(core.tasks[tid]) for tid in chosen)
             try:
-                answer = await self.transport.transfer(peer, Transfer(offer.offer_id, self.node_id, records))
+                answer = await self.transport.transfer(peer, Transfer(offer_id, self.node_id, records))
             except PeerUnavailableError as e:
-                res.unsettled = chosen
+                res.unsettled = list(chosen)
                 res.reason = f"no answer to the transfer, settled later: {e}"
                 self.wake()
-                return res
+                return
             await self._step("ack_received")
             await self._settle_answer(peer, chosen, answer.owned, answer.refused, res)
         finally:
             self._busy.difference_update(chosen)
         await self._step("handed_off_recorded")
-        return res
 
     async def _settle_answer(
         self, peer: str, sent: list[str], owned: tuple[str, ...], refused: Mapping[str, str], res: HandoffResult
