@@ -729,3 +729,46 @@ def test_retry_backoff_lies_in_half_to_full_delay(base: float, cap: float, max_r
     core.fail(lease, "last", now)
     assert tid not in core.tasks
     assert core.drain().finished[tid].status is FAILED
+
+
+@FAST
+@given(
+    claimed_at=st.integers(0, 100 * S),
+    started_after=st.one_of(st.none(), st.integers(0, 50 * S)),
+    took=st.integers(0, 200 * S),
+    history=st.lists(st.sampled_from(["completed", "failed"]), max_size=6),
+)
+def test_the_completion_fast_path_updates_a_worker_as_worker_done_does(
+    claimed_at: int, started_after: int | None, took: int, history: list[str]
+) -> None:
+    """Core.complete writes the completed case of Engine._worker_done out for speed: both must
+    leave a worker with exactly the same statistics."""
+
+    def run(via_worker_done: bool) -> WorkerState:
+        core = Core(CONFIG, rng=random.Random(3))
+        core.register_worker(WorkerSpec("w", concurrency=10), 0)
+        now = claimed_at
+        for outcome in history:  # some statistics to start from
+            core.submit([TaskSpec("t")], now)
+            [lease] = core.claim("w", 1, now)
+            now += S
+            if outcome == "completed":
+                core.complete(lease, b"", now)
+            else:
+                core.fail(lease, "e", now)
+        core.submit([TaskSpec("t", timeout_s=600_000.0)], now)
+        [lease] = core.claim("w", 1, now)
+        if started_after is not None:
+            core.start(lease, now + started_after)
+        end = now + (started_after or 0) + took
+        core.heartbeat("w", end)
+        if via_worker_done:
+            t, w = core.tasks[lease.task_id], core.workers["w"]
+            core._worker_done(t, w, end, True, True)
+        else:
+            core.complete(lease, b"", end)
+        return core.workers["w"]
+
+    fast, shared = run(False), run(True)
+    fields = ("active", "last_seen_ns", "busy_s", "avg_completion_s", "success_rate", "completed", "failed")
+    assert {f: getattr(fast, f) for f in fields} == {f: getattr(shared, f) for f in fields}

@@ -170,7 +170,8 @@ class Engine(CoreState):
     def _worker_done(  # noqa: PLR0917 - positional: it runs on every completion
         self, t: Task, w: WorkerState, now_ns: int, success: bool, reported: bool, blame: bool = True
     ) -> None:
-        """A lease of ``w`` on ``t`` ended: the one place where worker statistics learn of it.
+        """A lease of ``w`` on ``t`` ended: the one place where worker statistics learn of it
+        (``Core.complete`` writes out the completed case for speed; a test pins the two together).
 
         ``reported``: the worker said so itself (complete, fail): it is alive. Otherwise (timeout,
         missed heartbeats, deregistered, cancelled, a new incarnation) the worker is told to drop
