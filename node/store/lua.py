@@ -74,16 +74,18 @@ return out
 """
 
 # One group commit.
-# KEYS: owner, epoch, active, workers, counters, done bucket, reports, refused, handoffs,
-#       idempotency keys...
-# ARGV: token, epoch, lock ttl ms, #upserts, #finished, #workers, #dropped, #counters,
-#       bucket expire-at (s), idempotency ttl (s), channel ('' = no event), event message,
-#       #reports, #reports done, #refused, refused cutoff (ns: older entries are dropped),
-#       #intents, #intents done,
+# KEYS: owner, epoch, active, workers, counters, done bucket, [reports, refused, handoffs: only when
+#       the batch has hand-off state], idempotency keys...
+# ARGV: token, epoch, lock ttl ms, the section sizes in one string ("nu nf nw nd nc nr nrd nref ni
+#       nid": upserts, finished, workers, dropped workers, counters, reports, reports done, refused,
+#       intents, intents done), bucket expire-at (s), idempotency ttl (s), channel ('' = no event),
+#       event message, refused cutoff (ns: older refused ids are dropped),
 #       then upserts (id, json)..., finished (id, json)..., workers (id, json)..., dropped ids...,
 #       counters (field, delta)..., reports (id, json)..., reports done (ids)...,
 #       refused (ns, id)..., intents done (ids)..., intents (id, peer)...,
 #       one task id per idempotency key.
+# (Every argument costs the client packing time on every commit: sizes travel as one string, and
+# the hand-off keys only when used.)
 FLUSH = """
 local v = redis.call('GET', KEYS[1])
 if v ~= ARGV[1] then
@@ -93,12 +95,13 @@ if v ~= ARGV[1] then
     return redis.error_reply('FENCED node owned by ' .. tostring(v))
   end
 end
-local nu, nf, nw = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local nd, nc = tonumber(ARGV[7]), tonumber(ARGV[8])
-local nr, nrd, nref = tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
-local ni, nid = tonumber(ARGV[17]), tonumber(ARGV[18])
+local n = {}
+for x in string.gmatch(ARGV[4], '%d+') do n[#n + 1] = tonumber(x) end
+local nu, nf, nw, nd, nc, nr, nrd, nref, ni, nid = n[1], n[2], n[3], n[4], n[5], n[6], n[7], n[8], n[9], n[10]
+local handoff_keys = (nr + nrd + nref + ni + nid) > 0
+local first_idem_key = handoff_keys and 10 or 7
 local CHUNK = 7000
-local i = 19
+local i = 10
 
 -- The argument cursor: each section below takes its arguments from ARGV[i] on and moves i past them.
 local function each_chunk(cmd, key, n)  -- cmd key arg ... for n arguments, in chunks (CHUNK is even)
@@ -128,7 +131,7 @@ if nf > 0 then                                  -- finished: out of the active s
   end
   if #ids > 0 then redis.call('HDEL', KEYS[3], unpack(ids)) end
   hset_pairs(KEYS[6], nf)
-  redis.call('EXPIREAT', KEYS[6], ARGV[9])
+  redis.call('EXPIREAT', KEYS[6], ARGV[5])
 end
 hset_pairs(KEYS[4], nw)                         -- workers
 each_chunk('HDEL', KEYS[4], nd)                 -- dropped workers
@@ -136,20 +139,22 @@ for j = i, i + 2 * nc - 1, 2 do                 -- counters
   redis.call('HINCRBY', KEYS[5], ARGV[j], ARGV[j + 1])
 end
 i = i + 2 * nc
-hset_pairs(KEYS[7], nr)                         -- reports
-each_chunk('HDEL', KEYS[7], nrd)                -- reports acknowledged
-if nref > 0 then                                -- ids declared unknown, and those expired
-  each_chunk('ZADD', KEYS[8], 2 * nref)
-  redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', '(' .. ARGV[16])
+if handoff_keys then
+  hset_pairs(KEYS[7], nr)                       -- reports
+  each_chunk('HDEL', KEYS[7], nrd)              -- reports acknowledged
+  if nref > 0 then                              -- ids declared unknown, and those expired
+    each_chunk('ZADD', KEYS[8], 2 * nref)
+    redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', '(' .. ARGV[9])
+  end
+  each_chunk('HDEL', KEYS[9], nid)              -- hand-off intents ended (before new ones:
+  hset_pairs(KEYS[9], ni)                       --   a task may end one and begin another at once)
 end
-each_chunk('HDEL', KEYS[9], nid)                -- hand-off intents ended (before new ones:
-hset_pairs(KEYS[9], ni)                         --   a task may end one and begin another at once)
-for k = 10, #KEYS do
-  redis.call('SET', KEYS[k], ARGV[i], 'EX', ARGV[10])
+for k = first_idem_key, #KEYS do
+  redis.call('SET', KEYS[k], ARGV[i], 'EX', ARGV[6])
   i = i + 1
 end
-if ARGV[11] ~= '' then
-  redis.call('PUBLISH', ARGV[11], ARGV[12])
+if ARGV[7] ~= '' then
+  redis.call('PUBLISH', ARGV[7], ARGV[8])
 end
 return 1
 """

@@ -238,30 +238,30 @@ class RedisStore(Store):
             raise StoreUnavailableError(f"{self.description} is unreachable: {e}") from e
 
     def _flush_args(self, batch: WriteBatch, tok: OwnerToken) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of the flush script (see :data:`node.store.lua.FLUSH`)."""
         k = self.keys
         bucket = bucket_of(batch.now_ns / 1e9, self.bucket_s)
-        keys = [k.owner, k.epoch, k.active, k.workers, k.counters, k.done(bucket), k.reports, k.refused, k.handoffs]
+        keys = [k.owner, k.epoch, k.active, k.workers, k.counters, k.done(bucket)]
+        handoff = batch.reports or batch.reports_done or batch.refused or batch.intents or batch.intents_done
+        if handoff:
+            keys += (k.reports, k.refused, k.handoffs)
         keys.extend(k.idem(key) for key, _ in batch.idempotency)
         counters = list(batch.counters.items())
+        sizes = (
+            f"{len(batch.upserts)} {len(batch.finished)} {len(batch.workers)} {len(batch.dropped_workers)} "
+            f"{len(counters)} {len(batch.reports)} {len(batch.reports_done)} {len(batch.refused)} "
+            f"{len(batch.intents)} {len(batch.intents_done)}"
+        )
         args: list[Any] = [
             tok.encode(),
             tok.epoch,
             self._lock_ttl_ms,
-            len(batch.upserts),
-            len(batch.finished),
-            len(batch.workers),
-            len(batch.dropped_workers),
-            len(counters),
+            sizes,
             int(bucket + self.bucket_s + self.retention_s),
             max(1, int(self.retention_s)),
             k.events if batch.events is not None else "",
             batch.events or b"",
-            len(batch.reports),
-            len(batch.reports_done),
-            len(batch.refused),
             batch.now_ns - REFUSED_KEEP_S * 1_000_000_000,
-            len(batch.intents),
-            len(batch.intents_done),
         ]
         for pairs in (batch.upserts, batch.finished, batch.workers):
             for a, b in pairs:
@@ -271,17 +271,18 @@ class RedisStore(Store):
         for a, n in counters:
             args.append(a)
             args.append(n)
-        for tid, raw in batch.reports:
-            args.append(tid)
-            args.append(raw)
-        args.extend(batch.reports_done)
-        for tid, at_ns in batch.refused:
-            args.append(at_ns)
-            args.append(tid)
-        args.extend(batch.intents_done)
-        for tid, peer in batch.intents:
-            args.append(tid)
-            args.append(peer)
+        if handoff:
+            for tid, raw in batch.reports:
+                args.append(tid)
+                args.append(raw)
+            args.extend(batch.reports_done)
+            for tid, at_ns in batch.refused:
+                args.append(at_ns)
+                args.append(tid)
+            args.extend(batch.intents_done)
+            for tid, peer in batch.intents:
+                args.append(tid)
+                args.append(peer)
         args.extend(tid for _, tid in batch.idempotency)
         return keys, args
 
