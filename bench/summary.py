@@ -76,7 +76,7 @@ def run(args: argparse.Namespace, res: Result) -> None:
     check(res.errors, (ld.leased, ld.ready, ld.delayed) == (args.leased, args.queued, 100), f"load {ld}")
     check(res.errors, ld.slots == 10_000 + args.leased, f"slots {ld.slots}")
     check(res.errors, summary.total("completed") == args.finished, f"summary counts {summary.total('completed')}")
-    check(res.errors, summary.completion_s().count == args.finished, "histogram count")
+    check(res.errors, summary.completion_s.count == args.finished, "histogram count")
     check(res.errors, len(summary.types) == args.types, f"{len(summary.types)} types in the summary")
     load_med = statistics.median(load_us)
     build_med = statistics.median(build_ms)

@@ -40,8 +40,8 @@ def test_a_window_counts_by_type_as_commits_arrive() -> None:
     ta, tb = now.types["a"], now.types["b"]
     assert (ta.submitted, ta.completed, ta.failed, ta.cancelled) == (3, 2, 0, 1)
     assert (tb.submitted, tb.completed, tb.failed) == (1, 0, 1)
-    assert ta.completion_s.counts == [1, 0, 1, 0]  # [0,1) and [2,5)
-    assert now.total("submitted") == 4 and now.completion_s().count == 2
+    assert now.completion_s.counts == [1, 0, 1, 0]  # [0,1) and [2,5)
+    assert now.total("submitted") == 4 and now.completion_s.count == 2
     assert win.last_closed(T0 + 6 * S) is None
 
 
@@ -68,8 +68,7 @@ def test_summary_dict_is_plain_data() -> None:
     core.submit([TaskSpec("a")], T0)
     win.record(core.drain(), T0)
     d = win.current(T0 + S).to_dict()
-    a = d["types"]["a"]
-    assert a["submitted"] == 1 and len(a["completion_s"]) == len(d["completion_edges_s"]) + 1
+    assert d["types"]["a"]["submitted"] == 1 and len(d["completion_s"]) == len(d["completion_edges_s"]) + 1
 
 
 def test_window_settings_are_checked() -> None:
@@ -118,4 +117,32 @@ def test_a_completion_time_on_a_bin_edge_counts_in_the_bin_it_opens() -> None:
     [lease] = core.claim("w", 1, T0 + 2 * S)
     core.complete(lease, b"", T0 + 3 * S)  # exactly 1.0 s: bin [1, 2)
     win.record(core.drain(), T0 + 3 * S)
-    assert win.current(T0 + 4 * S).types["a"].completion_s.counts == [0, 1, 0, 0]
+    assert win.current(T0 + 4 * S).completion_s.counts == [0, 1, 0, 0]
+
+
+def test_the_runtime_s_counters_and_the_outbox_give_the_same_summary() -> None:
+    """The runtime feeds a window the counters and completion times its commit already computed;
+    the simulator feeds it outboxes alone. Both must count the same."""
+    from node.analytics import Analytics  # noqa: PLC0415 - only here
+    from node.store.codec import encode_batch  # noqa: PLC0415 - only here
+
+    core = make_core()
+    by_outbox = Windows("n", T0, bins=FixedBins((0.5, 1.0, 5.0)))
+    by_runtime = Windows("n", T0, bins=FixedBins((0.5, 1.0, 5.0)))
+    analytics = Analytics("n", T0)
+    ids = core.submit([TaskSpec(f"t{i % 3}", max_retries=0) for i in range(30)], T0 + S)
+    core.cancel(ids[0], T0 + S)
+    leases = core.claim("w", 30, T0 + 2 * S)
+    for i, lease in enumerate(leases):
+        if i % 4:
+            core.complete(lease, b"", T0 + 2 * S + i * 100_000_000)
+        else:
+            core.fail(lease, "x", T0 + 3 * S)
+    out = core.drain()
+    batch = encode_batch(out, T0 + 4 * S, with_events=False)
+    by_outbox.record(out, T0 + 4 * S)
+    times = analytics.record(out, T0 + 4 * S, batch.counters)
+    by_runtime.record(out, T0 + 4 * S, counters=batch.counters, completion_times_s=times)
+    a, b = by_outbox.current(T0 + 5 * S), by_runtime.current(T0 + 5 * S)
+    assert a.types == b.types and a.completion_s == b.completion_s
+    assert a.total("completed") == 21 and a.total("failed") == 8 and a.total("cancelled") == 1

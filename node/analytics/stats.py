@@ -177,8 +177,10 @@ class Analytics:
         self.history.clear()
         self.history.extend(r for r in history if r.minute_ms < self.minute.minute_ms)
 
-    def record(self, out: Outbox, now_ns: int, counters: Mapping[str, int]) -> None:
-        """Count a durable flush. ``counters`` are the ones it wrote (see ``encode_batch``)."""
+    def record(self, out: Outbox, now_ns: int, counters: Mapping[str, int]) -> list[float]:
+        """Count a durable flush. ``counters`` are the ones it wrote (see ``encode_batch``).
+        Returns the completion times (s) of the tasks it completed (the window summaries take
+        them too)."""
         self.roll(now_ns)
         m = self.minute
         self.totals.update(counters)
@@ -189,7 +191,7 @@ class Analytics:
         m.failed += counters.get("failed", 0)
         m.cancelled += counters.get("cancelled", 0)
         if not out.finished:
-            return
+            return []
         self.finished_since_start += len(out.finished)
         done: list[float] = []
         waits: list[float] = []
@@ -205,6 +207,7 @@ class Analytics:
                 self.failures_by_kind[error_kind(t.error)] += 1
         m.completion_s.add_many(done)
         m.queue_wait_s.add_many(waits)
+        return done
 
     def take_unsaved(self) -> list[MinuteRow]:
         """Minutes closed since the last call (by :meth:`roll`, whoever called it): the rows

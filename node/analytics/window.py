@@ -2,12 +2,13 @@
 
 This is the input of the federation's privacy step (which comes later and is applied before
 anything leaves the node): per task type the tasks submitted, completed, failed, cancelled,
-handed off in and out, and a completion-time histogram on fixed public bins. Nothing here is
-private-safe by itself.
+handed off in and out, and the window's completion-time histogram on fixed public bins. Nothing
+here is private-safe by itself.
 
-Counts are kept as commits become durable (:meth:`Windows.record` is a post-commit hook; the
-simulator calls it on each drained outbox), never by scanning tasks: reading a summary copies a
-few counters per type. Windows are aligned to the node's clock (``start = now // window``); a
+Counts are kept as commits become durable (:meth:`Windows.record` runs after each commit, from
+the counters and completion times the commit's encoding and analytics computed anyway; the
+simulator calls it with a drained outbox alone), never by scanning tasks: reading a summary
+copies a few counters per type. Windows are aligned to the node's clock (``start = now // window``); a
 task counts in the window of the commit that finished it. The last ``keep`` closed windows are
 kept, empty ones included.
 """
@@ -16,7 +17,8 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from node.analytics.histogram import FixedBinHistogram, FixedBins
@@ -30,12 +32,27 @@ _NS = 1_000_000_000
 _COMPLETED = TaskStatus.COMPLETED
 # slots of a type's counters
 _SUBMITTED, _COMPLETED_I, _FAILED, _CANCELLED, _IN, _OUT = range(6)
-_BY_STATUS = {
-    TaskStatus.COMPLETED: _COMPLETED_I,
-    TaskStatus.FAILED: _FAILED,
-    TaskStatus.CANCELLED: _CANCELLED,
-    TaskStatus.HANDED_OFF: _OUT,
+_SLOT_OF_STATUS_NAME = {
+    TaskStatus.COMPLETED.value: _COMPLETED_I,
+    TaskStatus.FAILED.value: _FAILED,
+    TaskStatus.CANCELLED.value: _CANCELLED,
+    TaskStatus.HANDED_OFF.value: _OUT,
 }
+
+
+def _from_outbox(out: Outbox) -> tuple[dict[str, int], list[float]]:
+    """The per-type counters and completion times of an outbox's finished tasks (what the
+    runtime gets from the encoder and the analytics)."""
+    counters: dict[str, int] = {}
+    times: list[float] = []
+    for t in out.finished.values():
+        key = f"type:{t.spec.type}:{t.status.value}"
+        counters[key] = counters.get(key, 0) + 1
+        if t.status is _COMPLETED:
+            began = t.started_ns if t.started_ns is not None else t.claimed_ns
+            if began is not None and t.finished_ns is not None:
+                times.append((t.finished_ns - began) / _NS)
+    return counters, times
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +65,6 @@ class TypeWindow:
     cancelled: int = 0
     handed_off_in: int = 0
     handed_off_out: int = 0
-    completion_s: FixedBinHistogram = field(default_factory=FixedBinHistogram)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -58,7 +74,6 @@ class TypeWindow:
             "cancelled": self.cancelled,
             "handed_off_in": self.handed_off_in,
             "handed_off_out": self.handed_off_out,
-            "completion_s": self.completion_s.counts,
         }
 
 
@@ -71,18 +86,15 @@ class WindowSummary:
     start_ns: int
     end_ns: int
     closed: bool
-    bins: FixedBins
     types: dict[str, TypeWindow]
+    completion_s: FixedBinHistogram  # completion times (start or claim to finish) of the window's tasks
+
+    @property
+    def bins(self) -> FixedBins:
+        return self.completion_s.bins
 
     def total(self, name: str) -> int:
         return sum(int(getattr(t, name)) for t in self.types.values())
-
-    def completion_s(self) -> FixedBinHistogram:
-        """The completion-time histogram of every type together."""
-        h = FixedBinHistogram(self.bins)
-        for t in self.types.values():
-            h.merge(t.completion_s)
-        return h
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -90,18 +102,19 @@ class WindowSummary:
             "start_ns": self.start_ns,
             "end_ns": self.end_ns,
             "closed": self.closed,
-            "completion_edges_s": list(self.bins.edges),
             "types": {k: v.to_dict() for k, v in sorted(self.types.items())},
+            "completion_edges_s": list(self.completion_s.bins.edges),
+            "completion_s": list(self.completion_s.counts),
         }
 
 
 class _Window:
-    __slots__ = ("counts", "hists", "start_ns")
+    __slots__ = ("counts", "hist", "start_ns")
 
-    def __init__(self, start_ns: int):
+    def __init__(self, start_ns: int, nbins: int):
         self.start_ns = start_ns
         self.counts: dict[str, list[int]] = {}  # type -> [submitted, completed, failed, cancelled, in, out]
-        self.hists: dict[str, list[int]] = {}  # type -> counts per completion-time bin
+        self.hist = [0] * nbins  # completion times per bin
 
 
 class Windows:
@@ -116,7 +129,7 @@ class Windows:
         self._edges = self.bins.edges
         self._nbins = len(self.bins)
         self._closed: deque[WindowSummary] = deque(maxlen=max(1, keep))
-        self._open = _Window(self._start_of(now_ns))
+        self._open = _Window(self._start_of(now_ns), self._nbins)
 
     def _start_of(self, now_ns: int) -> int:
         return (now_ns // self.window_ns) * self.window_ns
@@ -130,19 +143,28 @@ class Windows:
             # windows in between without any commit are closed empty (at most `keep` of them)
             first_empty = max(end, start - self._closed.maxlen * self.window_ns)  # type: ignore[operator]
             for s in range(first_empty, start, self.window_ns):
-                self._closed.append(self._summary(_Window(s), s + self.window_ns, closed=True))
-            w = self._open = _Window(start)
+                self._closed.append(self._summary(_Window(s, self._nbins), s + self.window_ns, closed=True))
+            w = self._open = _Window(start, self._nbins)
         return w
 
-    def _type(self, w: _Window, ttype: str) -> list[int]:
+    @staticmethod
+    def _type(w: _Window, ttype: str) -> list[int]:
         c = w.counts.get(ttype)
         if c is None:
             c = w.counts[ttype] = [0, 0, 0, 0, 0, 0]
-            w.hists[ttype] = [0] * self._nbins
         return c
 
-    def record(self, out: Outbox, now_ns: int) -> None:
-        """Count a durable commit (post-commit hook)."""
+    def record(
+        self,
+        out: Outbox,
+        now_ns: int,
+        *,
+        counters: Mapping[str, int] | None = None,
+        completion_times_s: Iterable[float] | None = None,
+    ) -> None:
+        """Count a durable commit. The runtime passes what it computed for the commit anyway: the
+        counters it wrote (``type:<type>:<status>`` of finished tasks, see ``encode_batch``) and
+        the completion times its analytics took; without them both are read off the outbox."""
         w = self._roll(now_ns)
         for ttype, n in out.submitted.items():
             self._type(w, ttype)[_SUBMITTED] += n
@@ -150,32 +172,24 @@ class Windows:
             self._type(w, ttype)[_IN] += n
         if not out.finished:
             return
-        counts = w.counts
-        hists = w.hists
+        if counters is None or completion_times_s is None:
+            counters, completion_times_s = _from_outbox(out)
+        by_name = _SLOT_OF_STATUS_NAME
+        for key, n in counters.items():
+            if key.startswith("type:"):
+                ttype, _, status = key[5:].rpartition(":")
+                slot = by_name.get(status)
+                if slot is not None:
+                    self._type(w, ttype)[slot] += n
+        hist = w.hist
         edges = self._edges
         right = bisect.bisect_right
-        by_status = _BY_STATUS
-        for t in out.finished.values():
-            slot = by_status.get(t.status)
-            if slot is None:
-                continue
-            ttype = t.spec.type
-            c = counts.get(ttype)
-            if c is None:
-                c = self._type(w, ttype)
-            c[slot] += 1
-            if slot == _COMPLETED_I:
-                began = t.started_ns if t.started_ns is not None else t.claimed_ns
-                if began is not None and t.finished_ns is not None:
-                    hists[ttype][right(edges, (t.finished_ns - began) / _NS)] += 1
+        for v in completion_times_s:
+            hist[right(edges, v)] += 1
 
     def _summary(self, w: _Window, end_ns: int, *, closed: bool) -> WindowSummary:
-        bins = self.bins
-        types = {
-            ttype: TypeWindow(c[0], c[1], c[2], c[3], c[4], c[5], FixedBinHistogram(bins, w.hists[ttype]))
-            for ttype, c in w.counts.items()
-        }
-        return WindowSummary(self.node_id, w.start_ns, end_ns, closed, bins, types)
+        types = {ttype: TypeWindow(*c) for ttype, c in w.counts.items()}
+        return WindowSummary(self.node_id, w.start_ns, end_ns, closed, types, FixedBinHistogram(self.bins, w.hist))
 
     def current(self, now_ns: int) -> WindowSummary:
         """The window still open, so far."""

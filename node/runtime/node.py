@@ -105,8 +105,7 @@ class LocalNode:
         )
         c = self._committer
         c.add_hook("grants", self._deliver_grants)
-        c.add_hook("analytics", lambda out, batch, now: self._analytics.record(out, now, batch.counters))
-        c.add_hook("windows", lambda out, batch, now: self._windows.record(out, now))
+        c.add_hook("analytics", self._record_analytics)
         c.add_hook("watchers", self._notify_watchers)
         c.add_hook("events", lambda out, batch, now: self._hub.publish(out.event_list()) if out.events else None)
         self.handoff: HandoffAgent | None = None
@@ -346,6 +345,11 @@ class LocalNode:
     def _deliver_grants(self, out: Outbox, batch: WriteBatch, now_ns: int) -> None:
         if out.grants:
             self._claims.deliver(out.grants, self._core.is_current)
+
+    def _record_analytics(self, out: Outbox, batch: WriteBatch, now_ns: int) -> None:
+        """Post-commit: the node's analytics and its window summaries, from one pass over the commit."""
+        times = self._analytics.record(out, now_ns, batch.counters)
+        self._windows.record(out, now_ns, counters=batch.counters, completion_times_s=times)
 
     def _notify_watchers(self, out: Outbox, batch: WriteBatch, now_ns: int) -> None:
         """Post-commit: tasks that reached their final record. A handed-off task has not: its
