@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -35,6 +35,21 @@ def cfg(*, peers: tuple[str, ...] = (), auto: bool = False, threshold: float = 1
     )
 
 
+@contextlib.asynccontextmanager
+async def pair(
+    redis_url: str, transport: MemoryTransport, *, b_worker: int = 0
+) -> AsyncIterator[tuple[LocalNode, LocalNode]]:
+    """Origin ``a`` (may hand work to ``b``) and peer ``b`` on one Redis; ``b_worker``: the
+    concurrency of a worker ``wb`` registered on b (0: none)."""
+    async with (
+        LocalNode.open("a", redis_url, config=cfg(peers=("b",)), transport=transport) as a,
+        LocalNode.open("b", redis_url, config=cfg(), transport=transport) as b,
+    ):
+        if b_worker:
+            await b.register_worker(WorkerSpec("wb", concurrency=b_worker))
+        yield a, b
+
+
 class Crash(Exception):
     """Raised by a fault hook after it killed a node: the code under way stops there."""
 
@@ -54,11 +69,7 @@ def test_tasks_handed_off_run_on_the_peer_and_their_results_reach_the_origin(red
     transport = MemoryTransport()
 
     async def main() -> None:
-        async with (
-            LocalNode.open("a", redis_url, config=cfg(peers=("b",)), transport=transport) as a,
-            LocalNode.open("b", redis_url, config=cfg(), transport=transport) as b,
-        ):
-            await b.register_worker(WorkerSpec("wb", concurrency=20))
+        async with pair(redis_url, transport, b_worker=20) as (a, b):
             ids = await a.submit([TaskSpec("job", payload=f"p{i}".encode()) for i in range(10)])
             assert a.handoff is not None
             res = await a.handoff.offload("b", 10)
@@ -135,11 +146,7 @@ def test_a_peer_that_answers_for_tasks_it_was_never_offered_is_refused(redis_url
     transport = MemoryTransport()
 
     async def main() -> None:
-        async with (
-            LocalNode.open("a", redis_url, config=cfg(peers=("b",)), transport=transport) as a,
-            LocalNode.open("b", redis_url, config=cfg(), transport=transport) as b,
-        ):
-            await b.register_worker(WorkerSpec("wb", concurrency=10))
+        async with pair(redis_url, transport, b_worker=10) as (a, b):
             ids = await a.submit([TaskSpec("job"), TaskSpec("job")])
             assert a.handoff is not None
             real_offer = b.handoff.on_offer  # type: ignore[union-attr]
@@ -188,11 +195,7 @@ def test_a_peer_that_is_down_leaves_the_tasks_handing_off_until_it_answers(redis
     transport.before = before
 
     async def main() -> None:
-        async with (
-            LocalNode.open("a", redis_url, config=cfg(peers=("b",)), transport=transport) as a,
-            LocalNode.open("b", redis_url, config=cfg(), transport=transport) as b,
-        ):
-            await b.register_worker(WorkerSpec("wb", concurrency=10))
+        async with pair(redis_url, transport, b_worker=10) as (a, b):
             await a.register_worker(WorkerSpec("wa", concurrency=10))
             ids = await a.submit([TaskSpec("job") for _ in range(3)])
             cut["on"] = True
@@ -217,11 +220,7 @@ def test_a_status_query_makes_a_late_transfer_fail_safely(redis_url: str) -> Non
     transport = MemoryTransport()
 
     async def main() -> None:
-        async with (
-            LocalNode.open("a", redis_url, config=cfg(peers=("b",)), transport=transport) as a,
-            LocalNode.open("b", redis_url, config=cfg(), transport=transport) as b,
-        ):
-            await b.register_worker(WorkerSpec("wb", concurrency=10))
+        async with pair(redis_url, transport, b_worker=10) as (a, b):
             ids = await a.submit([TaskSpec("job")])
             assert a.handoff is not None and b.handoff is not None
             gate = asyncio.Event()

@@ -21,7 +21,7 @@ from node.store.memory import MemoryStore
 from node.store.redis_store import RedisStore
 from tests.conftest import async_wait_until, async_wait_until_async
 from tests.test_core_handoff import node as core_node
-from tests.test_handoff import cfg
+from tests.test_handoff import cfg, pair
 from tests.test_runtime import fast_config, run
 
 S = 1_000_000_000
@@ -70,11 +70,7 @@ def test_a_result_that_arrives_before_the_origin_settled_finishes_the_hand_off(r
     transport.after, transport.before = after, before
 
     async def main() -> None:
-        async with (
-            LocalNode.open("a", redis_url, config=cfg(peers=("b",)), transport=transport) as a,
-            LocalNode.open("b", redis_url, config=cfg(), transport=transport) as b,
-        ):
-            await b.register_worker(WorkerSpec("wb", concurrency=5))
+        async with pair(redis_url, transport, b_worker=5) as (a, b):
             [tid] = await a.submit([TaskSpec("job")])
             assert a.handoff is not None
             assert (await a.handoff.offload("b", 1)).unsettled == [tid]
@@ -223,11 +219,7 @@ def test_a_task_submitted_after_its_dependency_was_handed_off_waits_for_its_resu
     transport = MemoryTransport()
 
     async def main() -> None:
-        async with (
-            LocalNode.open("a", redis_url, config=cfg(peers=("b",)), transport=transport) as a,
-            LocalNode.open("b", redis_url, config=cfg(), transport=transport) as b,
-        ):
-            await b.register_worker(WorkerSpec("wb", concurrency=5))
+        async with pair(redis_url, transport, b_worker=5) as (a, b):
             [dep] = await a.submit([TaskSpec("job")])
             assert a.handoff is not None and (await a.handoff.offload("b", 1)).handed_off == [dep]
             [child] = await a.submit([TaskSpec("next", dependencies=[dep])])
@@ -256,11 +248,7 @@ def test_requeue_happens_where_the_task_failed_and_its_new_result_goes_back(redi
     transport = MemoryTransport()
 
     async def main() -> None:
-        async with (
-            LocalNode.open("a", redis_url, config=cfg(peers=("b",)), transport=transport) as a,
-            LocalNode.open("b", redis_url, config=cfg(), transport=transport) as b,
-        ):
-            await b.register_worker(WorkerSpec("wb", concurrency=5))
+        async with pair(redis_url, transport, b_worker=5) as (a, b):
             [x] = await a.submit([TaskSpec("job")])
             assert a.handoff is not None and (await a.handoff.offload("b", 1)).handed_off == [x]
             [lease] = await b.claim("wb", 1)
@@ -281,11 +269,7 @@ def test_an_id_chosen_by_a_user_is_checked_against_the_peer_s_finished_tasks(red
     transport = MemoryTransport()
 
     async def main() -> None:
-        async with (
-            LocalNode.open("a", redis_url, config=cfg(peers=("b",)), transport=transport) as a,
-            LocalNode.open("b", redis_url, config=cfg(), transport=transport) as b,
-        ):
-            await b.register_worker(WorkerSpec("wb", concurrency=5))
+        async with pair(redis_url, transport, b_worker=5) as (a, b):
             await b.submit([TaskSpec("local", id="job-1")])
             [lease] = await b.claim("wb", 1)
             await b.complete(lease, result=b"b's own")
