@@ -195,7 +195,7 @@ def test_a_peer_that_is_down_leaves_the_tasks_handing_off_until_it_answers(redis
     transport.before = before
 
     async def main() -> None:
-        async with pair(redis_url, transport, b_worker=10) as (a, b):
+        async with pair(redis_url, transport, b_worker=10) as (a, _b):
             await a.register_worker(WorkerSpec("wa", concurrency=10))
             ids = await a.submit([TaskSpec("job") for _ in range(3)])
             cut["on"] = True
