@@ -432,6 +432,7 @@ class Core(Transfers):
         orphans: list[Task] = []
         leased: list[Task] = []
         handoffs = handoffs or {}
+        last_handing_off_ns = 0
         for t in tasks:
             peer = handoffs.get(t.id)
             if peer is not None and t.status is QUEUED:  # the intent, recorded beside the record
@@ -457,6 +458,8 @@ class Core(Transfers):
                     ready.append(t)
             elif st is ASSIGNED or st is IN_PROGRESS:
                 leased.append(t)
+            elif st is HANDING_OFF and (t.queued_ns or 0) > last_handing_off_ns:
+                last_handing_off_ns = t.queued_ns or 0  # it comes back with that queue time if taken back
         for t in by_id.values():
             if t.status is PENDING:
                 unmet = [d for d in (t.waits_on or t.spec.dependencies) if d in by_id or d in remote_pending]
@@ -483,9 +486,7 @@ class Core(Transfers):
         ready.sort(key=attrgetter("queued_ns"))  # back in line in the order they were in (unique times)
         if ready:
             self._last_queued_ns = max(self._last_queued_ns, ready[-1].queued_ns or 0)
-        for t in by_id.values():  # a hand-off taken back returns with its queue time: keep them unique
-            if t.status is HANDING_OFF and t.queued_ns is not None and t.queued_ns > self._last_queued_ns:
-                self._last_queued_ns = t.queued_ns
+        self._last_queued_ns = max(self._last_queued_ns, last_handing_off_ns)  # queue times stay unique
         by_req = self._queues.by_requirements
         for t in ready:
             sp = t.spec
