@@ -10,6 +10,7 @@ subclasses say what went wrong so a caller (and later the gRPC layer) can map th
 * :class:`StoreUnavailableError` - the durable store cannot be reached; nothing was acknowledged
 * :class:`NodeOwnedError` - another live process serves this node id
 * :class:`FencedError` - this process lost ownership of the node while running
+* :class:`OverloadedError` - the node holds as much as it may take (``RESOURCE_EXHAUSTED``)
 * :class:`WaitTimeoutError` - a wait ran out of time (also a :class:`TimeoutError`)
 * :class:`EmbeddedRedisError` - the embedded redis-server could not be found or started
 * :class:`HandoffError` - hand-off between nodes: :class:`PeerUnavailableError` (no answer:
@@ -35,6 +36,7 @@ __all__ = [
     "NodeClosedError",
     "NodeOwnedError",
     "NotFoundError",
+    "OverloadedError",
     "PeerUnavailableError",
     "StaleLeaseError",
     "StoreError",
@@ -160,6 +162,11 @@ class NodeOwnedError(FedcoordError):
 
 class NodeClosedError(FedcoordError):
     """The node is closed (or closing) and takes no more calls."""
+
+
+class OverloadedError(FedcoordError):
+    """The node holds as much as it may take: the call was refused, nothing of it applied. Back off
+    and retry (over gRPC: ``RESOURCE_EXHAUSTED``)."""
 
 
 class WaitTimeoutError(FedcoordError, TimeoutError):

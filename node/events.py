@@ -52,6 +52,19 @@ class Subscription:
                 raise
             raise WaitTimeoutError(f"no event within {timeout_s:g} s") from None
 
+    def drain(self, max_events: int) -> list[Event]:
+        """Up to ``max_events`` events already waiting, without waiting (after :meth:`get`, to
+        send what piled up in one batch). Stops at the end of the stream."""
+        out: list[Event] = []
+        q = self._queue
+        while len(out) < max_events and not q.empty():
+            e = q.get_nowait()
+            if e is None:
+                self.closed = True
+                break
+            out.append(e)
+        return out
+
     def close(self) -> None:
         if not self.closed:
             self._hub.remove(self)

@@ -655,6 +655,37 @@ class LocalNode:
         core.fail(lease, error, self._now(), retry=retry)
         await self._committer.commit()
 
+    async def finish_many(
+        self,
+        completed: Sequence[tuple[Lease, bytes]] = (),
+        failed: Sequence[tuple[Lease, str, bool]] = (),
+        started: Sequence[Lease] = (),
+    ) -> list[tuple[Lease, FedcoordError]]:
+        """A batch of workers' reports (a worker stream's message): each is applied as
+        :meth:`start_task`, :meth:`complete` or :meth:`fail(lease, error, retry=...) <fail>` would,
+        and all are acknowledged by one durable write. Returns the refused ones with why (a stale
+        lease, a result too large); the rest are durable when this returns."""
+        core = self._check()
+        now = self._now()
+        refused: list[tuple[Lease, FedcoordError]] = []
+        for lease in started:
+            try:
+                core.start(lease, now)
+            except FedcoordError as e:
+                refused.append((lease, e))
+        for lease, result in completed:
+            try:
+                core.complete(lease, result, now)
+            except FedcoordError as e:
+                refused.append((lease, e))
+        for lease, error, retry in failed:
+            try:
+                core.fail(lease, error, now, retry=retry)
+            except FedcoordError as e:
+                refused.append((lease, e))
+        await self._committer.commit()
+        return refused
+
     # ------------------------------------------------------------------ reading
 
     def subscribe(self, *, max_queue: int = 10_000) -> Subscription:

@@ -1,0 +1,594 @@
+"""Between protobuf messages and the domain: the only module that knows both.
+
+Decoding never trusts the wire: enum values outside the known ones, and numbers outside what the
+domain accepts, raise :class:`~node.errors.ValidationError` naming the field (the servicers answer
+``INVALID_ARGUMENT``); the domain validates the rest (names, sizes, limits) as it does for local
+callers. Encoding is straightforward. Errors map to gRPC status codes in :func:`status_of`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
+
+import grpc
+import orjson
+
+from node.analytics import NodeStats, PerformanceReport
+from node.core import HeartbeatReply, Load, WorkerInfo
+from node.core.transfer import HandoffRecord, Outcome, RemoteStatus
+from node.errors import (
+    FedcoordError,
+    HandoffProtocolError,
+    InvalidTransitionError,
+    NodeClosedError,
+    NotFoundError,
+    OverloadedError,
+    PeerUnavailableError,
+    StaleLeaseError,
+    StoreUnavailableError,
+    ValidationError,
+    WaitTimeoutError,
+)
+from node.handoff import (
+    Offer,
+    OfferItem,
+    OfferReply,
+    Report,
+    ReportReply,
+    StatusQuery,
+    StatusReply,
+    Transfer,
+    TransferReply,
+)
+from node.model import Event, EventKind, Lease, Priority, Task, TaskSpec, TaskStatus, WorkerSpec
+from protos.fedcoord.v1 import common_pb2 as cpb
+from protos.fedcoord.v1 import handoff_pb2 as hpb
+from protos.fedcoord.v1 import node_pb2 as npb
+
+__all__ = [
+    "event_from_pb",
+    "event_to_pb",
+    "heartbeat_to_pb",
+    "lease_from_pb",
+    "lease_ref",
+    "lease_to_pb",
+    "load_from_pb",
+    "load_to_pb",
+    "offer_from_pb",
+    "offer_reply_from_pb",
+    "offer_reply_to_pb",
+    "offer_to_pb",
+    "priority_from_pb",
+    "ref_from_pb",
+    "refs",
+    "report_from_pb",
+    "report_reply_from_pb",
+    "report_reply_to_pb",
+    "report_to_pb",
+    "spec_from_pb",
+    "spec_to_pb",
+    "stats_to_pb",
+    "status_from_pb",
+    "status_of",
+    "status_query_from_pb",
+    "status_query_to_pb",
+    "status_reply_from_pb",
+    "status_reply_to_pb",
+    "task_from_pb",
+    "task_to_pb",
+    "transfer_from_pb",
+    "transfer_reply_from_pb",
+    "transfer_reply_to_pb",
+    "transfer_to_pb",
+    "worker_info_from_pb",
+    "worker_info_to_pb",
+    "worker_spec_from_pb",
+    "worker_spec_to_pb",
+]
+
+# ---------------------------------------------------------------------------------- enums
+
+_PRIORITY_TO_PB = {
+    Priority.CRITICAL: cpb.PRIORITY_CRITICAL,
+    Priority.HIGH: cpb.PRIORITY_HIGH,
+    Priority.MEDIUM: cpb.PRIORITY_MEDIUM,
+    Priority.LOW: cpb.PRIORITY_LOW,
+}
+_PRIORITY_FROM_PB: dict[int, Priority] = {int(v): k for k, v in _PRIORITY_TO_PB.items()}
+_PRIORITY_FROM_PB[int(cpb.PRIORITY_UNSPECIFIED)] = Priority.MEDIUM
+
+_STATUS_TO_PB: dict[TaskStatus, cpb.TaskStatus] = {
+    s: cast("cpb.TaskStatus", cpb.TaskStatus.Value(f"TASK_STATUS_{s.name}")) for s in TaskStatus
+}
+_STATUS_FROM_PB: dict[int, TaskStatus] = {int(v): k for k, v in _STATUS_TO_PB.items()}
+
+_REMOTE_TO_PB = {RemoteStatus.OWNED: hpb.REMOTE_STATUS_OWNED, RemoteStatus.UNKNOWN: hpb.REMOTE_STATUS_UNKNOWN}
+_REMOTE_FROM_PB: dict[int, RemoteStatus] = {int(v): k for k, v in _REMOTE_TO_PB.items()}
+
+
+def priority_from_pb(value: int, field: str = "priority") -> Priority:
+    p = _PRIORITY_FROM_PB.get(value)
+    if p is None:
+        raise ValidationError(field, f"unknown priority {value}", limit="0..4")
+    return p
+
+
+def status_from_pb(value: int, field: str = "status") -> TaskStatus:
+    s = _STATUS_FROM_PB.get(value)
+    if s is None:
+        raise ValidationError(field, f"unknown task status {value}", limit="1..9")
+    return s
+
+
+def _i32(value: int, field: str) -> int:
+    """int32 fields arrive as Python ints already bounded by the wire; negative ones are refused
+    here where the domain expects a count."""
+    if value < 0:
+        raise ValidationError(field, f"must not be negative, got {value}")
+    return value
+
+
+# ---------------------------------------------------------------------------------- tasks
+
+
+def spec_from_pb(m: cpb.TaskSpec) -> TaskSpec:
+    """A caller's spec as the domain takes it (the node validates it further)."""
+    return TaskSpec(
+        type=m.type,
+        payload=m.payload,
+        context=dict(m.context) if m.context else None,
+        priority=priority_from_pb(m.priority),
+        difficulty=m.difficulty if m.HasField("difficulty") else 1,
+        required_capabilities=tuple(m.required_capabilities),
+        dependencies=tuple(m.dependencies),
+        max_retries=m.max_retries if m.HasField("max_retries") else 3,
+        timeout_s=m.timeout_s if m.HasField("timeout_s") else None,
+        delay_s=m.delay_s,
+        idempotency_key=m.idempotency_key if m.HasField("idempotency_key") else None,
+        id=m.id if m.HasField("id") else None,
+    )
+
+
+def spec_to_pb(s: TaskSpec, *, payload: bool = True) -> cpb.TaskSpec:
+    m = cpb.TaskSpec(
+        type=s.type,
+        payload=s.payload if payload else b"",
+        priority=_PRIORITY_TO_PB[Priority(s.priority)],
+        difficulty=s.difficulty,
+        required_capabilities=s.required_capabilities,
+        dependencies=s.dependencies,
+        max_retries=s.max_retries,
+        delay_s=s.delay_s,
+    )
+    if s.context:
+        m.context.update(s.context)
+    if s.timeout_s is not None:
+        m.timeout_s = s.timeout_s
+    if s.idempotency_key is not None:
+        m.idempotency_key = s.idempotency_key
+    if s.id is not None:
+        m.id = s.id
+    return m
+
+
+def task_to_pb(t: Task) -> cpb.Task:
+    m = cpb.Task(
+        id=t.id,
+        spec=spec_to_pb(t.spec),
+        status=_STATUS_TO_PB[t.status],
+        origin_node=t.origin_node,
+        owner_node=t.owner_node,
+        created_ns=t.created_ns,
+        attempt=t.attempt,
+        failures=t.failures,
+        not_before_ns=t.not_before_ns,
+        hops=t.hops,
+    )
+    for name in ("assigned_worker", "queued_ns", "claimed_ns", "started_ns", "finished_ns", "lease_deadline_ns"):
+        v = getattr(t, name)
+        if v is not None:
+            setattr(m, name, v)
+    for name in ("result", "error", "from_node", "handoff_peer"):
+        v = getattr(t, name)
+        if v is not None:
+            setattr(m, name, v)
+    return m
+
+
+def _opt(m: Any, name: str) -> Any:
+    return getattr(m, name) if m.HasField(name) else None
+
+
+def task_from_pb(m: cpb.Task) -> Task:
+    return Task(
+        id=m.id,
+        spec=spec_from_pb(m.spec),
+        status=status_from_pb(m.status),
+        origin_node=m.origin_node,
+        owner_node=m.owner_node,
+        created_ns=m.created_ns,
+        assigned_worker=_opt(m, "assigned_worker"),
+        attempt=m.attempt,
+        failures=m.failures,
+        not_before_ns=m.not_before_ns,
+        queued_ns=_opt(m, "queued_ns"),
+        claimed_ns=_opt(m, "claimed_ns"),
+        started_ns=_opt(m, "started_ns"),
+        finished_ns=_opt(m, "finished_ns"),
+        lease_deadline_ns=_opt(m, "lease_deadline_ns"),
+        result=_opt(m, "result"),
+        error=_opt(m, "error"),
+        hops=m.hops,
+        from_node=_opt(m, "from_node"),
+        handoff_peer=_opt(m, "handoff_peer"),
+    )
+
+
+# ---------------------------------------------------------------------------------- leases
+
+_NO_SPEC = TaskSpec("-")
+
+
+def lease_to_pb(lease: Lease) -> npb.Lease:
+    return npb.Lease(
+        task_id=lease.task_id,
+        attempt=lease.attempt,
+        worker_id=lease.worker_id,
+        deadline_ns=lease.deadline_ns,
+        spec=spec_to_pb(lease.spec),
+    )
+
+
+def lease_from_pb(m: npb.Lease) -> Lease:
+    return Lease(m.task_id, m.attempt, m.worker_id, m.deadline_ns, spec_from_pb(m.spec))
+
+
+def lease_ref(task_id: str, attempt: int, worker_id: str) -> Lease:
+    """A lease as the core checks it for complete, fail and start: only (task id, attempt,
+    worker) matter there."""
+    return Lease(task_id, _i32(attempt, "lease.attempt"), worker_id, 0, _NO_SPEC)
+
+
+def ref_from_pb(m: cpb.LeaseRef, field: str = "lease") -> Lease:
+    if not m.task_id:
+        raise ValidationError(f"{field}.task_id", "must not be empty")
+    if not m.worker_id:
+        raise ValidationError(f"{field}.worker_id", "must not be empty")
+    return Lease(m.task_id, _i32(m.attempt, f"{field}.attempt"), m.worker_id, 0, _NO_SPEC)
+
+
+# ---------------------------------------------------------------------------------- workers
+
+
+def worker_spec_from_pb(m: npb.WorkerSpec) -> WorkerSpec:
+    return WorkerSpec(
+        id=m.id,
+        capabilities=tuple(m.capabilities),
+        skill=m.skill if m.HasField("skill") else 10,
+        concurrency=m.concurrency if m.HasField("concurrency") else 1,
+    )
+
+
+def worker_spec_to_pb(s: WorkerSpec) -> npb.WorkerSpec:
+    return npb.WorkerSpec(id=s.id, capabilities=s.capabilities, skill=s.skill, concurrency=s.concurrency)
+
+
+def worker_info_to_pb(w: WorkerInfo) -> npb.WorkerInfo:
+    return npb.WorkerInfo(
+        id=w.id,
+        capabilities=w.capabilities,
+        skill=w.skill,
+        concurrency=w.concurrency,
+        healthy=w.healthy,
+        health=w.health,
+        active=w.active,
+        completed=w.completed,
+        failed=w.failed,
+        timed_out=w.timed_out,
+        success_rate=w.success_rate,
+        avg_completion_s=w.avg_completion_s,
+        busy_s=w.busy_s,
+        registered_ns=w.registered_ns,
+        last_seen_ns=w.last_seen_ns,
+    )
+
+
+def worker_info_from_pb(m: npb.WorkerInfo) -> WorkerInfo:
+    return WorkerInfo(
+        id=m.id,
+        capabilities=tuple(m.capabilities),
+        skill=m.skill,
+        concurrency=m.concurrency,
+        healthy=m.healthy,
+        health=m.health,
+        active=m.active,
+        completed=m.completed,
+        failed=m.failed,
+        timed_out=m.timed_out,
+        success_rate=m.success_rate,
+        avg_completion_s=m.avg_completion_s,
+        busy_s=m.busy_s,
+        registered_ns=m.registered_ns,
+        last_seen_ns=m.last_seen_ns,
+    )
+
+
+def heartbeat_to_pb(r: HeartbeatReply, worker_id: str) -> npb.HeartbeatReply:
+    return npb.HeartbeatReply(
+        healthy=r.healthy,
+        revoked=[cpb.LeaseRef(task_id=t, attempt=a, worker_id=worker_id) for t, a in r.revoked],
+    )
+
+
+# ---------------------------------------------------------------------------------- events, stats
+
+
+def event_to_pb(e: Event) -> npb.Event:
+    m = npb.Event(
+        kind=e.kind.value,
+        task_id=e.task_id,
+        status=_STATUS_TO_PB[e.status],
+        type=e.type,
+        priority=_PRIORITY_TO_PB[e.priority],
+        attempt=e.attempt,
+        ts_ns=e.ts_ns,
+    )
+    if e.worker_id is not None:
+        m.worker_id = e.worker_id
+    if e.error is not None:
+        m.error = e.error
+    return m
+
+
+def event_from_pb(m: npb.Event) -> Event:
+    return Event(
+        kind=EventKind(m.kind),
+        task_id=m.task_id,
+        status=status_from_pb(m.status),
+        type=m.type,
+        priority=priority_from_pb(m.priority),
+        worker_id=_opt(m, "worker_id"),
+        attempt=m.attempt,
+        ts_ns=m.ts_ns,
+        error=_opt(m, "error"),
+    )
+
+
+def load_to_pb(x: Load) -> npb.Load:
+    return npb.Load(
+        leased=x.leased,
+        ready=x.ready,
+        delayed=x.delayed,
+        pending=x.pending,
+        handing_off=x.handing_off,
+        slots=x.slots,
+        ratio=x.ratio,
+    )
+
+
+def load_from_pb(m: npb.Load) -> Load:
+    return Load(m.leased, m.ready, m.delayed, m.pending, m.handing_off, m.slots, m.ratio)
+
+
+def _json_default(o: object) -> object:
+    if isinstance(o, frozenset | set | tuple):
+        return sorted(o) if isinstance(o, frozenset | set) else list(o)
+    raise TypeError(f"not JSON: {type(o).__name__}")
+
+
+def stats_to_pb(
+    s: NodeStats,
+    *,
+    load: Load,
+    threshold: float,
+    handoffs: Mapping[str, int],
+    report: PerformanceReport | None,
+    history: bool,
+) -> npb.StatsReply:
+    import dataclasses  # noqa: PLC0415
+
+    doc = dataclasses.asdict(s)
+    if not history:
+        doc.pop("history", None)
+    m = npb.StatsReply(
+        node_id=s.node_id,
+        state=s.state,
+        load=load_to_pb(load),
+        threshold=threshold,
+        active_by_status=s.active_by_status,
+        totals=s.totals,
+        workers=[worker_info_to_pb(w) for w in s.workers],
+        handoffs=dict(handoffs),
+        stats_json=orjson.dumps(doc, default=_json_default, option=orjson.OPT_NON_STR_KEYS),
+    )
+    if report is not None:
+        m.report_json = orjson.dumps(dataclasses.asdict(report), default=_json_default, option=orjson.OPT_NON_STR_KEYS)
+    return m
+
+
+# ---------------------------------------------------------------------------------- hand-off
+
+
+def offer_to_pb(o: Offer) -> hpb.OfferRequest:
+    return hpb.OfferRequest(
+        offer_id=o.offer_id,
+        from_node=o.from_node,
+        items=[
+            hpb.OfferItem(
+                task_id=i.task_id,
+                type=i.type,
+                priority=_PRIORITY_TO_PB[i.priority],
+                difficulty=i.difficulty,
+                required_capabilities=i.required_capabilities,
+            )
+            for i in o.items
+        ],
+    )
+
+
+def offer_from_pb(m: hpb.OfferRequest) -> Offer:
+    items = tuple(
+        OfferItem(
+            i.task_id,
+            i.type,
+            priority_from_pb(i.priority, f"items[{n}].priority"),
+            i.difficulty,
+            tuple(i.required_capabilities),
+        )
+        for n, i in enumerate(m.items)
+    )
+    return Offer(m.offer_id, m.from_node, items)
+
+
+def offer_reply_to_pb(r: OfferReply, load: float | None = None) -> hpb.OfferReply:
+    m = hpb.OfferReply(offer_id=r.offer_id, accepted=r.accepted, expires_ns=r.expires_ns, reason=r.reason)
+    if load is not None:
+        m.load = load
+    return m
+
+
+def offer_reply_from_pb(m: hpb.OfferReply) -> tuple[OfferReply, float | None]:
+    return OfferReply(m.offer_id, tuple(m.accepted), m.expires_ns, m.reason), _opt(m, "load")
+
+
+def _record_to_pb(r: HandoffRecord) -> hpb.HandoffRecord:
+    m = hpb.HandoffRecord(
+        task_id=r.task_id,
+        spec=spec_to_pb(r.spec),
+        origin_node=r.origin_node,
+        created_ns=r.created_ns,
+        attempt=r.attempt,
+        failures=r.failures,
+        hops=r.hops,
+    )
+    if r.error is not None:
+        m.error = r.error
+    return m
+
+
+def _record_from_pb(m: hpb.HandoffRecord, n: int) -> HandoffRecord:
+    return HandoffRecord(
+        task_id=m.task_id,
+        spec=spec_from_pb(m.spec),
+        origin_node=m.origin_node,
+        created_ns=m.created_ns,
+        attempt=_i32(m.attempt, f"records[{n}].attempt"),
+        failures=_i32(m.failures, f"records[{n}].failures"),
+        hops=_i32(m.hops, f"records[{n}].hops"),
+        error=_opt(m, "error"),
+    )
+
+
+def transfer_to_pb(t: Transfer) -> hpb.TransferRequest:
+    return hpb.TransferRequest(
+        offer_id=t.offer_id, from_node=t.from_node, records=[_record_to_pb(r) for r in t.records]
+    )
+
+
+def transfer_from_pb(m: hpb.TransferRequest) -> Transfer:
+    return Transfer(m.offer_id, m.from_node, tuple(_record_from_pb(r, n) for n, r in enumerate(m.records)))
+
+
+def transfer_reply_to_pb(r: TransferReply) -> hpb.TransferReply:
+    return hpb.TransferReply(owned=r.owned, refused=dict(r.refused))
+
+
+def transfer_reply_from_pb(m: hpb.TransferReply) -> TransferReply:
+    return TransferReply(tuple(m.owned), dict(m.refused))
+
+
+def status_query_to_pb(q: StatusQuery) -> hpb.TaskStatusRequest:
+    return hpb.TaskStatusRequest(from_node=q.from_node, task_ids=q.task_ids)
+
+
+def status_query_from_pb(m: hpb.TaskStatusRequest) -> StatusQuery:
+    return StatusQuery(m.from_node, tuple(m.task_ids))
+
+
+def status_reply_to_pb(r: StatusReply) -> hpb.TaskStatusReply:
+    return hpb.TaskStatusReply(statuses={k: _REMOTE_TO_PB[v] for k, v in r.statuses.items()})
+
+
+def status_reply_from_pb(m: hpb.TaskStatusReply) -> StatusReply:
+    out: dict[str, RemoteStatus] = {}
+    for k, v in m.statuses.items():
+        s = _REMOTE_FROM_PB.get(v)
+        if s is None:
+            raise HandoffProtocolError(f"peer answered an unknown status {v} for task {k!r}")
+        out[k] = s
+    return StatusReply(out)
+
+
+def _outcome_to_pb(o: Outcome) -> hpb.Outcome:
+    m = hpb.Outcome(
+        task_id=o.task_id,
+        status=_STATUS_TO_PB[o.status],
+        finished_ns=o.finished_ns,
+        attempt=o.attempt,
+        owner_node=o.owner_node,
+    )
+    for name in ("worker_id", "result", "error"):
+        v = getattr(o, name)
+        if v is not None:
+            setattr(m, name, v)
+    return m
+
+
+def _outcome_from_pb(m: hpb.Outcome, n: int) -> Outcome:
+    return Outcome(
+        task_id=m.task_id,
+        status=status_from_pb(m.status, f"outcomes[{n}].status"),
+        finished_ns=m.finished_ns,
+        attempt=_i32(m.attempt, f"outcomes[{n}].attempt"),
+        worker_id=_opt(m, "worker_id"),
+        owner_node=m.owner_node,
+        result=_opt(m, "result"),
+        error=_opt(m, "error"),
+    )
+
+
+def report_to_pb(r: Report) -> hpb.ReportRequest:
+    return hpb.ReportRequest(from_node=r.from_node, outcomes=[_outcome_to_pb(o) for o in r.outcomes])
+
+
+def report_from_pb(m: hpb.ReportRequest) -> Report:
+    return Report(m.from_node, tuple(_outcome_from_pb(o, n) for n, o in enumerate(m.outcomes)))
+
+
+def report_reply_to_pb(r: ReportReply) -> hpb.ReportReply:
+    return hpb.ReportReply(recorded=r.recorded, rejected=dict(r.rejected))
+
+
+def report_reply_from_pb(m: hpb.ReportReply) -> ReportReply:
+    return ReportReply(tuple(m.recorded), dict(m.rejected))
+
+
+# ---------------------------------------------------------------------------------- errors
+
+_CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (ValidationError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (StaleLeaseError, grpc.StatusCode.FAILED_PRECONDITION),
+    (InvalidTransitionError, grpc.StatusCode.FAILED_PRECONDITION),
+    (HandoffProtocolError, grpc.StatusCode.FAILED_PRECONDITION),
+    (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (StoreUnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (NodeClosedError, grpc.StatusCode.UNAVAILABLE),
+    (PeerUnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (WaitTimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
+)
+
+
+def status_of(err: BaseException) -> grpc.StatusCode:
+    """The status code a domain error is answered with (INTERNAL for anything unexpected)."""
+    for cls, code in _CODES:
+        if isinstance(err, cls):
+            return code
+    if isinstance(err, FedcoordError):
+        return grpc.StatusCode.FAILED_PRECONDITION
+    return grpc.StatusCode.INTERNAL
+
+
+def refs(pairs: Iterable[tuple[str, int]], worker_id: str) -> list[cpb.LeaseRef]:
+    return [cpb.LeaseRef(task_id=t, attempt=a, worker_id=worker_id) for t, a in pairs]

@@ -1,0 +1,131 @@
+"""A node served over gRPC: the node and hand-off services, health checking and reflection on
+one port, around a running :class:`~node.runtime.node.LocalNode`.
+
+:class:`NodeServer` is the building block (tests and ``fedcoord node`` use it): give it a node
+and where to listen; it owns neither the node's configuration nor its process. ``drain()`` stops
+taking work (health says NOT_SERVING, submits and new worker streams are refused with
+UNAVAILABLE, streams get no new leases), lets the calls in flight finish, then stops the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from node.handoff import HandoffEndpoint
+from node.rpc.servicers import HandoffServicer, NodeServicer, ServiceLimits
+from node.runtime.node import LocalNode
+from protos.fedcoord.v1 import handoff_pb2, handoff_pb2_grpc, node_pb2, node_pb2_grpc
+
+__all__ = ["SERVICE_NAMES", "NodeServer", "ServerOptions"]
+
+log = logging.getLogger("fedcoord.rpc.server")
+
+NODE_SERVICE = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
+HANDOFF_SERVICE = handoff_pb2.DESCRIPTOR.services_by_name["HandoffService"].full_name
+SERVICE_NAMES = (NODE_SERVICE, HANDOFF_SERVICE)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    """How the server listens and what it takes. ``credentials`` None means plaintext (the caller
+    decides whether that is allowed: see :func:`node.rpc.auth.check_plaintext`)."""
+
+    listen: str = "127.0.0.1:0"
+    credentials: grpc.ServerCredentials | None = None
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
+    max_message_bytes: int = 16 << 20
+    max_concurrent_rpcs: int | None = 10_000  # beyond: RESOURCE_EXHAUSTED from gRPC itself
+    limits: ServiceLimits = field(default_factory=ServiceLimits)
+    keepalive_s: float = 20.0  # pings on idle connections, so dead peers and workers are noticed
+
+
+class NodeServer:
+    def __init__(
+        self,
+        node: LocalNode,
+        options: ServerOptions | None = None,
+        *,
+        handoff_endpoint: Callable[[], HandoffEndpoint | None] | None = None,
+    ):
+        self.node = node
+        self.options = options or ServerOptions()
+        self.servicer = NodeServicer(node, self.options.limits)
+        self._handoff_endpoint = handoff_endpoint or (lambda: node.handoff)
+        self.health = health.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self.port = 0
+        self._stopped = asyncio.Event()
+
+    @property
+    def address(self) -> str:
+        host = self.options.listen.rsplit(":", 1)[0]
+        if host in ("0.0.0.0", "[::]", ""):
+            host = "127.0.0.1"
+        return f"{host}:{self.port}"
+
+    async def start(self) -> None:
+        o = self.options
+        keepalive_ms = int(o.keepalive_s * 1000)
+        server = grpc.aio.server(
+            interceptors=list(o.interceptors),
+            options=[
+                ("grpc.max_receive_message_length", o.max_message_bytes),
+                ("grpc.max_send_message_length", o.max_message_bytes),
+                ("grpc.keepalive_time_ms", keepalive_ms),
+                ("grpc.keepalive_timeout_ms", max(1000, keepalive_ms // 2)),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+                ("grpc.so_reuseport", 0),
+            ],
+            maximum_concurrent_rpcs=o.max_concurrent_rpcs,
+        )
+        node_pb2_grpc.add_NodeServiceServicer_to_server(self.servicer, server)  # type: ignore[no-untyped-call]
+        handoff_pb2_grpc.add_HandoffServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            HandoffServicer(self._handoff_endpoint, lambda: self.node.load().ratio), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        if o.credentials is None:
+            port = server.add_insecure_port(o.listen)
+        else:
+            port = server.add_secure_port(o.listen, o.credentials)
+        if port == 0:
+            raise OSError(f"cannot listen on {o.listen}")
+        self.port = port
+        await server.start()
+        self._server = server
+        for name in (*SERVICE_NAMES, ""):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("node %s serving on %s", self.node.node_id, self.address)
+
+    async def drain(self, grace_s: float = 30.0) -> None:
+        """Stop taking work, let calls in flight finish (up to ``grace_s``), stop serving. The
+        node itself stays open: close it after (that finishes the flush and lets go of the lock)."""
+        self.servicer.draining = True
+        for name in (*SERVICE_NAMES, ""):
+            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._server is not None:
+            await self._server.stop(grace_s)
+            self._server = None
+        self._stopped.set()
+
+    async def stop(self) -> None:
+        """Stop at once (calls in flight are cancelled)."""
+        await self.drain(0)
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def __aenter__(self) -> NodeServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.drain(1.0)

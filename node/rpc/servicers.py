@@ -1,0 +1,445 @@
+"""The gRPC servicers of a node: decode, call the domain, encode. Nothing else happens here.
+
+Errors map to status codes (:func:`node.rpc.convert.status_of`): bad input ``INVALID_ARGUMENT``
+naming the field, unknown ids ``NOT_FOUND``, stale leases and wrong states
+``FAILED_PRECONDITION``, a full node ``RESOURCE_EXHAUSTED``, a node that is closing or has lost
+its store ``UNAVAILABLE``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+
+from node.errors import FedcoordError, OverloadedError, ValidationError
+from node.handoff import HandoffEndpoint
+from node.model import Lease
+from node.rpc import convert as cv
+from node.runtime.node import LocalNode
+from protos.fedcoord.v1 import common_pb2 as cpb
+from protos.fedcoord.v1 import handoff_pb2 as hpb
+from protos.fedcoord.v1 import handoff_pb2_grpc as hpb_grpc
+from protos.fedcoord.v1 import node_pb2 as npb
+from protos.fedcoord.v1 import node_pb2_grpc as npb_grpc
+
+__all__ = ["HandoffServicer", "NodeServicer", "ServiceLimits"]
+
+log = logging.getLogger("fedcoord.rpc")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceLimits:
+    """What the services take before they push back with ``RESOURCE_EXHAUSTED``."""
+
+    max_active_tasks: int = 1_000_000  # tasks not finished yet on this node
+    max_inflight_submit_bytes: int = 256 << 20  # submit requests being applied at once, in bytes
+    max_watch_queue: int = 100_000
+    claim_wait_s: float = 5.0  # how long one stream claim waits before it asks again
+    max_stream_credit: int = 100_000  # leases a worker stream may ask for at once
+
+
+async def _abort(context: grpc.aio.ServicerContext, err: BaseException) -> NoReturn:
+    code = err.code if isinstance(err, _Refusal) else cv.status_of(err)
+    if code is grpc.StatusCode.INTERNAL:
+        log.exception("internal error in an RPC", exc_info=err)
+        await context.abort(code, f"internal error: {type(err).__name__}")
+    await context.abort(code, str(err))
+    raise AssertionError("unreachable")  # context.abort raises
+
+
+Unary = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[T]]
+
+
+def _rpc(fn: Unary[T]) -> Unary[T]:
+    """Answer a domain error with its status code (and anything else with INTERNAL, logged)."""
+
+    @functools.wraps(fn)
+    async def call(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+        try:
+            return await fn(self, request, context)
+        except (FedcoordError, _Refusal) as e:
+            await _abort(context, e)
+
+    return call
+
+
+class NodeServicer(npb_grpc.NodeServiceServicer):
+    def __init__(self, node: LocalNode, limits: ServiceLimits | None = None):
+        self.node = node
+        self.limits = limits or ServiceLimits()
+        self.draining = False
+        self._inflight_bytes = 0
+        self.streams = 0  # worker streams attached
+
+    # ------------------------------------------------------------------ clients
+
+    def _admit(self, n_tasks: int, n_bytes: int) -> None:
+        if self.draining:
+            raise _Draining()
+        load = self.node.load()
+        active = load.leased + load.ready + load.delayed + load.pending + load.handing_off
+        lim = self.limits
+        if active + n_tasks > lim.max_active_tasks:
+            raise OverloadedError(
+                f"node holds {active} unfinished tasks; {n_tasks} more would pass its limit of "
+                f"{lim.max_active_tasks}: retry later"
+            )
+        if self._inflight_bytes and self._inflight_bytes + n_bytes > lim.max_inflight_submit_bytes:
+            raise OverloadedError(
+                f"{self._inflight_bytes} bytes of submits are being applied (limit "
+                f"{lim.max_inflight_submit_bytes}): retry later"
+            )
+
+    @_rpc
+    async def Submit(self, request: npb.SubmitRequest, context: grpc.aio.ServicerContext) -> npb.SubmitReply:
+        n_bytes = request.ByteSize()
+        self._admit(len(request.tasks), n_bytes)
+        specs = []
+        for i, m in enumerate(request.tasks):
+            try:
+                specs.append(cv.spec_from_pb(m))
+            except ValidationError as e:
+                raise e.at(i, "tasks") from None
+        self._inflight_bytes += n_bytes
+        try:
+            ids = await self.node.submit(specs)
+        finally:
+            self._inflight_bytes -= n_bytes
+        return npb.SubmitReply(task_ids=ids)
+
+    @_rpc
+    async def Cancel(self, request: npb.TaskRef, context: grpc.aio.ServicerContext) -> npb.CancelReply:
+        status = await self.node.cancel(_task_id(request.task_id))
+        return npb.CancelReply(status=cv._STATUS_TO_PB[status])
+
+    @_rpc
+    async def Requeue(self, request: npb.TaskRef, context: grpc.aio.ServicerContext) -> npb.Ack:
+        await self.node.requeue(_task_id(request.task_id))
+        return npb.Ack()
+
+    @_rpc
+    async def GetTask(self, request: npb.TaskRef, context: grpc.aio.ServicerContext) -> cpb.Task:
+        t = await self.node.get(_task_id(request.task_id))
+        return cv.task_to_pb(t)
+
+    @_rpc
+    async def WaitTask(self, request: npb.WaitTaskRequest, context: grpc.aio.ServicerContext) -> cpb.Task:
+        timeout = request.timeout_s if request.HasField("timeout_s") else None
+        if timeout is not None and not timeout >= 0:
+            raise ValidationError("timeout_s", f"must be >= 0, got {timeout}")
+        t = await self.node.wait(_task_id(request.task_id), timeout)
+        return cv.task_to_pb(t)
+
+    async def Watch(
+        self, request: npb.WatchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[npb.EventBatch]:
+        max_queue = request.max_queue or 10_000
+        if not 1 <= max_queue <= self.limits.max_watch_queue:
+            await _abort(
+                context, ValidationError("max_queue", f"{max_queue}", limit=f"1..{self.limits.max_watch_queue}")
+            )
+        try:
+            sub = self.node.subscribe(max_queue=max_queue)
+        except FedcoordError as e:
+            await _abort(context, e)
+        try:
+            async for first in sub:
+                batch = [first, *sub.drain(999)]
+                yield npb.EventBatch(events=[cv.event_to_pb(e) for e in batch])
+        finally:
+            sub.close()
+
+    @_rpc
+    async def Stats(self, request: npb.StatsRequest, context: grpc.aio.ServicerContext) -> npb.StatsReply:
+        node = self.node
+        stats = await node.stats()
+        report = await node.report() if request.report else None
+        handoffs = dict(node.handoff.stats) if node.handoff is not None else {}
+        return cv.stats_to_pb(
+            stats,
+            load=node.load(),
+            threshold=node.threshold(),
+            handoffs=handoffs,
+            report=report,
+            history=request.history,
+        )
+
+    # ------------------------------------------------------------------ workers, unary
+
+    @_rpc
+    async def RegisterWorker(self, request: npb.WorkerSpec, context: grpc.aio.ServicerContext) -> npb.WorkerInfo:
+        if self.draining:
+            raise _Draining()
+        info = await self.node.register_worker(cv.worker_spec_from_pb(request))
+        return cv.worker_info_to_pb(info)
+
+    @_rpc
+    async def DeregisterWorker(
+        self, request: npb.DeregisterWorkerRequest, context: grpc.aio.ServicerContext
+    ) -> npb.DeregisterWorkerReply:
+        await self.node.deregister_worker(_name("worker_id", request.worker_id))
+        return npb.DeregisterWorkerReply()
+
+    @_rpc
+    async def Claim(self, request: npb.ClaimRequest, context: grpc.aio.ServicerContext) -> npb.ClaimReply:
+        max_tasks = request.max_tasks or 1
+        wait_s = request.wait_s
+        if not 1 <= max_tasks <= 10_000:
+            raise ValidationError("max_tasks", f"{max_tasks}", limit="1..10000")
+        if not 0 <= wait_s <= 300:
+            raise ValidationError("wait_s", f"{wait_s}", limit="0..300 seconds")
+        if self.draining:
+            return npb.ClaimReply()
+        leases = await self.node.claim(_name("worker_id", request.worker_id), max_tasks, wait_s=wait_s)
+        return npb.ClaimReply(leases=[cv.lease_to_pb(x) for x in leases])
+
+    @_rpc
+    async def Heartbeat(self, request: npb.HeartbeatRequest, context: grpc.aio.ServicerContext) -> npb.HeartbeatReply:
+        wid = _name("worker_id", request.worker_id)
+        reply = await self.node.heartbeat(wid)
+        return cv.heartbeat_to_pb(reply, wid)
+
+    @_rpc
+    async def StartTask(self, request: cpb.LeaseRef, context: grpc.aio.ServicerContext) -> npb.Ack:
+        await self.node.start_task(_ref(request))
+        return npb.Ack()
+
+    @_rpc
+    async def Complete(self, request: npb.CompleteRequest, context: grpc.aio.ServicerContext) -> npb.Ack:
+        await self.node.complete(_ref(request.lease), request.result)
+        return npb.Ack()
+
+    @_rpc
+    async def Fail(self, request: npb.FailRequest, context: grpc.aio.ServicerContext) -> npb.Ack:
+        await self.node.fail(_ref(request.lease), request.error, retry=not request.no_retry)
+        return npb.Ack()
+
+    # ------------------------------------------------------------------ the worker stream
+
+    async def Work(
+        self, request_iterator: AsyncIterator[npb.WorkerMessage], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[npb.NodeMessage]:
+        try:
+            if self.draining:
+                raise _Draining()
+            try:
+                first = await anext(aiter(request_iterator))
+            except StopAsyncIteration:
+                return
+            if not first.HasField("hello"):
+                raise ValidationError("hello", "the first message of a worker stream must register the worker")
+            info = await self.node.register_worker(cv.worker_spec_from_pb(first.hello))
+        except (FedcoordError, _Refusal) as e:
+            await _abort(context, e)
+        session = _WorkerSession(self, info.id)
+        self.streams += 1
+        try:
+            yield npb.NodeMessage(registered=cv.worker_info_to_pb(info))
+            async for msg in session.run(first, request_iterator):
+                yield msg
+        finally:
+            self.streams -= 1
+            await session.close()
+        if session.error is not None:
+            await _abort(context, session.error)
+
+
+class _Refusal(Exception):
+    """Not the caller's mistake, not the domain's: the service says no (answered UNAVAILABLE or
+    FAILED_PRECONDITION by status_of's fallbacks)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class _Draining(_Refusal):
+    def __str__(self) -> str:
+        return "the node is draining (shutting down): go to another node or retry later"
+
+
+def _task_id(value: str) -> str:
+    if not value:
+        raise ValidationError("task_id", "must not be empty")
+    return value
+
+
+def _name(field: str, value: str) -> str:
+    if not value:
+        raise ValidationError(field, "must not be empty")
+    return value
+
+
+def _ref(m: cpb.LeaseRef) -> Lease:
+    return cv.ref_from_pb(m)
+
+
+class _WorkerSession:
+    """One worker stream: credit in, leases out; results, starts and heartbeats in, acks out.
+
+    Three parts run at once: the reader applies what comes in (each message in one durable
+    write), the claimer asks the node for as many leases as the worker has credit for (waiting
+    for work when there is none), and the caller's loop writes out what both produced, merged
+    into one message when several are waiting."""
+
+    def __init__(self, servicer: NodeServicer, worker_id: str):
+        self.servicer = servicer
+        self.node = servicer.node
+        self.worker_id = worker_id
+        self.credit = 0
+        self._credit_changed = asyncio.Event()
+        self._out: asyncio.Queue[npb.NodeMessage | None] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.error: BaseException | None = None
+        self._closed = False
+
+    async def run(
+        self, first: npb.WorkerMessage, request_iterator: AsyncIterator[npb.WorkerMessage]
+    ) -> AsyncIterator[npb.NodeMessage]:
+        await self._apply(first)
+        self._tasks = [
+            asyncio.create_task(self._read(request_iterator), name=f"stream-read-{self.worker_id}"),
+            asyncio.create_task(self._claim(), name=f"stream-claim-{self.worker_id}"),
+        ]
+        out = self._out
+        while True:
+            msg = await out.get()
+            if msg is None:
+                return
+            while not out.empty():  # merge what piled up into one message
+                more = out.get_nowait()
+                if more is None:
+                    yield msg
+                    return
+                msg.MergeFrom(more)
+            yield msg
+
+    async def _read(self, request_iterator: AsyncIterator[npb.WorkerMessage]) -> None:
+        try:
+            async for msg in request_iterator:
+                if msg.HasField("hello"):
+                    raise ValidationError("hello", "a worker stream registers once, in its first message")
+                await self._apply(msg)
+        except FedcoordError as e:
+            self.error = e
+        except asyncio.CancelledError:
+            raise
+        except grpc.aio.AioRpcError:
+            pass  # the worker went away: the session ends
+        finally:
+            self._out.put_nowait(None)
+
+    async def _apply(self, msg: npb.WorkerMessage) -> None:
+        wid = self.worker_id
+        if msg.credit:
+            credit = msg.credit
+            if credit < 0 or self.credit + credit > self.servicer.limits.max_stream_credit:
+                raise ValidationError(
+                    "credit", f"{credit}", limit=f"0..{self.servicer.limits.max_stream_credit} in all"
+                )
+            self.credit += credit
+            self._credit_changed.set()
+        if msg.started or msg.completions or msg.failures:
+            completed = [(cv.lease_ref(c.task_id, c.attempt, wid), c.result) for c in msg.completions]
+            failed = [(cv.lease_ref(f.task_id, f.attempt, wid), f.error, not f.no_retry) for f in msg.failures]
+            started = [cv.lease_ref(s.task_id, s.attempt, wid) for s in msg.started]
+            refused = await self.node.finish_many(completed, failed, started)
+            bad = {(x.task_id, x.attempt) for x, _ in refused}
+            reply = npb.NodeMessage(
+                acked=[
+                    cpb.LeaseRef(task_id=x.task_id, attempt=x.attempt, worker_id=wid)
+                    for x in (*(c[0] for c in completed), *(f[0] for f in failed))
+                    if (x.task_id, x.attempt) not in bad
+                ],
+                rejected=[
+                    npb.LeaseError(task_id=x.task_id, attempt=x.attempt, code=cv.status_of(e).name, message=str(e))
+                    for x, e in refused
+                ],
+            )
+            self._out.put_nowait(reply)
+        if msg.heartbeat:
+            hb = await self.node.heartbeat(wid)
+            self._out.put_nowait(npb.NodeMessage(healthy=hb.healthy, revoked=cv.refs(hb.revoked, wid)))
+
+    async def _claim(self) -> None:
+        node = self.node
+        wait_s = self.servicer.limits.claim_wait_s
+        try:
+            while True:
+                while self.credit <= 0 or self.servicer.draining:
+                    self._credit_changed.clear()
+                    await self._credit_changed.wait()
+                leases = await node.claim(self.worker_id, self.credit, wait_s=wait_s)
+                if leases:
+                    self.credit -= len(leases)
+                    self._out.put_nowait(npb.NodeMessage(leases=[cv.lease_to_pb(x) for x in leases]))
+        except FedcoordError as e:
+            self.error = e
+            self._out.put_nowait(None)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        # The stream is the worker's session: when it ends, what the worker held goes back in
+        # line now (as a failed attempt) instead of waiting for missed heartbeats.
+        with contextlib.suppress(FedcoordError):
+            await self.node.deregister_worker(self.worker_id)
+
+
+class HandoffServicer(hpb_grpc.HandoffServiceServicer):
+    """Answers peers for the hand-off endpoint bound on this node (its hand-off agent)."""
+
+    def __init__(self, endpoint: Callable[[], HandoffEndpoint | None], load: Callable[[], float] | None = None):
+        self._endpoint = endpoint
+        self._load = load
+
+    def _ep(self) -> HandoffEndpoint:
+        ep = self._endpoint()
+        if ep is None:
+            raise _NoHandoff()
+        return ep
+
+    @_rpc
+    async def Offer(self, request: hpb.OfferRequest, context: grpc.aio.ServicerContext) -> hpb.OfferReply:
+        offer = cv.offer_from_pb(request)
+        reply = await self._ep().on_offer(offer)
+        return cv.offer_reply_to_pb(reply, self._load() if self._load is not None else None)
+
+    @_rpc
+    async def Transfer(self, request: hpb.TransferRequest, context: grpc.aio.ServicerContext) -> hpb.TransferReply:
+        transfer = cv.transfer_from_pb(request)
+        reply = await self._ep().on_transfer(transfer)
+        return cv.transfer_reply_to_pb(reply)
+
+    @_rpc
+    async def TaskStatus(
+        self, request: hpb.TaskStatusRequest, context: grpc.aio.ServicerContext
+    ) -> hpb.TaskStatusReply:
+        query = cv.status_query_from_pb(request)
+        reply = await self._ep().on_status(query)
+        return cv.status_reply_to_pb(reply)
+
+    @_rpc
+    async def ReportResult(self, request: hpb.ReportRequest, context: grpc.aio.ServicerContext) -> hpb.ReportReply:
+        report = cv.report_from_pb(request)
+        reply = await self._ep().on_report(report)
+        return cv.report_reply_to_pb(reply)
+
+
+class _NoHandoff(_Refusal):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __str__(self) -> str:
+        return "hand-off is not enabled on this node (no peers configured)"
