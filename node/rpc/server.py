@@ -86,8 +86,8 @@ class NodeServer:
             ],
             maximum_concurrent_rpcs=o.max_concurrent_rpcs,
         )
-        node_pb2_grpc.add_NodeServiceServicer_to_server(self.servicer, server)  # type: ignore[no-untyped-call]
-        handoff_pb2_grpc.add_HandoffServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        node_pb2_grpc.add_NodeServiceServicer_to_server(self.servicer, server)
+        handoff_pb2_grpc.add_HandoffServiceServicer_to_server(
             HandoffServicer(self._handoff_endpoint, lambda: self.node.load().ratio), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

@@ -151,6 +151,7 @@ class NodeServicer(npb_grpc.NodeServiceServicer):
         except FedcoordError as e:
             await _abort(context, e)
         try:
+            yield npb.EventBatch()  # an empty first batch: subscribed, every later event will come
             async for first in sub:
                 batch = [first, *sub.drain(999)]
                 yield npb.EventBatch(events=[cv.event_to_pb(e) for e in batch])
