@@ -284,6 +284,8 @@ class Core(Transfers):
         w = self.workers.get(t.assigned_worker or "") if prev in _LEASED else None
         if w is not None:
             self._worker_done(t, w, now_ns, False, False, blame=False)
+        elif prev is QUEUED and t.queued_ns is not None:  # in line: its entry stays there, stale
+            self._queues.stale[_RANK[t.spec.priority]] += 1  # type: ignore[index]
         self._finish(t, CANCELLED, now_ns, error="cancelled")
         if w is not None and w.id in self._waiters:  # its freed slot serves its waiting claim
             self._refill(w, now_ns)

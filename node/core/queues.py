@@ -48,6 +48,9 @@ class ReadyQueues:
         aging_ns = int(aging_s * 1e9)
         self.offsets: tuple[int, ...] = tuple(rank * aging_ns for rank in range(len(PRIORITY_ORDER)))
         self.classes: dict[ClassKey, TaskClass] = {}
+        # Per priority rank: entries still in the deques whose task is no longer queued
+        # (cancelled in line, left there for lazy removal), so depths() needs no scan.
+        self.stale: list[int] = [0] * len(PRIORITY_ORDER)
         # (required capabilities as given, difficulty) -> class: a cache that skips the frozenset
         self.by_requirements: dict[tuple[Sequence[str], int], TaskClass] = {}
 
@@ -139,6 +142,7 @@ class ReadyQueues:
                         break
                     dq.popleft()  # cancelled or otherwise gone: drop the stale entry
                     cls.size -= 1
+                    self.stale[rank] -= 1
         if not heap:
             return out
         heapq.heapify(heap)
@@ -154,6 +158,7 @@ class ReadyQueues:
                 if head.status is not _QUEUED:
                     popleft()
                     taken += 1
+                    self.stale[-neg_rank] -= 1
                     continue
                 key = head.queued_ns + off  # type: ignore[operator]
                 if len(out) >= n:
@@ -165,6 +170,31 @@ class ReadyQueues:
                 taken += 1
             cls.size -= taken
         return out
+
+    def depths(self) -> list[int]:
+        """Tasks in line per priority rank, O(classes): the deques' lengths less their stale entries."""
+        n = [0] * len(PRIORITY_ORDER)
+        for cls in self.classes.values():
+            if cls.size:
+                for rank, dq in enumerate(cls.deques):
+                    n[rank] += len(dq)
+        return [a - b for a, b in zip(n, self.stale, strict=True)]
+
+    def oldest_ns(self) -> int | None:
+        """The smallest ``queued_ns`` in line (each deque is in queue-time order: its first live
+        entry is its oldest), O(classes) plus the stale entries at the heads; None when empty."""
+        best: int | None = None
+        for cls in self.classes.values():
+            if not cls.size:
+                continue
+            for dq in cls.deques:
+                for t in dq:
+                    if t.status is _QUEUED:
+                        q = t.queued_ns
+                        if q is not None and (best is None or q < best):
+                            best = q
+                        break
+        return best
 
     def live(self) -> Iterator[Task]:
         """Every queued task still in line (for checks and snapshots; O(n))."""

@@ -236,6 +236,16 @@ class CoreState:
         """Active tasks by type."""
         return dict(self._by_type)
 
+    def queue_depths(self) -> dict[Priority, int]:
+        """Ready tasks in line by priority (delayed ones are not in line yet). O(task classes):
+        no scan of the tasks, cheap enough for a metrics refresh every second."""
+        return dict(zip(PRIORITY_ORDER, self._queues.depths(), strict=True))
+
+    def oldest_queued_ns(self) -> int | None:
+        """When the ready task that has waited longest in line was queued (its ``queued_ns``);
+        None when no task is ready. O(task classes)."""
+        return self._queues.oldest_ns()
+
     def leased(self) -> int:
         return self._by_status[ASSIGNED] + self._by_status[IN_PROGRESS]
 

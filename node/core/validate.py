@@ -73,12 +73,14 @@ def check_invariants(core: CoreState) -> list[str]:
         bad.append(f"load {load} differs from a recount")
     # -------------------------------------------------------------- ready queues and timers
     in_line: Counter[str] = Counter()
+    stale = [0] * len(PRIORITY_ORDER)
     for cls in core._queues.classes.values():
         if cls.size != sum(len(dq) for dq in cls.deques):
             bad.append(f"{cls!r}: size {cls.size} != {sum(len(dq) for dq in cls.deques)} entries")
         for rank, dq in enumerate(cls.deques):
             last = None
             for t in dq:
+                stale[rank] += t.status is not QUEUED
                 if t.status is QUEUED and t.queued_ns is not None and tasks.get(t.id) is t:
                     in_line[t.id] += 1
                     if PRIORITY_ORDER[rank] is not t.priority or cls.key != class_key(t):
@@ -89,6 +91,8 @@ def check_invariants(core: CoreState) -> list[str]:
     if set(in_line) != ready:
         missing, extra = sorted(ready - set(in_line))[:5], sorted(set(in_line) - ready)[:5]
         bad.append(f"ready queues differ from the ready tasks: missing {missing}, extra {extra}")
+    if stale != core._queues.stale:
+        bad.append(f"stale entries in line by priority {stale} != counted {core._queues.stale}")
     twice = [tid for tid, n in in_line.items() if n > 1]
     if twice:
         bad.append(f"tasks in line twice: {twice[:5]}")

@@ -12,6 +12,11 @@ waiting claims, analytics, watchers, events, and whatever acts on durable state 
 admission, the federation's summaries). A hook that raises is a bug: it is logged and the next
 hook still runs (the commit stands).
 
+``on_write``, when set, is called with ``(seconds, n_changes)`` after each successful write,
+before the callers are acknowledged: the time to encode and write the commit, and the records
+it wrote (task upserts and finished tasks, worker records and dropped workers). It is for
+metrics and must be cheap; if it raises, that is logged and the commit stands.
+
 A failed write acknowledges nobody: the waiting callers get the error and ``on_failure`` is
 called, with the outbox that was lost, so the node can degrade and reload.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from node.core import Core, Outbox
@@ -27,12 +33,13 @@ from node.errors import FedcoordError, NodeClosedError, StoreError, StoreUnavail
 from node.store.base import Store
 from node.store.codec import WriteBatch, encode_batch
 
-__all__ = ["GroupCommitter", "PostCommitHook"]
+__all__ = ["GroupCommitter", "PostCommitHook", "WriteObserver"]
 
 log = logging.getLogger("fedcoord.node")
 
 PostCommitHook = Callable[[Outbox, WriteBatch, int], None]
 FailureHandler = Callable[[BaseException, Outbox], None]
+WriteObserver = Callable[[float, int], None]
 
 
 class GroupCommitter:
@@ -52,6 +59,7 @@ class GroupCommitter:
         self.clock_ns = clock_ns
         self.with_events = False  # also publish the events on the store's channel (someone listens)
         self.inflight: Outbox | None = None  # the outbox being written now
+        self.on_write: WriteObserver | None = None  # (seconds, n_changes) of each successful write
         self._hooks: list[tuple[str, PostCommitHook]] = []
         self._serving = serving
         self._on_failure = on_failure
@@ -135,6 +143,7 @@ class GroupCommitter:
             return
         now = self.clock_ns()
         self.inflight = out
+        t0 = time.perf_counter()
         try:
             batch = encode_batch(out, now, with_events=self.with_events)
             await self.store.write(batch)
@@ -155,6 +164,13 @@ class GroupCommitter:
             self._on_failure(err, out)
             return
         self.inflight = None
+        on_write = self.on_write
+        if on_write is not None:
+            n = len(batch.upserts) + len(batch.finished) + len(batch.workers) + len(batch.dropped_workers)
+            try:
+                on_write(time.perf_counter() - t0, n)
+            except Exception:  # a metrics bug must not cost the commit its acknowledgement
+                log.exception("node %s: on_write observer failed", self.node_id)
         _resolve(waiters)
         for name, hook in self._hooks:
             try:
