@@ -214,6 +214,18 @@ def _setup_logging(verbose: int) -> None:
     logging.getLogger("fedcoord").setLevel(level)
 
 
+def _register_services() -> None:
+    """The service commands live in their own modules (they import gRPC only when they run)."""
+    from fedcoord.cmd_certs import certs  # noqa: PLC0415
+    from fedcoord.cmd_node import NODE_HELP, node  # noqa: PLC0415
+
+    app.command("node", help=NODE_HELP)(node)
+    app.command("certs")(certs)
+
+
+_register_services()
+
+
 def main() -> None:
     app(prog_name="fedcoord")
 

@@ -103,7 +103,7 @@ class NodeServer:
         self._server = server
         for name in (*SERVICE_NAMES, ""):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("node %s serving on %s", self.node.node_id, self.address)
+        log.debug("node %s: gRPC on %s", self.node.node_id, self.address)
 
     async def drain(self, grace_s: float = 30.0) -> None:
         """Stop taking work, let calls in flight finish (up to ``grace_s``), stop serving. The

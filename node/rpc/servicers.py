@@ -41,6 +41,7 @@ class ServiceLimits:
 
     max_active_tasks: int = 1_000_000  # tasks not finished yet on this node
     max_inflight_submit_bytes: int = 256 << 20  # submit requests being applied at once, in bytes
+    max_inflight_submits: int = 1024  # submit calls being applied at once
     max_watch_queue: int = 100_000
     claim_wait_s: float = 5.0  # how long one stream claim waits before it asks again
     max_stream_credit: int = 100_000  # leases a worker stream may ask for at once
@@ -77,6 +78,7 @@ class NodeServicer(npb_grpc.NodeServiceServicer):
         self.limits = limits or ServiceLimits()
         self.draining = False
         self._inflight_bytes = 0
+        self._inflight_submits = 0
         self.streams = 0  # worker streams attached
 
     # ------------------------------------------------------------------ clients
@@ -91,6 +93,10 @@ class NodeServicer(npb_grpc.NodeServiceServicer):
             raise OverloadedError(
                 f"node holds {active} unfinished tasks; {n_tasks} more would pass its limit of "
                 f"{lim.max_active_tasks}: retry later"
+            )
+        if self._inflight_submits >= lim.max_inflight_submits:
+            raise OverloadedError(
+                f"{self._inflight_submits} submits are being applied (limit {lim.max_inflight_submits}): retry later"
             )
         if self._inflight_bytes and self._inflight_bytes + n_bytes > lim.max_inflight_submit_bytes:
             raise OverloadedError(
@@ -109,10 +115,14 @@ class NodeServicer(npb_grpc.NodeServiceServicer):
             except ValidationError as e:
                 raise e.at(i, "tasks") from None
         self._inflight_bytes += n_bytes
+        self._inflight_submits += 1
         try:
             ids = await self.node.submit(specs)
+        except ValidationError as e:
+            raise _in_tasks(e) from None
         finally:
             self._inflight_bytes -= n_bytes
+            self._inflight_submits -= 1
         return npb.SubmitReply(task_ids=ids)
 
     @_rpc
@@ -179,7 +189,10 @@ class NodeServicer(npb_grpc.NodeServiceServicer):
     async def RegisterWorker(self, request: npb.WorkerSpec, context: grpc.aio.ServicerContext) -> npb.WorkerInfo:
         if self.draining:
             raise _Draining()
-        info = await self.node.register_worker(cv.worker_spec_from_pb(request))
+        try:
+            info = await self.node.register_worker(cv.worker_spec_from_pb(request))
+        except ValidationError as e:
+            raise _in_worker_spec(e) from None
         return cv.worker_info_to_pb(info)
 
     @_rpc
@@ -237,7 +250,10 @@ class NodeServicer(npb_grpc.NodeServiceServicer):
                 return
             if not first.HasField("hello"):
                 raise ValidationError("hello", "the first message of a worker stream must register the worker")
-            info = await self.node.register_worker(cv.worker_spec_from_pb(first.hello))
+            try:
+                info = await self.node.register_worker(cv.worker_spec_from_pb(first.hello))
+            except ValidationError as e:
+                raise _in_worker_spec(e, "hello.") from None
         except (FedcoordError, _Refusal) as e:
             await _abort(context, e)
         session = _WorkerSession(self, info.id)
@@ -263,6 +279,21 @@ class _Refusal(Exception):
 class _Draining(_Refusal):
     def __str__(self) -> str:
         return "the node is draining (shutting down): go to another node or retry later"
+
+
+def _in_tasks(e: ValidationError) -> ValidationError:
+    """The domain calls a submit's batch ``specs``; the request's field is ``tasks``."""
+    if e.index is not None and e.batch == "specs":
+        return e.at(e.index, "tasks")
+    if e.index is None and e.field == "specs":
+        return ValidationError("tasks", e.detail, limit=e.limit)
+    return e
+
+
+def _in_worker_spec(e: ValidationError, prefix: str = "") -> ValidationError:
+    """The domain calls a worker's id ``worker_id``; in a WorkerSpec it is ``id``."""
+    name = "id" if e.field == "worker_id" else e.field
+    return ValidationError(prefix + name, e.detail, limit=e.limit)
 
 
 def _task_id(value: str) -> str:
@@ -303,7 +334,11 @@ class _WorkerSession:
     async def run(
         self, first: npb.WorkerMessage, request_iterator: AsyncIterator[npb.WorkerMessage]
     ) -> AsyncIterator[npb.NodeMessage]:
-        await self._apply(first)
+        try:
+            await self._apply(first)
+        except FedcoordError as e:  # bad credit or results in the hello message: the stream ends with it
+            self.error = e
+            return
         self._tasks = [
             asyncio.create_task(self._read(request_iterator), name=f"stream-read-{self.worker_id}"),
             asyncio.create_task(self._claim(), name=f"stream-claim-{self.worker_id}"),
@@ -421,7 +456,12 @@ class HandoffServicer(hpb_grpc.HandoffServiceServicer):
     @_rpc
     async def Transfer(self, request: hpb.TransferRequest, context: grpc.aio.ServicerContext) -> hpb.TransferReply:
         transfer = cv.transfer_from_pb(request)
-        reply = await self._ep().on_transfer(transfer)
+        try:
+            reply = await self._ep().on_transfer(transfer)
+        except ValidationError as e:
+            if e.index is None or e.batch != "records" or e.field not in _SPEC_FIELDS:
+                raise
+            raise ValidationError(f"spec.{e.field}", e.detail, limit=e.limit).at(e.index, "records") from None
         return cv.transfer_reply_to_pb(reply)
 
     @_rpc
@@ -429,7 +469,12 @@ class HandoffServicer(hpb_grpc.HandoffServiceServicer):
         self, request: hpb.TaskStatusRequest, context: grpc.aio.ServicerContext
     ) -> hpb.TaskStatusReply:
         query = cv.status_query_from_pb(request)
-        reply = await self._ep().on_status(query)
+        try:
+            reply = await self._ep().on_status(query)
+        except ValidationError as e:
+            if e.field != "asker":
+                raise
+            raise ValidationError("from_node", e.detail, limit=e.limit) from None  # the asker, on the wire
         return cv.status_reply_to_pb(reply)
 
     @_rpc
@@ -437,6 +482,9 @@ class HandoffServicer(hpb_grpc.HandoffServiceServicer):
         report = cv.report_from_pb(request)
         reply = await self._ep().on_report(report)
         return cv.report_reply_to_pb(reply)
+
+
+_SPEC_FIELDS = frozenset(cpb.TaskSpec.DESCRIPTOR.fields_by_name)  # a record's spec's, named bare by the domain
 
 
 class _NoHandoff(_Refusal):

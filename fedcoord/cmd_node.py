@@ -1,0 +1,124 @@
+"""``fedcoord node``: run one node as a network service (gRPC, health, reflection, metrics)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from node.errors import FedcoordError
+
+__all__ = ["NODE_HELP", "node"]
+
+NODE_HELP = """Run a node: the task manager served over gRPC, with health checking, reflection and a
+Prometheus /metrics endpoint, on an embedded Redis unless --redis-url names one.
+
+Settings come from a TOML file (--config, or $FEDCOORD_CONFIG; see deploy/node.example.toml for
+every key), then FEDCOORD_* environment variables (FEDCOORD_LISTEN, FEDCOORD_HANDOFF__BATCH=500),
+then these options. TLS is the default: give --tls-cert and --tls-key (and --tls-ca with
+--mtls to require client certificates; `fedcoord certs` makes them). Plaintext only on a
+loopback address with --insecure. Tokens (--tokens FILE, written by `fedcoord certs`) are
+checked on every call: clients, workers and peers each have their own.
+
+SIGTERM or Ctrl-C drains: new work is refused, calls in flight finish, the last changes are
+written, the node's lock is let go, exit 0.
+
+Example (one node on this machine, plaintext):
+
+  fedcoord node --node-id n1 --listen 127.0.0.1:50051 --insecure
+"""
+
+
+def node(
+    *,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file.")] = None,
+    node_id: Annotated[str | None, typer.Option("--node-id", help="This node's id (required somewhere).")] = None,
+    listen: Annotated[str | None, typer.Option(help="gRPC address host:port [default: 127.0.0.1:50051].")] = None,
+    metrics_listen: Annotated[
+        str | None, typer.Option(help="Prometheus address host:port, '' for none [default: 127.0.0.1:9464].")
+    ] = None,
+    redis_url: Annotated[str | None, typer.Option(help="Redis to keep tasks in [default: an embedded one].")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Embedded Redis data [default: ./data/NODE_ID].")] = None,
+    peer: Annotated[
+        list[str] | None, typer.Option(help="A hand-off peer, ID=HOST:PORT (repeat for more).", show_default=False)
+    ] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="This node's certificate (PEM).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Its private key (PEM).")] = None,
+    tls_ca: Annotated[Path | None, typer.Option(help="CA of clients' certificates and of peers'.")] = None,
+    mtls: Annotated[bool | None, typer.Option("--mtls", help="Require client certificates.")] = None,
+    tokens: Annotated[Path | None, typer.Option(help="tokens.toml with a [tokens] table.")] = None,
+    peer_token: Annotated[
+        str | None, typer.Option(help="Token sent to peers (env FEDCOORD_PEER_TOKEN).", show_default=False)
+    ] = None,
+    insecure: Annotated[bool | None, typer.Option("--insecure", help="Plaintext (loopback addresses only).")] = None,
+    log_format: Annotated[str | None, typer.Option(help="text or json.")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+    print_config: Annotated[bool, typer.Option("--print-config", help="Print the settings and exit.")] = False,
+) -> None:
+    from node.rpc.config import ConfigError, dump_toml, load_config  # noqa: PLC0415 (keep --help fast)
+    from node.rpc.logs import setup_logging  # noqa: PLC0415
+    from node.rpc.transport import parse_peers  # noqa: PLC0415
+
+    overrides: dict[str, object] = {
+        "node_id": node_id,
+        "listen": listen,
+        "metrics_listen": metrics_listen,
+        "redis_url": redis_url,
+        "data_dir": data_dir,
+        "tokens_file": tokens,
+        "peer_token": peer_token,
+        "insecure": insecure,
+        "log_format": log_format,
+        "log_level": log_level,
+        "tls": {"cert_file": tls_cert, "key_file": tls_key, "ca_file": tls_ca, "require_client_cert": mtls},
+    }
+    try:
+        if peer:
+            overrides["peers"] = parse_peers(peer)
+        if tls_ca is not None and peer is not None:
+            overrides["peer_ca_file"] = tls_ca
+        cfg = load_config(config, overrides=overrides)
+        from node.rpc.serve import server_options  # noqa: PLC0415
+
+        server_options(cfg)  # TLS files readable, plaintext allowed, tokens valid: before anything starts
+    except (ConfigError, FedcoordError, OSError) as e:
+        typer.echo(f"fedcoord node: {e}", err=True)
+        raise typer.Exit(2) from None
+    if print_config:
+        typer.echo(dump_toml(cfg))
+        return
+    setup_logging(cfg.log_format, cfg.log_level, fields={"node_id": cfg.node_id})
+    try:
+        asyncio.run(_run(cfg))
+    except FedcoordError as e:
+        typer.echo(f"fedcoord node: {e}", err=True)
+        raise typer.Exit(1) from None
+    except OSError as e:
+        typer.echo(f"fedcoord node: {e}", err=True)
+        raise typer.Exit(1) from None
+
+
+async def _run(cfg: object) -> None:
+    from node.rpc.serve import Serving, serve  # noqa: PLC0415
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    def ready(s: Serving) -> None:
+        # one line on stdout that scripts (and tests) can wait for
+        print(f"serving {s.config.node_id} on {s.address} metrics {s.metrics_url or '-'}", flush=True)
+
+    try:
+        await serve(cfg, stop, on_ready=ready)  # type: ignore[arg-type]
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+    sys.stdout.flush()

@@ -1,0 +1,176 @@
+"""``fedcoord node`` as a process: it serves, answers health checks, exposes metrics, refuses
+unsafe or wrong settings, checks TLS and tokens, and drains on SIGTERM with exit code 0."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from node.rpc.auth import Tokens, bearer_metadata, channel_credentials
+from node.rpc.certs import make_cluster
+from protos.fedcoord.v1 import common_pb2 as cpb
+from protos.fedcoord.v1 import node_pb2 as npb
+from protos.fedcoord.v1 import node_pb2_grpc
+from tests.conftest import free_port
+
+FEDCOORD = [sys.executable, "-m", "fedcoord"]
+
+
+class NodeProc:
+    def __init__(self, args: list[str], cwd: Path):
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.log = cwd / f"node-{os.urandom(4).hex()}.log"  # a file, not a pipe: a full pipe would block the node
+        with self.log.open("w") as err:
+            self.proc = subprocess.Popen(
+                [*FEDCOORD, "node", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=err, text=True, env=env
+            )
+        self.line = ""
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def wait_serving(self, timeout_s: float = 30.0) -> tuple[str, str]:
+        """The address and metrics URL from the node's one line on stdout."""
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # blocks until the node is up (or dies: then EOF)
+        if not line.startswith("serving "):
+            self.proc.kill()
+            raise AssertionError(f"node did not start: {line!r} {self.log.read_text()}")
+        self.line = line
+        _, _, _, address, _, metrics = line.split()
+        return address, metrics
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout_s)
+
+
+@pytest.fixture
+def started(tmp_path: Path) -> Iterator[list[NodeProc]]:
+    procs: list[NodeProc] = []
+    yield procs
+    for p in procs:
+        p.close()
+
+
+def test_node_serves_plaintext_on_loopback_and_drains_on_sigterm(
+    tmp_path: Path, redis_url: str, started: list[NodeProc]
+) -> None:
+    port = free_port()
+    args = ["--node-id", "cn1", "--listen", f"127.0.0.1:{port}", "--metrics-listen", "127.0.0.1:0", "--insecure"]
+    p = NodeProc([*args, "--redis-url", redis_url], tmp_path)
+    started.append(p)
+    address, metrics_url = p.wait_serving()
+    assert address == f"127.0.0.1:{port}"
+    with grpc.insecure_channel(address) as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        assert health.Check(health_pb2.HealthCheckRequest(service="fedcoord.v1.NodeService")).status == 1
+        stub = node_pb2_grpc.NodeServiceStub(ch)
+        ids = stub.Submit(npb.SubmitRequest(tasks=[cpb.TaskSpec(type="t", priority=cpb.PRIORITY_HIGH)] * 3)).task_ids
+        assert len(ids) == 3
+        body = ""
+        for _ in range(200):  # the gauges refresh every second: wait for the submit to show
+            body = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+            if 'fedcoord_queue_depth{priority="high"} 3.0' in body:
+                break
+            stub.Stats(npb.StatsRequest(), timeout=1)  # a round trip, not a sleep
+        assert 'fedcoord_queue_depth{priority="high"} 3.0' in body
+        assert "fedcoord_rpc_duration_seconds_bucket" in body and "fedcoord_commit_duration_seconds" in body
+    assert p.stop() == 0
+    # drained: the lock is let go at once, so the next process serves the same node id right away
+    p2 = NodeProc([*args, "--redis-url", redis_url], tmp_path)
+    started.append(p2)
+    address, _ = p2.wait_serving()
+    with grpc.insecure_channel(address) as ch:
+        stub = node_pb2_grpc.NodeServiceStub(ch)
+        assert stub.GetTask(npb.TaskRef(task_id=ids[0])).status == cpb.TASK_STATUS_QUEUED
+    assert p2.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--listen", "0.0.0.0:0", "--insecure"], "loopback"),
+        (["--listen", "127.0.0.1:0"], "TLS"),
+        (["--listen", "127.0.0.1:0", "--insecure", "--log-format", "xml"], "log_format"),
+    ],
+)
+def test_unsafe_or_bad_settings_are_refused_before_serving(
+    tmp_path: Path, redis_url: str, args: list[str], message: str
+) -> None:
+    r = subprocess.run(
+        [*FEDCOORD, "node", "--node-id", "bad", "--redis-url", redis_url, "--metrics-listen", "", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_tls_and_tokens_with_roles(tmp_path: Path, redis_url: str, started: list[NodeProc]) -> None:
+    files = make_cluster(tmp_path / "certs", ["node1", "client1"])
+    assert files.tokens is not None
+    tokens = Tokens.load(files.tokens)
+    node_cert = files.certs["node1"]
+    args = [
+        "--node-id",
+        "tn1",
+        "--listen",
+        f"127.0.0.1:{free_port()}",
+        "--metrics-listen",
+        "",
+        "--redis-url",
+        redis_url,
+        "--tls-cert",
+        str(node_cert.cert),
+        "--tls-key",
+        str(node_cert.key),
+        "--tls-ca",
+        str(files.ca.cert),
+        "--mtls",
+        "--tokens",
+        str(files.tokens),
+    ]
+    p = NodeProc(args, tmp_path)
+    started.append(p)
+    address, _ = p.wait_serving()
+    client = files.certs["client1"]
+    creds = channel_credentials(str(files.ca.cert), str(client.cert), str(client.key))
+    submit = npb.SubmitRequest(tasks=[cpb.TaskSpec(type="t")])
+    with grpc.secure_channel(address, creds) as ch:
+        stub = node_pb2_grpc.NodeServiceStub(ch)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Submit(submit)
+        assert e.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Submit(submit, metadata=bearer_metadata(tokens.worker[0]))
+        assert e.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        (tid,) = stub.Submit(submit, metadata=bearer_metadata(tokens.client[0])).task_ids
+        assert stub.GetTask(npb.TaskRef(task_id=tid), metadata=bearer_metadata(tokens.client[0])).id == tid
+    # no client certificate: mutual TLS refuses the connection
+    with grpc.secure_channel(address, channel_credentials(str(files.ca.cert))) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            node_pb2_grpc.NodeServiceStub(ch).Submit(submit, metadata=bearer_metadata(tokens.client[0]), timeout=5)
+        assert e.value.code() is grpc.StatusCode.UNAVAILABLE
+    # plaintext to a TLS port gets nowhere
+    with grpc.insecure_channel(address) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            node_pb2_grpc.NodeServiceStub(ch).Submit(submit, metadata=bearer_metadata(tokens.client[0]), timeout=5)
+        assert e.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert p.stop() == 0
