@@ -13,6 +13,10 @@ subclasses say what went wrong so a caller (and later the gRPC layer) can map th
 * :class:`OverloadedError` - the node holds as much as it may take (``RESOURCE_EXHAUSTED``)
 * :class:`WaitTimeoutError` - a wait ran out of time (also a :class:`TimeoutError`)
 * :class:`EmbeddedRedisError` - the embedded redis-server could not be found or started
+* :class:`NodeUnavailableError` - a client could not reach the node, or the node is closing
+  or has lost its store (``UNAVAILABLE``)
+* :class:`NotAuthorizedError` - the node refused the caller's credentials: no token, an unknown
+  token, or one without the role the call needs (``UNAUTHENTICATED``, ``PERMISSION_DENIED``)
 * :class:`HandoffError` - hand-off between nodes: :class:`PeerUnavailableError` (no answer:
   the outcome is unknown, the node asks again later), :class:`HandoffProtocolError` (a peer
   answered for a task it was never offered, or broke the protocol otherwise)
@@ -35,6 +39,8 @@ __all__ = [
     "InvariantError",
     "NodeClosedError",
     "NodeOwnedError",
+    "NodeUnavailableError",
+    "NotAuthorizedError",
     "NotFoundError",
     "OverloadedError",
     "PeerUnavailableError",
@@ -171,6 +177,17 @@ class OverloadedError(FedcoordError):
 
 class WaitTimeoutError(FedcoordError, TimeoutError):
     """A wait ran out of time; what it waited for may still happen later."""
+
+
+class NodeUnavailableError(FedcoordError):
+    """A client could not reach the node, or the node answered that it cannot serve now (closing,
+    draining, store down; over gRPC: ``UNAVAILABLE``). Retry later or go to another node. When the
+    connection broke during a call, whether the node applied it is unknown."""
+
+
+class NotAuthorizedError(FedcoordError):
+    """The node refused the caller: no bearer token, an unknown one, or one without the role the
+    call needs (over gRPC: ``UNAUTHENTICATED`` or ``PERMISSION_DENIED``)."""
 
 
 class InvariantError(FedcoordError, AssertionError):

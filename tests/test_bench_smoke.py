@@ -29,8 +29,10 @@ CASES = {
     "memory": ["--tasks", "5000", "--lifecycles", "20000", "--sample-every", "5000", "--durable"],
     "recovery": ["--tasks", "5000"],
     "handoff": ["--tasks", "3000", "--batch", "500"],
+    "handoff_grpc": ["--tasks", "3000", "--batch", "500", "--latency-rounds", "50"],
     "summary": ["--finished", "3000", "--queued", "1000", "--leased", "100", "--calls", "1000", "--builds", "10"],
     "recovery --embedded": ["--tasks", "3000", "--embedded", "--fill", "node"],
+    "submit": ["--tasks", "3000", "--max-pending", "500"],
 }
 
 
@@ -77,6 +79,15 @@ def test_core_benchmark_reports_every_variant_and_targets_the_plain_lifecycle(tm
         assert v["lifecycles_per_run"] == 3000
         assert v["median_lifecycles_per_s"] > 0
     assert [t["metric"] for t in data["targets"]] == ["uniform/events-off median lifecycles/s"]
+
+
+def test_submit_benchmark_runs_the_node_in_its_own_process_and_counts_every_acknowledgement(tmp_path: Path) -> None:
+    data = run_bench("submit", ["--tasks", "2000", "--max-batch", "300", "--inflight", "2"], tmp_path)
+    assert data["node_process"]["pid"] != data["environment"]["pid"]
+    assert data["node_process"]["redis"]["appendfsync"] == "everysec"  # embedded Redis with its AOF
+    assert data["node"]["active_by_status"]["queued"] == 2000 + 10  # the 10 of the warm-up included
+    assert data["tasks_per_s"] > 0
+    assert [t["metric"] for t in data["targets"]] == ["submit_one tasks/s acknowledged"]
 
 
 def test_a_bad_benchmark_parameter_is_refused_with_its_name(tmp_path: Path) -> None:

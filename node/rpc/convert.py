@@ -8,6 +8,7 @@ callers. Encoding is straightforward. Errors map to gRPC status codes in :func:`
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
@@ -47,11 +48,14 @@ from protos.fedcoord.v1 import handoff_pb2 as hpb
 from protos.fedcoord.v1 import node_pb2 as npb
 
 __all__ = [
+    "RemoteStats",
     "event_from_pb",
     "event_to_pb",
+    "heartbeat_from_pb",
     "heartbeat_to_pb",
     "lease_from_pb",
     "lease_ref",
+    "lease_ref_to_pb",
     "lease_to_pb",
     "load_from_pb",
     "load_to_pb",
@@ -68,6 +72,7 @@ __all__ = [
     "report_to_pb",
     "spec_from_pb",
     "spec_to_pb",
+    "stats_from_pb",
     "stats_to_pb",
     "status_from_pb",
     "status_of",
@@ -132,13 +137,14 @@ def _i32(value: int, field: str) -> int:
 # ---------------------------------------------------------------------------------- tasks
 
 
-def spec_from_pb(m: cpb.TaskSpec) -> TaskSpec:
-    """A caller's spec as the domain takes it (the node validates it further)."""
+def spec_from_pb(m: cpb.TaskSpec, at: str = "") -> TaskSpec:
+    """A caller's spec as the domain takes it (the node validates it further). ``at`` is where
+    the spec is in the request (``records[3].spec.``), for the field an error names."""
     return TaskSpec(
         type=m.type,
         payload=m.payload,
         context=dict(m.context) if m.context else None,
-        priority=priority_from_pb(m.priority),
+        priority=priority_from_pb(m.priority, f"{at}priority"),
         difficulty=m.difficulty if m.HasField("difficulty") else 1,
         required_capabilities=tuple(m.required_capabilities),
         dependencies=tuple(m.dependencies),
@@ -250,6 +256,11 @@ def lease_ref(task_id: str, attempt: int, worker_id: str) -> Lease:
     return Lease(task_id, _i32(attempt, "lease.attempt"), worker_id, 0, _NO_SPEC)
 
 
+def lease_ref_to_pb(lease: Lease) -> cpb.LeaseRef:
+    """What names a lease on the wire (complete, fail, start): task id, attempt, worker."""
+    return cpb.LeaseRef(task_id=lease.task_id, attempt=lease.attempt, worker_id=lease.worker_id)
+
+
 def ref_from_pb(m: cpb.LeaseRef, field: str = "lease") -> Lease:
     if not m.task_id:
         raise ValidationError(f"{field}.task_id", "must not be empty")
@@ -321,6 +332,10 @@ def heartbeat_to_pb(r: HeartbeatReply, worker_id: str) -> npb.HeartbeatReply:
     )
 
 
+def heartbeat_from_pb(m: npb.HeartbeatReply) -> HeartbeatReply:
+    return HeartbeatReply(healthy=m.healthy, revoked=tuple((r.task_id, r.attempt) for r in m.revoked))
+
+
 # ---------------------------------------------------------------------------------- events, stats
 
 
@@ -386,8 +401,6 @@ def stats_to_pb(
     report: PerformanceReport | None,
     history: bool,
 ) -> npb.StatsReply:
-    import dataclasses  # noqa: PLC0415
-
     doc = dataclasses.asdict(s)
     if not history:
         doc.pop("history", None)
@@ -405,6 +418,56 @@ def stats_to_pb(
     if report is not None:
         m.report_json = orjson.dumps(dataclasses.asdict(report), default=_json_default, option=orjson.OPT_NON_STR_KEYS)
     return m
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RemoteStats:
+    """A node's answer to ``Stats``, as a client gets it: the figures every caller reads typed, the
+    rest of the analytics (:class:`~node.analytics.NodeStats` as a JSON document: completion-time
+    quantiles, throughput, error rates, scaling advice, with ``history`` the per-minute rows) in
+    ``stats``, and the performance report (:class:`~node.analytics.PerformanceReport`) in
+    ``report`` when it was asked for."""
+
+    node_id: str
+    state: str
+    load: Load
+    threshold: float
+    active_by_status: dict[str, int]
+    totals: dict[str, int]
+    workers: list[WorkerInfo]
+    handoffs: dict[str, int]
+    stats: dict[str, Any]
+    report: dict[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types only."""
+        return {
+            "node_id": self.node_id,
+            "state": self.state,
+            "load": self.load._asdict(),
+            "threshold": self.threshold,
+            "active_by_status": dict(self.active_by_status),
+            "totals": dict(self.totals),
+            "workers": [{**dataclasses.asdict(w), "capabilities": list(w.capabilities)} for w in self.workers],
+            "handoffs": dict(self.handoffs),
+            "stats": self.stats,
+            "report": self.report,
+        }
+
+
+def stats_from_pb(m: npb.StatsReply) -> RemoteStats:
+    return RemoteStats(
+        node_id=m.node_id,
+        state=m.state,
+        load=load_from_pb(m.load),
+        threshold=m.threshold,
+        active_by_status=dict(m.active_by_status),
+        totals=dict(m.totals),
+        workers=[worker_info_from_pb(w) for w in m.workers],
+        handoffs=dict(m.handoffs),
+        stats=orjson.loads(m.stats_json) if m.stats_json else {},
+        report=orjson.loads(m.report_json) if m.report_json else None,
+    )
 
 
 # ---------------------------------------------------------------------------------- hand-off
@@ -470,7 +533,7 @@ def _record_to_pb(r: HandoffRecord) -> hpb.HandoffRecord:
 def _record_from_pb(m: hpb.HandoffRecord, n: int) -> HandoffRecord:
     return HandoffRecord(
         task_id=m.task_id,
-        spec=spec_from_pb(m.spec),
+        spec=spec_from_pb(m.spec, f"records[{n}].spec."),
         origin_node=m.origin_node,
         created_ns=m.created_ns,
         attempt=_i32(m.attempt, f"records[{n}].attempt"),
