@@ -138,6 +138,11 @@ class HandoffTransport(Protocol):
     async def task_status(self, peer: str, query: StatusQuery) -> StatusReply: ...
     async def report_result(self, peer: str, report: Report) -> ReportReply: ...
 
+    def peer_loads(self) -> Mapping[str, float]:
+        """The load ratio of peers as the transport last learned it (an offer reply carries it over
+        gRPC); empty when it knows none. The agent chooses peers by it while there is no federation view."""
+        ...
+
 
 Interceptor = Callable[[str, str, Any], Awaitable[None]]  # (operation, peer, message)
 
@@ -164,6 +169,9 @@ class MemoryTransport:
 
     def peers(self) -> list[str]:
         return sorted(self._endpoints)
+
+    def peer_loads(self) -> Mapping[str, float]:
+        return {}  # in one process, loads come from the federation view (or none: random choice)
 
     async def _call(self, op: str, peer: str, msg: Any, fn: Callable[[HandoffEndpoint], Awaitable[Any]]) -> Any:
         self.calls[op] = self.calls.get(op, 0) + 1

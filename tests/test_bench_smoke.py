@@ -29,6 +29,7 @@ CASES = {
     "memory": ["--tasks", "5000", "--lifecycles", "20000", "--sample-every", "5000", "--durable"],
     "recovery": ["--tasks", "5000"],
     "handoff": ["--tasks", "3000", "--batch", "500"],
+    "handoff_grpc": ["--tasks", "3000", "--batch", "500", "--latency-rounds", "50"],
     "summary": ["--finished", "3000", "--queued", "1000", "--leased", "100", "--calls", "1000", "--builds", "10"],
     "recovery --embedded": ["--tasks", "3000", "--embedded", "--fill", "node"],
     "submit": ["--tasks", "3000", "--max-pending", "500"],

@@ -202,8 +202,9 @@ class HandoffAgent:
         n = node.admission.offload_count(core.load(), now) - len(self._offered) if max_tasks is None else max_tasks
         n = min(n, self.cfg.batch)
         if peer is None:
-            view = node.admission.view
-            peer = choose_peer(self.cfg.peers, view.peer_loads if view else {}, self._rng)
+            view = node.admission.view  # the federation's loads, else the ones the transport last heard
+            loads = view.peer_loads if view is not None and view.peer_loads else self.transport.peer_loads()
+            peer = choose_peer(self.cfg.peers, loads, self._rng)
         res.peer = peer
         if peer is None or n <= 0:
             res.reason = "no peer" if peer is None else "nothing to hand off"
