@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
@@ -33,7 +33,9 @@ from fedcoord.demo_view import fmt_s, scaling_text
 from node.core import ScalingAdvice
 from node.errors import FedcoordError, NodeUnavailableError, NotAuthorizedError, ValidationError
 from node.model import Priority, Task, TaskSpec, TaskStatus
-from node.rpc.client import DEFAULT_ADDRESS, NodeClient, RemoteStats
+
+if TYPE_CHECKING:
+    from node.rpc.client import NodeClient, RemoteStats
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TASKS_FAILED", "status", "submit"]
 
@@ -41,6 +43,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # the node could not be reached, refused the call, or the input was bad
 EXIT_TASKS_FAILED = 3  # --wait: a task failed or was cancelled
 EXIT_INTERRUPTED = 130
+DEFAULT_ADDRESS = "127.0.0.1:50051"  # as node.rpc.client (not imported here: gRPC loads when a command runs)
 CHUNK = 1000  # specs per Submit from --file (one progress step)
 _CONN = "Connection"
 
@@ -89,6 +92,8 @@ class Connection:
     insecure: bool
 
     def client(self) -> NodeClient:
+        from node.rpc.client import NodeClient  # noqa: PLC0415 - gRPC loads when a command runs
+
         return NodeClient(
             self.node,
             token=self.token,

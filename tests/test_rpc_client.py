@@ -657,6 +657,15 @@ def test_cli_status_shows_the_node_and_its_report(bg: BackgroundNode) -> None:
     assert doc["workers"][0]["id"] == "w-status" and "completion_s" in doc["stats"]
 
 
+def test_cli_defaults_to_the_clients_default_address_and_loads_grpc_only_when_it_runs() -> None:
+    from node.rpc.client import DEFAULT_ADDRESS  # noqa: PLC0415
+
+    assert cmd_client.DEFAULT_ADDRESS == DEFAULT_ADDRESS
+    code = "import sys, fedcoord.cmd_client; print('grpc' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
 def test_cli_errors_are_one_line_without_a_traceback(bg: BackgroundNode) -> None:
     r = fedcoord("status", "--node", f"127.0.0.1:{free_port()}", "--insecure")
     assert r.exit_code == 1
