@@ -217,9 +217,14 @@ def _setup_logging(verbose: int) -> None:
 def _register_services() -> None:
     """The service commands live in their own modules (they import gRPC only when they run)."""
     from fedcoord.cmd_certs import certs  # noqa: PLC0415
+    from fedcoord.cmd_client import status, submit  # noqa: PLC0415
     from fedcoord.cmd_node import NODE_HELP, node  # noqa: PLC0415
+    from fedcoord.cmd_worker import worker  # noqa: PLC0415
 
     app.command("node", help=NODE_HELP)(node)
+    app.command("worker")(worker)
+    app.command("submit")(submit)
+    app.command("status")(status)
     app.command("certs")(certs)
 
 
