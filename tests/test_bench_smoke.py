@@ -33,6 +33,7 @@ CASES = {
     "summary": ["--finished", "3000", "--queued", "1000", "--leased", "100", "--calls", "1000", "--builds", "10"],
     "recovery --embedded": ["--tasks", "3000", "--embedded", "--fill", "node"],
     "submit": ["--tasks", "3000", "--max-pending", "500"],
+    "e2e": ["--tasks", "2000", "--concurrency", "32"],
 }
 
 
