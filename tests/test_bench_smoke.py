@@ -34,6 +34,7 @@ CASES = {
     "recovery --embedded": ["--tasks", "3000", "--embedded", "--fill", "node"],
     "submit": ["--tasks", "3000", "--max-pending", "500"],
     "e2e": ["--tasks", "2000", "--concurrency", "32"],
+    "claim_grpc": ["--tasks", "200", "--warmup", "20"],
 }
 
 
