@@ -99,6 +99,7 @@ class Peer:
         self.log = self.dir / f"{B}.log"
         args = ["--node-id", B, "--redis-url", redis_url, "--listen", "127.0.0.1:0", "--insecure"]
         args += ["--peer", f"{A}={origin_address}", "--control-dir", str(self.dir), "--slots", str(slots)]
+        args += ["--tick-s", "0.25"]  # a node's default timers (the runner's default is the tests' fast ones)
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "tests.node_proc", *args],

@@ -64,6 +64,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=2, help="offloads in flight at once")
     p.add_argument("--retry-max-s", type=float, default=0.5)
+    p.add_argument("--tick-s", type=float, default=0.02, help="timeouts and retries fire at most this late")
     p.add_argument("--timeout-s", type=float, default=5.0)
     p.add_argument("--offer-timeout-s", type=float, default=2.0)
     p.add_argument("--workers", type=int, default=0, help="slots of an in-process worker that runs tasks")
@@ -84,8 +85,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def config(args: argparse.Namespace, peers: tuple[str, ...]) -> NodeConfig:
     return NodeConfig(
-        tick_max_s=0.02,
-        listener_check_s=0.05,
+        tick_max_s=args.tick_s,
+        listener_check_s=max(0.05, args.tick_s),
         admission=AdmissionConfig(threshold=args.threshold, margin=0.0),
         handoff=HandoffConfig(
             peers=peers,
