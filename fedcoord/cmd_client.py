@@ -79,6 +79,16 @@ InsecureOption = Annotated[
     bool,
     typer.Option("--insecure", rich_help_panel=_CONN, help="Plaintext, no TLS: only to a loopback address."),
 ]
+ConnectTimeoutOption = Annotated[
+    float,
+    typer.Option(
+        "--connect-timeout",
+        envvar="FEDCOORD_CONNECT_TIMEOUT",
+        min=0.0,
+        rich_help_panel=_CONN,
+        help="Seconds to wait for the node to answer (one that is starting up may not listen yet).",
+    ),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of text.")]
 
 
@@ -90,11 +100,12 @@ class Connection:
     cert: Path | None
     key: Path | None
     insecure: bool
+    connect_timeout_s: float = 10.0
 
     def client(self) -> NodeClient:
         from node.rpc.client import NodeClient  # noqa: PLC0415 - gRPC loads when a command runs
 
-        return NodeClient(
+        client = NodeClient(
             self.node,
             token=self.token,
             ca_file=self.ca,
@@ -102,6 +113,13 @@ class Connection:
             key_file=self.key,
             insecure=self.insecure,
         )
+        if self.connect_timeout_s > 0:
+            try:
+                client.wait_ready(self.connect_timeout_s)
+            except BaseException:
+                client.close()
+                raise
+        return client
 
     def hint(self) -> str:
         if not self.insecure and self.ca is None:
@@ -118,6 +136,7 @@ _CONNECTION = [
         ("cert", CertOption, None),
         ("key", KeyOption, None),
         ("insecure", InsecureOption, False),
+        ("connect_timeout_s", ConnectTimeoutOption, 10.0),
     )
 ]
 

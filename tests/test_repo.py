@@ -46,6 +46,7 @@ README_OUTPUT = [
 @pytest.mark.parametrize("n", range(len(README_OUTPUT)))
 def test_readme_python_examples_run(n: int, tmp_path: Path) -> None:
     examples = re.findall(r"```python\n(.*?)\n```", (ROOT / "README.md").read_text(), re.S)
+    examples = [e for e in examples if "NodeClient(" not in e]  # needs a node: tests/test_readme_services.py
     assert len(examples) == len(README_OUTPUT)
     script = tmp_path / "example.py"
     script.write_text(examples[n])

@@ -24,6 +24,7 @@ from node.rpc.config import (
     load_config,
     parse_address,
 )
+from node.runtime.handoff import HandoffConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "deploy" / "node.example.toml"
@@ -72,7 +73,7 @@ threshold = 0.6
     assert nc.handoff.concurrency == 3
     assert nc.admission.threshold == 0.6
     assert nc.admission.margin == 0.3
-    assert nc.handoff.check_s == 1.0  # untouched: the default
+    assert nc.handoff.check_s == HandoffConfig().check_s  # untouched: the default
     assert cfg.redis_url is None
     assert cfg.data_dir == Path("data") / "n1"
 

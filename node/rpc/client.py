@@ -935,6 +935,15 @@ class NodeClient(_ClientBase):
                 self._thread.start()
             return self._calls
 
+    def wait_ready(self, timeout_s: float) -> None:
+        """Wait until the channel is connected (a node just started may not listen yet);
+        :class:`~node.errors.NodeUnavailableError` after ``timeout_s``."""
+        self._connect()
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
+        except grpc.FutureTimeoutError:
+            raise NodeUnavailableError(f"no connection to {self.address} within {timeout_s:g} s") from None
+
     def close(self) -> None:
         """Send what is queued, wait for its answers, stop the flusher, close the channel."""
         with self._lock:
