@@ -20,7 +20,7 @@ from node.rpc.certs import make_cluster
 from protos.fedcoord.v1 import common_pb2 as cpb
 from protos.fedcoord.v1 import node_pb2 as npb
 from protos.fedcoord.v1 import node_pb2_grpc
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 
 FEDCOORD = [sys.executable, "-m", "fedcoord"]
 
@@ -81,13 +81,12 @@ def test_node_serves_plaintext_on_loopback_and_drains_on_sigterm(
         stub = node_pb2_grpc.NodeServiceStub(ch)
         ids = stub.Submit(npb.SubmitRequest(tasks=[cpb.TaskSpec(type="t", priority=cpb.PRIORITY_HIGH)] * 3)).task_ids
         assert len(ids) == 3
-        body = ""
-        for _ in range(200):  # the gauges refresh every second: wait for the submit to show
+
+        def scrape() -> str | None:
             body = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
-            if 'fedcoord_queue_depth{priority="high"} 3.0' in body:
-                break
-            stub.Stats(npb.StatsRequest(), timeout=1)  # a round trip, not a sleep
-        assert 'fedcoord_queue_depth{priority="high"} 3.0' in body
+            return body if 'fedcoord_queue_depth{priority="high"} 3.0' in body else None
+
+        body = wait_until(scrape, timeout_s=15, what="the gauges to show the submit (refreshed every second)")
         assert "fedcoord_rpc_duration_seconds_bucket" in body and "fedcoord_commit_duration_seconds" in body
     assert p.stop() == 0
     # drained: the lock is let go at once, so the next process serves the same node id right away
