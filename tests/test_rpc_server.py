@@ -222,3 +222,45 @@ def test_active_task_limit_gives_resource_exhausted(redis_url: str) -> None:
             await stub.Submit(npb.SubmitRequest(tasks=specs(2)))  # up to the limit is fine
 
     run(go())
+
+
+def test_an_old_stream_ending_leaves_the_workers_new_registration_alone(redis_url: str) -> None:
+    async def go() -> None:
+        async with served(redis_url) as (_server, ch):
+            stub = node_pb2_grpc.NodeServiceStub(ch)
+            old = stub.Work()
+            await old.write(npb.WorkerMessage(hello=npb.WorkerSpec(id="w9")))
+            assert (await old.read()).registered.id == "w9"
+            new = stub.Work()  # the worker came back on a new stream before the old one ended
+            await new.write(npb.WorkerMessage(hello=npb.WorkerSpec(id="w9"), credit=1))
+            assert (await new.read()).registered.id == "w9"
+            await old.done_writing()
+            assert await stream_code(old) is grpc.StatusCode.OK
+            (tid,) = (await stub.Submit(npb.SubmitRequest(tasks=specs(1)))).task_ids
+            m = await new.read()
+            assert [x.task_id for x in m.leases] == [tid]  # the new registration still serves
+            assert [w.id for w in (await stub.Stats(npb.StatsRequest())).workers] == ["w9"]
+            new.cancel()
+
+    run(go())
+
+
+def test_drain_ends_worker_streams_once_their_leases_are_reported(redis_url: str) -> None:
+    async def go() -> None:
+        async with served(redis_url) as (server, ch):
+            stub = node_pb2_grpc.NodeServiceStub(ch)
+            (tid,) = (await stub.Submit(npb.SubmitRequest(tasks=specs(1)))).task_ids
+            call = stub.Work()
+            await call.write(npb.WorkerMessage(hello=npb.WorkerSpec(id="wd", concurrency=2), credit=2))
+            lease = None
+            while lease is None:
+                m = await call.read()
+                lease = m.leases[0] if m.leases else None
+            server.servicer.start_draining()
+            # the stream stays open while the worker holds a lease; its result is still taken
+            await call.write(npb.WorkerMessage(completions=[npb.Completion(task_id=tid, attempt=lease.attempt)]))
+            assert await stream_code(call) is grpc.StatusCode.OK  # then it ends
+            t = await server.node.get(tid)
+            assert t.status is TaskStatus.COMPLETED and t.attempt == 1  # nothing went back in line
+
+    run(go())

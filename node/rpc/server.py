@@ -108,7 +108,7 @@ class NodeServer:
     async def drain(self, grace_s: float = 30.0) -> None:
         """Stop taking work, let calls in flight finish (up to ``grace_s``), stop serving. The
         node itself stays open: close it after (that finishes the flush and lets go of the lock)."""
-        self.servicer.draining = True
+        self.servicer.start_draining()
         for name in (*SERVICE_NAMES, ""):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._server is not None:

@@ -80,6 +80,14 @@ class NodeServicer(npb_grpc.NodeServiceServicer):
         self._inflight_bytes = 0
         self._inflight_submits = 0
         self.streams = 0  # worker streams attached
+        self.sessions: set[_WorkerSession] = set()
+
+    def start_draining(self) -> None:
+        """Take no new work: submits and new streams are refused, streams get no new leases and
+        end once their worker has reported on what it holds."""
+        self.draining = True
+        for session in list(self.sessions):
+            session.wake()
 
     # ------------------------------------------------------------------ clients
 
@@ -256,7 +264,8 @@ class NodeServicer(npb_grpc.NodeServiceServicer):
                 raise _in_worker_spec(e, "hello.") from None
         except (FedcoordError, _Refusal) as e:
             await _abort(context, e)
-        session = _WorkerSession(self, info.id)
+        session = _WorkerSession(self, info.id, info.registered_ns)
+        self.sessions.add(session)
         self.streams += 1
         try:
             yield npb.NodeMessage(registered=cv.worker_info_to_pb(info))
@@ -320,16 +329,34 @@ class _WorkerSession:
     for work when there is none), and the caller's loop writes out what both produced, merged
     into one message when several are waiting."""
 
-    def __init__(self, servicer: NodeServicer, worker_id: str):
+    def __init__(self, servicer: NodeServicer, worker_id: str, registered_ns: int):
         self.servicer = servicer
         self.node = servicer.node
         self.worker_id = worker_id
+        self.registered_ns = registered_ns  # this session's incarnation of the worker
         self.credit = 0
+        self.outstanding: set[tuple[str, int]] = set()  # leases sent, not reported on or revoked yet
         self._credit_changed = asyncio.Event()
-        self._out: asyncio.Queue[npb.NodeMessage | None] = asyncio.Queue()
+        # (message, about how many bytes): merged into one message up to _MERGE_BYTES
+        self._out: asyncio.Queue[tuple[npb.NodeMessage, int] | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self.error: BaseException | None = None
         self._closed = False
+
+    def wake(self) -> None:
+        """Look again at credit and draining (the node started draining)."""
+        self._credit_changed.set()
+
+    def _send(self, msg: npb.NodeMessage, n_bytes: int = 64) -> None:
+        self._out.put_nowait((msg, n_bytes))
+
+    def _drained(self) -> bool:
+        """While the node drains, the stream ends once the worker has reported on every lease it
+        holds (or they were revoked): then nothing goes back in line when the session closes."""
+        if self.servicer.draining and not self.outstanding:
+            self._out.put_nowait(None)
+            return True
+        return False
 
     async def run(
         self, first: npb.WorkerMessage, request_iterator: AsyncIterator[npb.WorkerMessage]
@@ -345,15 +372,17 @@ class _WorkerSession:
         ]
         out = self._out
         while True:
-            msg = await out.get()
-            if msg is None:
+            item = await out.get()
+            if item is None:
                 return
-            while not out.empty():  # merge what piled up into one message
+            msg, size = item
+            while not out.empty() and size < _MERGE_BYTES:  # merge what piled up into one message
                 more = out.get_nowait()
                 if more is None:
                     yield msg
                     return
-                msg.MergeFrom(more)
+                msg.MergeFrom(more[0])
+                size += more[1]
             yield msg
 
     async def _read(self, request_iterator: AsyncIterator[npb.WorkerMessage]) -> None:
@@ -387,6 +416,10 @@ class _WorkerSession:
             started = [cv.lease_ref(s.task_id, s.attempt, wid) for s in msg.started]
             refused = await self.node.finish_many(completed, failed, started)
             bad = {(x.task_id, x.attempt) for x, _ in refused}
+            for x, *_ in completed:
+                self.outstanding.discard((x.task_id, x.attempt))
+            for x, *_ in failed:
+                self.outstanding.discard((x.task_id, x.attempt))
             reply = npb.NodeMessage(
                 acked=[
                     cpb.LeaseRef(task_id=x.task_id, attempt=x.attempt, worker_id=wid)
@@ -398,23 +431,40 @@ class _WorkerSession:
                     for x, e in refused
                 ],
             )
-            self._out.put_nowait(reply)
+            self._send(reply, 64 * (len(completed) + len(failed)))
         if msg.heartbeat:
             hb = await self.node.heartbeat(wid)
-            self._out.put_nowait(npb.NodeMessage(healthy=hb.healthy, revoked=cv.refs(hb.revoked, wid)))
+            self.outstanding.difference_update(hb.revoked)
+            self._send(npb.NodeMessage(healthy=hb.healthy, revoked=cv.refs(hb.revoked, wid)), 64 * len(hb.revoked))
+        if self.servicer.draining:
+            self._drained()
 
     async def _claim(self) -> None:
         node = self.node
         wait_s = self.servicer.limits.claim_wait_s
+        most = node.config.core.limits.max_batch  # what one claim may ask for (the credit may be more)
         try:
             while True:
                 while self.credit <= 0 or self.servicer.draining:
+                    if self.servicer.draining and self._drained():
+                        return
                     self._credit_changed.clear()
                     await self._credit_changed.wait()
-                leases = await node.claim(self.worker_id, self.credit, wait_s=wait_s)
+                leases = await node.claim(self.worker_id, min(self.credit, most), wait_s=wait_s)
                 if leases:
                     self.credit -= len(leases)
-                    self._out.put_nowait(npb.NodeMessage(leases=[cv.lease_to_pb(x) for x in leases]))
+                    self.outstanding.update((x.task_id, x.attempt) for x in leases)
+                    # lease messages of at most about _MERGE_BYTES each (payloads may be large)
+                    chunk: list[npb.Lease] = []
+                    size = 0
+                    for x in leases:
+                        chunk.append(cv.lease_to_pb(x))
+                        size += len(x.spec.payload) + 128
+                        if size >= _MERGE_BYTES:
+                            self._send(npb.NodeMessage(leases=chunk), size)
+                            chunk, size = [], 0
+                    if chunk:
+                        self._send(npb.NodeMessage(leases=chunk), size)
         except FedcoordError as e:
             self.error = e
             self._out.put_nowait(None)
@@ -429,9 +479,14 @@ class _WorkerSession:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         # The stream is the worker's session: when it ends, what the worker held goes back in
-        # line now (as a failed attempt) instead of waiting for missed heartbeats.
+        # line now (as a failed attempt) instead of waiting for missed heartbeats. Unless the
+        # worker registered again meanwhile (a new stream): that incarnation is not ours to end.
+        self.servicer.sessions.discard(self)
         with contextlib.suppress(FedcoordError):
-            await self.node.deregister_worker(self.worker_id)
+            await self.node.deregister_worker(self.worker_id, registered_ns=self.registered_ns)
+
+
+_MERGE_BYTES = 4 << 20  # node-to-worker messages are kept to about this size (the limit is 16 MiB)
 
 
 class HandoffServicer(hpb_grpc.HandoffServiceServicer):

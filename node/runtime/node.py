@@ -589,8 +589,14 @@ class LocalNode:
         await self._committer.commit()
         return info
 
-    async def deregister_worker(self, worker_id: str) -> None:
+    async def deregister_worker(self, worker_id: str, *, registered_ns: int | None = None) -> None:
+        """Remove a worker; what it holds goes back in line (a failed attempt). With
+        ``registered_ns``, only that incarnation of it (one registered again since stays)."""
         core = self._check()
+        if registered_ns is not None:
+            w = core.workers.get(worker_id)
+            if w is None or w.registered_ns != registered_ns:
+                return
         core.deregister_worker(worker_id, self._now())
         self._claims.forget(worker_id)
         await self._committer.commit()
