@@ -3,9 +3,9 @@ process on its own embedded Redis (append-only file, fsync every second).
 
 Two measurements, each ``--tasks`` long after ``--warmup`` untimed ones:
 
-* **unary**: the queue is filled first; a worker then calls ``Claim(max_tasks=1)`` 1,000 times a
-  second (paced), timed from the call to the lease in hand (the lease is durable on the node
-  before it is sent); each lease is completed in the background.
+* **unary**: the queue is filled first; a worker on the synchronous ``NodeClient`` then calls
+  ``Claim(max_tasks=1)`` 1,000 times a second (paced), timed from the call to the lease in hand
+  (the lease is durable on the node before it is sent); each lease is completed from a thread.
 * **stream**: a worker holds a ``Work`` stream with credit; a producer submits one task at a time,
   1,000 a second; timed from the submit's acknowledgment (the task is durable and ready) to the
   lease arriving on the stream. This is what a waiting worker sees.
@@ -20,13 +20,14 @@ import asyncio
 import contextlib
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
 from bench._common import Result, check, install_signal_handlers, make_temp_dir, percentile, positive_int
 from bench.e2e import _free_port, process
 from node import TaskSpec, WorkerSpec
-from node.rpc.client import AsyncNodeClient
+from node.rpc.client import AsyncNodeClient, NodeClient
 from protos.fedcoord.v1 import node_pb2 as npb
 from protos.fedcoord.v1 import node_pb2_grpc
 
@@ -44,26 +45,26 @@ def _summary(ms: list[float]) -> dict[str, float]:
     }
 
 
-async def unary(address: str, n: int, warmup: int, rate: float) -> list[float]:
-    async with AsyncNodeClient(address, insecure=True) as client:
-        await client.submit([TaskSpec("bench.claim") for _ in range(n + warmup)])
-        await client.register_worker(WorkerSpec("wu", concurrency=10_000))
+def unary(address: str, n: int, warmup: int, rate: float) -> list[float]:
+    """A simple worker's loop on the synchronous client (each lease completed from a thread)."""
+    with NodeClient(address, insecure=True) as client, ThreadPoolExecutor(2) as pool:
+        client.submit([TaskSpec("bench.claim") for _ in range(n + warmup)])
+        client.register_worker(WorkerSpec("wu", concurrency=10_000))
         gap = 1.0 / rate
         out: list[float] = []
-        pending: set[asyncio.Task[None]] = set()
+        done = []
         t0 = time.perf_counter()
         for i in range(n + warmup):
             wait = t0 + i * gap - time.perf_counter()
             if wait > 0:
-                await asyncio.sleep(wait)
+                time.sleep(wait)
             start = time.perf_counter()
-            (lease,) = await client.claim("wu", 1)
+            (lease,) = client.claim("wu", 1)
             if i >= warmup:
                 out.append((time.perf_counter() - start) * 1e3)
-            task = asyncio.create_task(client.complete(lease))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-        await asyncio.gather(*pending)
+            done.append(pool.submit(client.complete, lease))
+        for f in done:
+            f.result()
         return out
 
 
@@ -115,7 +116,7 @@ def run(args: argparse.Namespace, res: Result) -> None:
         assert node.stdout is not None
         if not node.stdout.readline().startswith("serving"):
             raise RuntimeError(f"the node did not start: {(tmp / 'node.log').read_text()[-2000:]}")
-        u = asyncio.run(unary(address, args.tasks, args.warmup, args.rate))
+        u = unary(address, args.tasks, args.warmup, args.rate)
         s = asyncio.run(stream(address, args.tasks, args.warmup, args.rate))
     check(res.errors, len(u) == args.tasks, f"{len(u)} unary claims timed of {args.tasks}")
     check(res.errors, len(s) == args.tasks, f"{len(s)} stream leases timed of {args.tasks}")
