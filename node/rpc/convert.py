@@ -137,13 +137,14 @@ def _i32(value: int, field: str) -> int:
 # ---------------------------------------------------------------------------------- tasks
 
 
-def spec_from_pb(m: cpb.TaskSpec) -> TaskSpec:
-    """A caller's spec as the domain takes it (the node validates it further)."""
+def spec_from_pb(m: cpb.TaskSpec, at: str = "") -> TaskSpec:
+    """A caller's spec as the domain takes it (the node validates it further). ``at`` is where
+    the spec is in the request (``records[3].spec.``), for the field an error names."""
     return TaskSpec(
         type=m.type,
         payload=m.payload,
         context=dict(m.context) if m.context else None,
-        priority=priority_from_pb(m.priority),
+        priority=priority_from_pb(m.priority, f"{at}priority"),
         difficulty=m.difficulty if m.HasField("difficulty") else 1,
         required_capabilities=tuple(m.required_capabilities),
         dependencies=tuple(m.dependencies),
@@ -532,7 +533,7 @@ def _record_to_pb(r: HandoffRecord) -> hpb.HandoffRecord:
 def _record_from_pb(m: hpb.HandoffRecord, n: int) -> HandoffRecord:
     return HandoffRecord(
         task_id=m.task_id,
-        spec=spec_from_pb(m.spec),
+        spec=spec_from_pb(m.spec, f"records[{n}].spec."),
         origin_node=m.origin_node,
         created_ns=m.created_ns,
         attempt=_i32(m.attempt, f"records[{n}].attempt"),

@@ -321,6 +321,16 @@ def _ref(m: cpb.LeaseRef) -> Lease:
     return cv.ref_from_pb(m)
 
 
+def _report_ref(m: npb.Completion | npb.Failure | cpb.LeaseRef, worker_id: str, invalid: list[Any]) -> Lease | None:
+    """The lease a worker stream reports on; one with bad input (a negative attempt) is refused
+    alone, as a stale one is (added to ``invalid``), instead of ending the stream."""
+    try:
+        return cv.lease_ref(m.task_id, m.attempt, worker_id)
+    except ValidationError as e:
+        invalid.append((cv.lease_ref(m.task_id, 0, worker_id)._replace(attempt=m.attempt), e))
+        return None
+
+
 class _WorkerSession:
     """One worker stream: credit in, leases out; results, starts and heartbeats in, acks out.
 
@@ -411,10 +421,11 @@ class _WorkerSession:
             self.credit += credit
             self._credit_changed.set()
         if msg.started or msg.completions or msg.failures:
-            completed = [(cv.lease_ref(c.task_id, c.attempt, wid), c.result) for c in msg.completions]
-            failed = [(cv.lease_ref(f.task_id, f.attempt, wid), f.error, not f.no_retry) for f in msg.failures]
-            started = [cv.lease_ref(s.task_id, s.attempt, wid) for s in msg.started]
-            refused = await self.node.finish_many(completed, failed, started)
+            invalid: list[tuple[Lease, FedcoordError]] = []
+            completed = [(x, c.result) for c in msg.completions if (x := _report_ref(c, wid, invalid))]
+            failed = [(x, f.error, not f.no_retry) for f in msg.failures if (x := _report_ref(f, wid, invalid))]
+            started = [x for s in msg.started if (x := _report_ref(s, wid, invalid))]
+            refused = [*invalid, *await self.node.finish_many(completed, failed, started)]
             bad = {(x.task_id, x.attempt) for x, _ in refused}
             for x, *_ in completed:
                 self.outstanding.discard((x.task_id, x.attempt))
