@@ -529,11 +529,6 @@ def undecodable(method: str) -> list[bytes]:
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gRPC answers a request it cannot parse with UNKNOWN before any servicer sees it "
-    "(the deserializers registered in node/rpc/server.py raise DecodeError)",
-)
 def test_undecodable_requests_are_invalid_arguments(served: Served) -> None:
     wrong = []
     for method in METHODS:
@@ -550,7 +545,7 @@ def test_undecodable_requests_leave_the_node_serving(served: Served) -> None:
         for data in undecodable(method):
             with pytest.raises(grpc.RpcError) as e:
                 served.raw[method](data, timeout=CALL_TIMEOUT_S)
-            assert e.value.code() in (INVALID, Code.UNKNOWN), f"{method}: {e.value.code().name} for {data!r}"
+            assert e.value.code() is INVALID, f"{method}: {e.value.code().name} for {data!r}"
     served.check_healthy()
 
 
@@ -588,29 +583,26 @@ def test_oversized_messages_are_refused_and_the_node_keeps_serving(served: Serve
     served.check_healthy()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a Claim whose leases do not fit in one reply (max_message_bytes) gets RESOURCE_EXHAUSTED after the "
-    "leases were granted: they are never delivered and run into their timeout (a failed attempt); the servicer "
-    "needs the server's send limit and a LocalNode call that holds the rest for the next claim",
-)
 def test_a_claim_too_large_for_one_reply_loses_no_lease(served: Served) -> None:
     stub, t = served.stub, CALL_TIMEOUT_S
     spec = cpb.TaskSpec(type="big", payload=b"x" * (1 << 20), required_capabilities=["big-only"])
     ids = [tid for _ in range(2) for tid in stub.Submit(npb.SubmitRequest(tasks=[spec] * 10), timeout=t).task_ids]
-    stub.RegisterWorker(npb.WorkerSpec(id="big", capabilities=["big-only"], concurrency=100), timeout=t)
+    stub.RegisterWorker(npb.WorkerSpec(id="big", capabilities=["big-only"], concurrency=10_000), timeout=t)
     got: list[str] = []
     try:
-        for _ in range(3):  # 20 MiB of leases, 16 MiB a reply: two claims should do
-            with contextlib.suppress(grpc.RpcError):
-                got += [
-                    x.task_id for x in stub.Claim(npb.ClaimRequest(worker_id="big", max_tasks=20), timeout=t).leases
-                ]
+        # 20 MiB of leases, a few MiB a reply: the rest are held for the next claims (small tasks
+        # other tests left queued may come first: the worker can run those too)
+        for _ in range(500):
+            leases = stub.Claim(npb.ClaimRequest(worker_id="big", max_tasks=20), timeout=t).leases
+            if not leases or set(ids) <= {*got, *(x.task_id for x in leases)}:
+                got += [x.task_id for x in leases]
+                break
+            got += [x.task_id for x in leases]
     finally:
         stub.DeregisterWorker(npb.DeregisterWorkerRequest(worker_id="big"), timeout=t)
         for tid in ids:
             stub.Cancel(npb.TaskRef(task_id=tid), timeout=t)
-    assert sorted(got) == sorted(ids)
+    assert set(ids) <= set(got)  # every big lease arrived (the worker may also take small tasks left queued)
 
 
 # ---------------------------------------------------------------------------------- flood

@@ -20,12 +20,14 @@ from node.rpc.client import NodeClient
 from tests.conftest import RedisServer, free_port, wait_until
 from tests.test_cmd_node import NodeProc
 
+WORKER = [sys.executable, "-m", "fedcoord", "worker", "--default", "sleep", "--time-scale", "0.002"]
+WORKER += ["--concurrency", "16", "--heartbeat-s", "0.5"]
+
 
 def start_worker(address: str, wid: str, log: Path) -> subprocess.Popen[bytes]:
     with log.open("w") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "fedcoord", "worker", "--node", address, "--insecure", "--id", wid]
-            + ["--default", "sleep", "--time-scale", "0.002", "--concurrency", "16", "--heartbeat-s", "0.5"],
+            [*WORKER, "--node", address, "--insecure", "--id", wid],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -53,7 +55,7 @@ def test_kill_9_of_the_node_under_load_loses_nothing_acknowledged(tmp_path: Path
                 except FedcoordError:  # the node is down: not acknowledged, so not ours to find later
                     time.sleep(0.05)
                     continue
-                except BaseException as e:
+                except BaseException as e:  # noqa: BLE001 (handed to the test's thread, which fails on it)
                     errors.append(e)
                     return
                 acked.extend(ids)

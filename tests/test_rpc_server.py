@@ -264,3 +264,39 @@ def test_drain_ends_worker_streams_once_their_leases_are_reported(redis_url: str
             assert t.status is TaskStatus.COMPLETED and t.attempt == 1  # nothing went back in line
 
     run(go())
+
+
+def test_replies_keep_under_the_message_limit_and_hold_the_rest(redis_url: str) -> None:
+    async def go() -> None:
+        async with served(redis_url, max_message_bytes=1 << 20) as (_, ch):  # replies up to 512 KiB
+            stub = node_pb2_grpc.NodeServiceStub(ch)
+            big = [cpb.TaskSpec(type="big", payload=bytes(200_000)) for _ in range(3)]  # 600 KB a request
+
+            async def submit6() -> list[str]:
+                return [t for _ in range(2) for t in (await stub.Submit(npb.SubmitRequest(tasks=big))).task_ids]
+
+            ids = await submit6()
+            await stub.RegisterWorker(npb.WorkerSpec(id="wb", concurrency=10))
+            sizes = []
+            got: list[str] = []
+            while len(got) < 6:
+                leases = (await stub.Claim(npb.ClaimRequest(worker_id="wb", max_tasks=6))).leases
+                assert leases, "a lease held for the next claim was lost"
+                sizes.append(len(leases))
+                got += [x.task_id for x in leases]
+            assert sorted(got) == sorted(ids) and max(sizes) < 6 and len(sizes) > 1
+            # the worker stream splits its lease messages the same way
+            more = await submit6()
+            call = stub.Work()
+            await call.write(npb.WorkerMessage(hello=npb.WorkerSpec(id="ws", concurrency=6), credit=6))
+            seen: list[str] = []
+            messages = 0
+            while len(seen) < 6:
+                m = await call.read()
+                if m.leases:
+                    messages += 1
+                    seen += [x.task_id for x in m.leases]
+            assert sorted(seen) == sorted(more) and messages > 1
+            call.cancel()
+
+    run(go())

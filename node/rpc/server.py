@@ -10,18 +10,23 @@ UNAVAILABLE, streams get no new leases), lets the calls in flight finish, then s
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from node.handoff import HandoffEndpoint
-from node.rpc.servicers import HandoffServicer, NodeServicer, ServiceLimits
+from node.rpc.servicers import HandoffServicer, NodeServicer, ServiceLimits, Undecodable
 from node.runtime.node import LocalNode
-from protos.fedcoord.v1 import handoff_pb2, handoff_pb2_grpc, node_pb2, node_pb2_grpc
+from protos.fedcoord.v1 import handoff_pb2, node_pb2
 
 __all__ = ["SERVICE_NAMES", "NodeServer", "ServerOptions"]
 
@@ -56,7 +61,9 @@ class NodeServer:
     ):
         self.node = node
         self.options = options or ServerOptions()
-        self.servicer = NodeServicer(node, self.options.limits)
+        limits = self.options.limits
+        reply_bytes = min(limits.max_reply_bytes, self.options.max_message_bytes // 2)
+        self.servicer = NodeServicer(node, dataclasses.replace(limits, max_reply_bytes=reply_bytes))
         self._handoff_endpoint = handoff_endpoint or (lambda: node.handoff)
         self.health = health.HealthServicer()
         self._server: grpc.aio.Server | None = None
@@ -86,10 +93,9 @@ class NodeServer:
             ],
             maximum_concurrent_rpcs=o.max_concurrent_rpcs,
         )
-        node_pb2_grpc.add_NodeServiceServicer_to_server(self.servicer, server)
-        handoff_pb2_grpc.add_HandoffServiceServicer_to_server(
-            HandoffServicer(self._handoff_endpoint, lambda: self.node.load().ratio), server
-        )
+        _add_service(server, node_pb2.DESCRIPTOR.services_by_name["NodeService"], self.servicer)
+        handoff = HandoffServicer(self._handoff_endpoint, lambda: self.node.load().ratio)
+        _add_service(server, handoff_pb2.DESCRIPTOR.services_by_name["HandoffService"], handoff)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         if o.credentials is None:
@@ -129,3 +135,41 @@ class NodeServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.drain(1.0)
+
+
+_KINDS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def _decoder(cls: type[Any]) -> Callable[[bytes], Any]:
+    """Parse a request; bytes that do not parse become an :class:`Undecodable` for the servicer
+    to answer with INVALID_ARGUMENT (gRPC itself would answer UNKNOWN)."""
+    parse = cls.FromString
+
+    def decode(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as e:
+            return Undecodable(cls.DESCRIPTOR.name, str(e))
+
+    return decode
+
+
+def _add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: object) -> None:
+    """What the generated ``add_*Servicer_to_server`` does, from the service's descriptor, with
+    request decoding that reports bad bytes as bad input."""
+    handlers = {}
+    for m in service.methods:
+        request = message_factory.GetMessageClass(m.input_type)
+        reply = message_factory.GetMessageClass(m.output_type)
+        handlers[m.name] = _KINDS[(m.client_streaming, m.server_streaming)](
+            getattr(servicer, m.name),
+            request_deserializer=_decoder(request),
+            response_serializer=reply.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)

@@ -29,7 +29,7 @@ from protos.fedcoord.v1 import handoff_pb2_grpc as hpb_grpc
 from protos.fedcoord.v1 import node_pb2 as npb
 from protos.fedcoord.v1 import node_pb2_grpc as npb_grpc
 
-__all__ = ["HandoffServicer", "NodeServicer", "ServiceLimits"]
+__all__ = ["HandoffServicer", "NodeServicer", "ServiceLimits", "Undecodable"]
 
 log = logging.getLogger("fedcoord.rpc")
 T = TypeVar("T")
@@ -45,6 +45,7 @@ class ServiceLimits:
     max_watch_queue: int = 100_000
     claim_wait_s: float = 5.0  # how long one stream claim waits before it asks again
     max_stream_credit: int = 100_000  # leases a worker stream may ask for at once
+    max_reply_bytes: int = 4 << 20  # leases in one reply carry about this much at most (NodeServer: <= half the limit)
 
 
 async def _abort(context: grpc.aio.ServicerContext, err: BaseException) -> NoReturn:
@@ -59,12 +60,26 @@ async def _abort(context: grpc.aio.ServicerContext, err: BaseException) -> NoRet
 Unary = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[T]]
 
 
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """A request whose bytes did not parse (the server's decoders hand it over instead of
+    failing inside gRPC, which would answer UNKNOWN)."""
+
+    message: str  # the request type
+    reason: str
+
+    def error(self) -> ValidationError:
+        return ValidationError("request", f"not a valid {self.message}: {self.reason}")
+
+
 def _rpc(fn: Unary[T]) -> Unary[T]:
     """Answer a domain error with its status code (and anything else with INTERNAL, logged)."""
 
     @functools.wraps(fn)
     async def call(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
         try:
+            if type(request) is Undecodable:
+                raise request.error()
             return await fn(self, request, context)
         except (FedcoordError, _Refusal) as e:
             await _abort(context, e)
@@ -157,8 +172,10 @@ class NodeServicer(npb_grpc.NodeServiceServicer):
         return cv.task_to_pb(t)
 
     async def Watch(
-        self, request: npb.WatchRequest, context: grpc.aio.ServicerContext
+        self, request: npb.WatchRequest | Undecodable, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[npb.EventBatch]:
+        if isinstance(request, Undecodable):
+            await _abort(context, request.error())
         max_queue = request.max_queue or 10_000
         if not 1 <= max_queue <= self.limits.max_watch_queue:
             await _abort(
@@ -220,7 +237,9 @@ class NodeServicer(npb_grpc.NodeServiceServicer):
             raise ValidationError("wait_s", f"{wait_s}", limit="0..300 seconds")
         if self.draining:
             return npb.ClaimReply()
-        leases = await self.node.claim(_name("worker_id", request.worker_id), max_tasks, wait_s=wait_s)
+        leases = await self.node.claim(
+            _name("worker_id", request.worker_id), max_tasks, wait_s=wait_s, max_bytes=self.limits.max_reply_bytes
+        )
         return npb.ClaimReply(leases=[cv.lease_to_pb(x) for x in leases])
 
     @_rpc
@@ -247,7 +266,7 @@ class NodeServicer(npb_grpc.NodeServiceServicer):
     # ------------------------------------------------------------------ the worker stream
 
     async def Work(
-        self, request_iterator: AsyncIterator[npb.WorkerMessage], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[npb.WorkerMessage | Undecodable], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[npb.NodeMessage]:
         try:
             if self.draining:
@@ -256,6 +275,8 @@ class NodeServicer(npb_grpc.NodeServiceServicer):
                 first = await anext(aiter(request_iterator))
             except StopAsyncIteration:
                 return
+            if isinstance(first, Undecodable):
+                raise first.error()
             if not first.HasField("hello"):
                 raise ValidationError("hello", "the first message of a worker stream must register the worker")
             try:
@@ -346,8 +367,9 @@ class _WorkerSession:
         self.registered_ns = registered_ns  # this session's incarnation of the worker
         self.credit = 0
         self.outstanding: set[tuple[str, int]] = set()  # leases sent, not reported on or revoked yet
+        self._merge_bytes = servicer.limits.max_reply_bytes
         self._credit_changed = asyncio.Event()
-        # (message, about how many bytes): merged into one message up to _MERGE_BYTES
+        # (message, about how many bytes): merged into one message up to max_reply_bytes
         self._out: asyncio.Queue[tuple[npb.NodeMessage, int] | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self.error: BaseException | None = None
@@ -369,7 +391,7 @@ class _WorkerSession:
         return False
 
     async def run(
-        self, first: npb.WorkerMessage, request_iterator: AsyncIterator[npb.WorkerMessage]
+        self, first: npb.WorkerMessage, request_iterator: AsyncIterator[npb.WorkerMessage | Undecodable]
     ) -> AsyncIterator[npb.NodeMessage]:
         try:
             await self._apply(first)
@@ -386,7 +408,7 @@ class _WorkerSession:
             if item is None:
                 return
             msg, size = item
-            while not out.empty() and size < _MERGE_BYTES:  # merge what piled up into one message
+            while not out.empty() and size < self._merge_bytes:  # merge what piled up into one message
                 more = out.get_nowait()
                 if more is None:
                     yield msg
@@ -395,9 +417,11 @@ class _WorkerSession:
                 size += more[1]
             yield msg
 
-    async def _read(self, request_iterator: AsyncIterator[npb.WorkerMessage]) -> None:
+    async def _read(self, request_iterator: AsyncIterator[npb.WorkerMessage | Undecodable]) -> None:
         try:
             async for msg in request_iterator:
+                if isinstance(msg, Undecodable):
+                    raise msg.error()
                 if msg.HasField("hello"):
                     raise ValidationError("hello", "a worker stream registers once, in its first message")
                 await self._apply(msg)
@@ -465,13 +489,13 @@ class _WorkerSession:
                 if leases:
                     self.credit -= len(leases)
                     self.outstanding.update((x.task_id, x.attempt) for x in leases)
-                    # lease messages of at most about _MERGE_BYTES each (payloads may be large)
+                    # lease messages of at most about max_reply_bytes each (payloads may be large)
                     chunk: list[npb.Lease] = []
                     size = 0
                     for x in leases:
                         chunk.append(cv.lease_to_pb(x))
                         size += len(x.spec.payload) + 128
-                        if size >= _MERGE_BYTES:
+                        if size >= self._merge_bytes:
                             self._send(npb.NodeMessage(leases=chunk), size)
                             chunk, size = [], 0
                     if chunk:
@@ -495,9 +519,6 @@ class _WorkerSession:
         self.servicer.sessions.discard(self)
         with contextlib.suppress(FedcoordError):
             await self.node.deregister_worker(self.worker_id, registered_ns=self.registered_ns)
-
-
-_MERGE_BYTES = 4 << 20  # node-to-worker messages are kept to about this size (the limit is 16 MiB)
 
 
 class HandoffServicer(hpb_grpc.HandoffServiceServicer):

@@ -609,11 +609,26 @@ class LocalNode:
         await self._durable()
         return reply
 
-    async def claim(self, worker_id: str, max_tasks: int = 1, *, wait_s: float = 0.0) -> list[Lease]:
+    async def claim(
+        self, worker_id: str, max_tasks: int = 1, *, wait_s: float = 0.0, max_bytes: int | None = None
+    ) -> list[Lease]:
         """Lease up to ``max_tasks`` tasks. With ``wait_s``, wait that long for work when none is
         ready; when several workers wait, new work goes to the best-scored one. Leases granted
         to an earlier claim of this worker that it did not receive (it timed out or was
-        replaced meanwhile) come first."""
+        replaced meanwhile) come first. With ``max_bytes``, the leases returned carry at most
+        about that many bytes of payload (always at least one lease); the rest are kept for the
+        worker's next claim (their timeouts run meanwhile)."""
+        leases = await self._claim(worker_id, max_tasks, wait_s)
+        if max_bytes is not None and len(leases) > 1:
+            size = 0
+            for i, lease in enumerate(leases):
+                size += len(lease.spec.payload) + 256
+                if size > max_bytes and i > 0:
+                    self._claims.hold(worker_id, leases[i:])
+                    return leases[:i]
+        return leases
+
+    async def _claim(self, worker_id: str, max_tasks: int, wait_s: float) -> list[Lease]:
         core = self._check()
         held = self._claims.take_held(worker_id, core.is_current)
         if held:

@@ -32,6 +32,11 @@ class ClaimWaiters:
         still current: a reload after a store outage may have given them back)."""
         return [lease for lease in self._held.pop(worker_id, []) if current(lease)]
 
+    def hold(self, worker_id: str, leases: list[Lease]) -> None:
+        """Keep durable leases for the worker's next claim, ahead of any held already (the
+        caller could not deliver them now: a reply would have been too large)."""
+        self._held[worker_id] = leases + self._held.get(worker_id, [])
+
     def held(self) -> int:
         return sum(len(v) for v in self._held.values())
 
