@@ -780,3 +780,64 @@ def test_large_submits_hit_the_in_flight_bytes_limit(served: Served) -> None:
         served.run(validate)
     finally:
         served.run(stack.aclose)
+
+
+# ---------------------------------------------------------------------------------- tokens
+
+
+def test_every_rpc_with_any_token_gets_unauthenticated_permission_denied_or_its_answer(served: Served) -> None:
+    """The same node behind a server that checks tokens: a missing or unknown token gets
+    UNAUTHENTICATED, a token whose role may not call the method PERMISSION_DENIED, and a
+    token that may gets the method's own answer (one of the allowed codes)."""
+    from node.rpc.auth import METHOD_ROLES, AuthInterceptor, Role, Tokens  # noqa: PLC0415
+
+    tokens = Tokens.generate()
+    role_token = {role: tokens.by_role[role][0] for role in Role}
+
+    async def start() -> NodeServer:
+        server = NodeServer(served.node, ServerOptions(interceptors=(AuthInterceptor(tokens),)))
+        await server.start()
+        return server
+
+    secured = served.run(start)
+    try:
+        with grpc.insecure_channel(secured.address) as channel:
+            raw = {
+                name: channel.unary_unary(path, request_serializer=None, response_deserializer=reply.FromString)
+                for name, (path, _, reply) in METHODS.items()
+            }
+            bad_tokens = st.one_of(
+                st.none(),
+                st.text(min_size=0, max_size=64).filter(lambda t: t.isascii() and t.isprintable()),
+                st.sampled_from(
+                    [t + "x" for t in role_token.values()] + ["Bearer", "Basic " + role_token[Role.CLIENT]]
+                ),
+            )
+
+            @FUZZ
+            @given(
+                method=st.sampled_from(sorted(METHODS)),
+                who=st.one_of(st.sampled_from(list(Role)), bad_tokens),
+                header=st.sampled_from(["Bearer ", "bearer ", "Bearer  ", ""]),
+            )
+            def call(method: str, who: Role | str | None, header: str) -> None:
+                path, req_cls, _ = METHODS[method]
+                token = role_token[who] if isinstance(who, Role) else who
+                metadata = () if token is None else (("authorization", header + token),)
+                valid = isinstance(who, Role) and header.strip().lower() == "bearer"  # the scheme is case-blind
+                try:
+                    raw[method](req_cls().SerializeToString(), metadata=metadata, timeout=CALL_TIMEOUT_S)
+                    code = OK
+                except grpc.RpcError as e:
+                    code = e.code()
+                if not valid:
+                    assert code is Code.UNAUTHENTICATED, (method, who, header, code)
+                elif who not in METHOD_ROLES[path]:
+                    assert code is Code.PERMISSION_DENIED, (method, who, code)
+                else:
+                    assert code in ALLOWED | {Code.DEADLINE_EXCEEDED}, (method, who, code)
+
+            call()
+    finally:
+        served.run(secured.stop)
+    served.check_healthy()
