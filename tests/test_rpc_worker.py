@@ -21,7 +21,7 @@ import pytest
 
 from node import LocalNode, NodeConfig, TaskSpec, TaskStatus, WorkerSpec
 from node.errors import ValidationError
-from node.model import Lease
+from node.model import Lease, Limits
 from node.rpc.auth import AuthInterceptor, TlsConfig, Tokens, server_credentials
 from node.rpc.certs import make_cluster
 from node.rpc.handlers import (
@@ -42,7 +42,7 @@ from node.rpc.handlers import (
     to_result,
 )
 from node.rpc.server import NodeServer, ServerOptions
-from node.rpc.worker import Worker, WorkerRefusedError
+from node.rpc.worker import Worker, WorkerRefusedError, _Conn
 from tests.conftest import async_wait_until, async_wait_until_async, free_port
 from tests.test_runtime import fast_config, run
 
@@ -622,3 +622,124 @@ def test_worker_options_are_checked() -> None:
         Worker("10.1.2.3:1", WorkerSpec("w"), {}, insecure=True)
     with pytest.raises(ValidationError):
         Worker("127.0.0.1:1", WorkerSpec("w", skill=0), {}, insecure=True)
+
+
+# ---------------------------------------------------------------------------------------- review findings
+
+
+def test_result_over_the_node_limit_fails_for_good_at_once(redis_url: str) -> None:
+    """A result the node would refuse is reported as a failure without retry, not left to time
+    out (and be rerun, and end as "timed out")."""
+
+    def big(lease: Lease, ctx: WorkContext) -> bytes:
+        return b"x" * (Limits().max_result_bytes + 1)
+
+    async def go() -> None:
+        async with (
+            served(redis_url) as (node, server),
+            attached(server.address, WorkerSpec("w1", concurrency=2), {"big": big}) as w,
+        ):
+            (tid,) = await node.submit([TaskSpec("big", timeout_s=30, max_retries=3)])
+            t = await node.wait(tid, 10)
+            assert t.status is FAILED and t.attempt == 1
+            assert t.error == f"result of {Limits().max_result_bytes + 1} bytes is over the node's limit of " + (
+                f"{Limits().max_result_bytes} bytes"
+            )
+            assert w.stats.completed == 0 and w.stats.failed == 1 and w.stats.rejected == 1
+
+    run(go())
+
+
+def test_a_result_the_node_refuses_as_invalid_is_reported_failed(redis_url: str) -> None:
+    """A node with a smaller result limit than the worker knows refuses the completion with
+    INVALID_ARGUMENT: the worker reports the lease failed (no retry) rather than letting it time out."""
+
+    def mid(lease: Lease, ctx: WorkContext) -> bytes:
+        return b"y" * 5000
+
+    async def go() -> None:
+        cfg = config(limits=Limits(max_result_bytes=4096))
+        async with (
+            served(redis_url, cfg=cfg) as (node, server),
+            attached(server.address, WorkerSpec("w1"), {"mid": mid, "ok": lambda lease, ctx: "fine"}) as w,
+        ):
+            tid, ok = await node.submit([TaskSpec("mid", timeout_s=30, max_retries=3), TaskSpec("ok")])
+            t = await node.wait(tid, 10)
+            assert t.status is FAILED and t.attempt == 1
+            assert (t.error or "").startswith("the node refused the result: ")
+            assert (await node.wait(ok, 10)).result == b"fine"
+            assert w.stats.stale == 0 and w.stats.rejected == 1 and w.stats.reconnects == 0
+
+    run(go())
+
+
+def test_a_huge_error_text_is_cut_and_the_stream_survives(redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """An error text over the message limit would end the stream and void every lease on it."""
+    release = asyncio.Event()
+
+    async def slow(lease: Lease, ctx: WorkContext) -> str:
+        await release.wait()
+        return "ok"
+
+    def boom(lease: Lease, ctx: WorkContext) -> None:
+        raise ValueError("x" * (20 << 20))
+
+    async def go() -> None:
+        async with served(redis_url) as (node, server):
+            hs = {"slow": slow, "boom": boom}
+            async with attached(server.address, WorkerSpec("w1", concurrency=4), hs) as w:
+                slow_ids = await node.submit([TaskSpec("slow", timeout_s=60) for _ in range(3)])
+                await async_wait_until(lambda: w.running == 3, 10, "the slow ones running")
+                (bid,) = await node.submit([TaskSpec("boom", max_retries=1)])
+                b = await node.wait(bid, 10)
+                assert b.status is FAILED and b.attempt == 2
+                assert (b.error or "").startswith("ValueError: xxx") and len(b.error or "") <= Limits().max_error_chars
+                release.set()
+                for t in await finished(node, slow_ids, 10):
+                    assert t.status is COMPLETED and t.attempt == 1
+                assert w.stats.reconnects == 0 and w.stats.dropped == 0
+
+    with caplog.at_level("DEBUG", logger="fedcoord.worker"):
+        run(go())
+    assert max(len(r.getMessage()) + len(r.exc_text or "") for r in caplog.records) < 20_000
+
+
+def test_batches_stay_under_max_batch_bytes() -> None:
+    w = Worker("127.0.0.1:1", WorkerSpec("w"), {}, insecure=True, max_batch_bytes=10_000)
+    conn = _Conn(1)
+    for i in range(30):
+        w._outcome(conn, Lease(f"t{i}", 1, "w", 0, TaskSpec("t")), b"r" * 3000, None)
+        w._outcome(conn, Lease(f"f{i}", 1, "w", 0, TaskSpec("t")), None, ValueError("e" * 3000))
+    sizes, items = [], 0
+    while (msg := w._take(conn)) is not None:
+        sizes.append(msg.ByteSize())
+        items += len(msg.completions) + len(msg.failures)
+    assert items == 60 and max(sizes) <= 10_000 and len(sizes) >= 18
+    assert conn.nbytes == 0 and not conn.completions and not conn.failures
+
+
+def test_a_cancelled_error_of_the_handler_itself_is_a_retryable_failure(redis_url: str) -> None:
+    """A CancelledError the worker did not cause (a sub-task the handler awaited was cancelled)
+    fails the attempt: it is not mistaken for the worker cancelling the run, which would report
+    nothing and leave the lease to time out."""
+
+    async def inner_cancel(lease: Lease, ctx: WorkContext) -> str:
+        if lease.attempt > 1:
+            return "second attempt"
+        sub = asyncio.create_task(asyncio.Event().wait())
+        await asyncio.sleep(0)
+        sub.cancel()
+        await sub
+        return "never"
+
+    async def go() -> None:
+        async with (
+            served(redis_url) as (node, server),
+            attached(server.address, WorkerSpec("w1"), {"c": inner_cancel}) as w,
+        ):
+            (tid,) = await node.submit([TaskSpec("c", timeout_s=60, max_retries=1)])
+            t = await node.wait(tid, 10)
+            assert t.status is COMPLETED and t.attempt == 2 and t.result == b"second attempt"
+            assert w.stats.failed == 1 and w.stats.rejected == 0 and w.running == 0
+
+    run(go())

@@ -36,6 +36,7 @@ import logging
 import random
 import threading
 import time
+import traceback
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -44,7 +45,7 @@ from typing import Any
 import grpc
 
 from node.errors import FedcoordError, ValidationError
-from node.model import Lease, Limits, WorkerSpec, normalize_worker_spec
+from node.model import Lease, Limits, WorkerSpec, check_error, normalize_worker_spec
 from node.rpc import convert as cv
 from node.rpc.auth import bearer_metadata, channel_credentials, check_plaintext
 from node.rpc.handlers import (
@@ -82,6 +83,8 @@ _HINTS = {
     grpc.StatusCode.UNIMPLEMENTED: "is this a fedcoord node?",
 }
 _ITEM_BYTES = 48  # what one completion or failure costs on the wire besides its result or error
+_LIMITS = Limits()  # the node's limits on a result's size and an error's length (the defaults)
+_LOG_ERROR_CHARS = 1000  # an error text in the log is cut to this
 _CHANNEL_OPTIONS = (
     ("grpc.max_receive_message_length", 64 << 20),
     ("grpc.max_send_message_length", 64 << 20),
@@ -89,6 +92,10 @@ _CHANNEL_OPTIONS = (
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.enable_retries", 0),
 )
+
+
+def _shorten(text: str, most: int) -> str:
+    return text if len(text) <= most else f"{text[: most - 1]}… ({len(text)} chars)"
 
 
 class WorkerRefusedError(FedcoordError):
@@ -128,6 +135,10 @@ class WorkerStats:
         return asdict(self)
 
 
+class HandlerCancelledError(Exception):
+    """A handler raised CancelledError while the worker had not cancelled it."""
+
+
 class _Stalled(Exception):
     """The node sent nothing (not even a heartbeat answer) for too long."""
 
@@ -152,6 +163,7 @@ class _Conn:
         self.heartbeat = False
         self.nbytes = 0
         self.unacked: set[tuple[str, int]] = set()
+        self.sent_completions: set[tuple[str, int]] = set()  # of unacked: the completions
         self.last_heard = time.monotonic()
 
 
@@ -480,20 +492,43 @@ class Worker:
                 self._revoke((r.task_id, r.attempt), conn)
         if msg.acked:
             unacked = conn.unacked
+            sent = conn.sent_completions
             for r in msg.acked:
                 unacked.discard((r.task_id, r.attempt))
+                sent.discard((r.task_id, r.attempt))
             self.stats.acked += len(msg.acked)
             conn.acks_changed.set()
         if msg.rejected:
             for e in msg.rejected:
-                key = (e.task_id, e.attempt)
-                if key in conn.unacked:
-                    conn.unacked.discard(key)
-                    self.stats.stale += 1
-                log.debug("worker %s: node refused a report on %s/%d: %s %s", self.id, *key, e.code, e.message)
+                self._refused(e, conn)
             conn.acks_changed.set()
         if msg.HasField("healthy") and not msg.healthy:
             log.warning("worker %s: the node counts this worker unhealthy", self.id)
+
+    def _refused(self, e: npb.LeaseError, conn: _Conn) -> None:
+        """The node refused a report. A completion refused as invalid (a result over the node's
+        limit, say) leaves the lease the worker's: it is reported as failed for good, or it would
+        time out and be rerun for nothing."""
+        key = (e.task_id, e.attempt)
+        was_completion = key in conn.sent_completions
+        conn.sent_completions.discard(key)
+        if key in conn.unacked:
+            conn.unacked.discard(key)
+            if e.code == grpc.StatusCode.INVALID_ARGUMENT.name:
+                log.warning(
+                    "worker %s: the node refused the %s of %s/%d: %s: %s",
+                    self.id,
+                    "result" if was_completion else "failure report",
+                    *key,
+                    e.code,
+                    _shorten(e.message, _LOG_ERROR_CHARS),
+                )
+                if was_completion and not conn.half_closed:
+                    conn.unacked.add(key)  # a drain waits for this failure's answer too
+                    self._fail(conn, key, check_error(f"the node refused the result: {e.message}", _LIMITS), True)
+                return
+            self.stats.stale += 1
+        log.debug("worker %s: node refused a report on %s/%d: %s %s", self.id, *key, e.code, e.message)
 
     async def _write(self, conn: _Conn) -> None:
         call = conn.call
@@ -527,45 +562,59 @@ class Worker:
                 add_ref(task_id=t, attempt=a, worker_id=wid)
             conn.started = []
         unacked = conn.unacked
+        sent = conn.sent_completions
         budget = self._opt.max_batch_bytes
-        split = conn.nbytes > budget
-        if conn.completions:
-            comps = conn.completions
-            n = len(comps)
-            if split:
-                n = used = 0
-                for _, _, r in comps:
-                    n += 1
-                    used += len(r) + _ITEM_BYTES
-                    if used >= budget:
-                        break
-                budget -= used
-            add = msg.completions.add
-            for t, a, r in comps[:n] if n < len(comps) else comps:
-                add(task_id=t, attempt=a, result=r)
-                unacked.add((t, a))
-            conn.completions = comps[n:] if n < len(comps) else []
-        if conn.failures and budget > 0:
-            fails = conn.failures
-            n = len(fails)
-            if split:
-                n = used = 0
-                for _, _, err, _ in fails:
-                    n += 1
-                    used += len(err) + _ITEM_BYTES
-                    if used >= budget:
-                        break
-            add_f = msg.failures.add
-            for t, a, err, no_retry in fails[:n] if n < len(fails) else fails:
-                add_f(task_id=t, attempt=a, error=err, no_retry=no_retry)
-                unacked.add((t, a))
-            conn.failures = fails[n:] if n < len(fails) else []
-        conn.nbytes = (
-            sum(len(r) + _ITEM_BYTES for _, _, r in conn.completions)
-            + sum(len(e) + _ITEM_BYTES for _, _, e, _ in conn.failures)
-            if split
-            else 0
-        )
+        if conn.nbytes <= budget:  # all of it
+            if conn.completions:
+                add = msg.completions.add
+                for t, a, r in conn.completions:
+                    add(task_id=t, attempt=a, result=r)
+                    unacked.add((t, a))
+                    sent.add((t, a))
+                conn.completions = []
+            if conn.failures:
+                add_f = msg.failures.add
+                for t, a, err, no_retry in conn.failures:
+                    add_f(task_id=t, attempt=a, error=err, no_retry=no_retry)
+                    unacked.add((t, a))
+                conn.failures = []
+            conn.nbytes = 0
+            return msg
+        # Up to max_batch_bytes: the node ends a stream whose message is over its limit (16 MiB),
+        # voiding every lease on it. An item over the budget alone goes alone (none should be:
+        # results and errors are checked against the node's limits before they are queued).
+        used = items = 0
+        comps = conn.completions
+        n = 0
+        for _, _, r in comps:
+            cost = len(r) + _ITEM_BYTES
+            if items and used + cost > budget:
+                break
+            used += cost
+            items += 1
+            n += 1
+        add = msg.completions.add
+        for t, a, r in comps[:n]:
+            add(task_id=t, attempt=a, result=r)
+            unacked.add((t, a))
+            sent.add((t, a))
+        conn.completions = comps[n:]
+        fails = conn.failures
+        n = 0
+        if not conn.completions:  # completions first: they are the costly ones to lose
+            for _, _, err, _ in fails:
+                cost = len(err.encode()) + _ITEM_BYTES
+                if items and used + cost > budget:
+                    break
+                used += cost
+                items += 1
+                n += 1
+        add_f = msg.failures.add
+        for t, a, err, no_retry in fails[:n]:
+            add_f(task_id=t, attempt=a, error=err, no_retry=no_retry)
+            unacked.add((t, a))
+        conn.failures = fails[n:]
+        conn.nbytes = max(0, conn.nbytes - used)
         return msg
 
     async def _beat(self, conn: _Conn) -> None:
@@ -676,11 +725,18 @@ class Worker:
                         raise
                     if inspect.isawaitable(value):
                         value = await value
-            except asyncio.CancelledError:
-                run.ctx.cancelled.set()
-                if run.live:  # not a revocation: the worker itself is being cancelled
-                    raise
-                return
+            except asyncio.CancelledError as e:
+                me = asyncio.current_task()
+                if me is not None and me.cancelling():  # the worker cancelled it (revoked, voided, shut down)
+                    run.ctx.cancelled.set()
+                    if run.live:  # not a revocation: the worker itself is being cancelled
+                        raise
+                    return
+                # The handler's own CancelledError (a sub-task it awaited was cancelled): an error of
+                # the attempt, reported like any other, or the lease would only time out.
+                err = HandlerCancelledError(f"the handler raised CancelledError: {e}".rstrip(": "))
+                err.__cause__ = e  # its traceback is logged with it
+                self._finished(run, None, err)
             except Exception as e:  # noqa: BLE001 - a handler's error is the attempt's failure, reported
                 self._finished(run, None, e)
             else:
@@ -722,33 +778,51 @@ class Worker:
             except TypeError as e:
                 exc = e
             else:
-                conn.completions.append((lease.task_id, lease.attempt, result))
-                conn.nbytes += len(result) + _ITEM_BYTES
-                self.stats.completed += 1
-                conn.wake.set()
+                limit = _LIMITS.max_result_bytes
+                if len(result) <= limit:
+                    conn.completions.append((lease.task_id, lease.attempt, result))
+                    conn.nbytes += len(result) + _ITEM_BYTES
+                    self.stats.completed += 1
+                    conn.wake.set()
+                    return
+                # The node would refuse it (INVALID_ARGUMENT) and the lease would time out: fail for good.
+                text = f"result of {len(result)} bytes is over the node's limit of {limit} bytes"
+                log.warning("worker %s: handler of %r on task %s: %s", self.id, lease.type, lease.task_id, text)
+                self._fail(conn, (lease.task_id, lease.attempt), text, True)
                 return
         no_retry = isinstance(exc, Reject)
-        text = error_text(exc)
-        conn.failures.append((lease.task_id, lease.attempt, text, no_retry))
-        conn.nbytes += len(text) + _ITEM_BYTES
+        text = check_error(error_text(exc), _LIMITS)  # the node cuts it there too; a huge one would end the stream
+        self._fail(conn, (lease.task_id, lease.attempt), text, no_retry)
+        self._log_failure(lease, exc, text, no_retry)
+
+    def _fail(self, conn: _Conn, key: tuple[str, int], text: str, no_retry: bool) -> None:
+        conn.failures.append((key[0], key[1], text, no_retry))
+        conn.nbytes += len(text.encode()) + _ITEM_BYTES
         st = self.stats
         st.failed += 1
         st.rejected += no_retry
-        self._log_failure(lease, exc, text, no_retry)
         conn.wake.set()
 
     def _log_failure(self, lease: Lease, exc: BaseException, text: str, no_retry: bool) -> None:
         expected = isinstance(exc, Reject | TaskFailed)
         key = (lease.type, type(exc).__name__)
+        short = _shorten(text, _LOG_ERROR_CHARS)
         if not expected and key not in self._warned and len(self._warned) < 1000:
             self._warned.add(key)  # the first of a kind with its traceback, the rest in the debug log
+            if len(text) < _LIMITS.max_error_chars:
+                exc_info: Any = exc
+                stack = ""
+            else:  # the traceback would print the whole message: its frames only
+                exc_info = None
+                stack = "\nTraceback (most recent call last):\n" + "".join(traceback.format_tb(exc.__traceback__))
             log.warning(
-                "worker %s: handler of %r raised on task %s (reported as failed): %s",
+                "worker %s: handler of %r raised on task %s (reported as failed): %s%s",
                 self.id,
                 lease.type,
                 lease.task_id,
-                text,
-                exc_info=exc,
+                short,
+                stack.rstrip(),
+                exc_info=exc_info,
             )
             return
         log.debug(
@@ -757,7 +831,7 @@ class Worker:
             lease.task_id,
             lease.attempt,
             " for good" if no_retry else "",
-            text,
+            short,
         )
 
     def _revoke(self, key: tuple[str, int], conn: _Conn) -> None:
