@@ -707,3 +707,33 @@ def test_cli_status_watch_repeats_until_ctrl_c(bg: BackgroundNode) -> None:
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+def test_lists_and_context_of_the_wrong_type_are_refused_as_the_node_would(redis_url: str) -> None:
+    """protobuf takes any iterable for a repeated field: "gpu" would become g, p, u and a dict its
+    keys. The client refuses them, naming the field, as LocalNode does."""
+    bad: list[tuple[TaskSpec, str]] = [
+        (TaskSpec("t", required_capabilities="gpu"), "required_capabilities"),
+        (TaskSpec("t", required_capabilities={"gpu": 1}), "required_capabilities"),  # type: ignore[arg-type]
+        (TaskSpec("t", required_capabilities=[1]), "required_capabilities"),  # type: ignore[list-item]
+        (TaskSpec("t", dependencies="abc"), "dependencies"),
+        (TaskSpec("t", dependencies={"a": "b"}), "dependencies"),  # type: ignore[arg-type]
+        (TaskSpec("t", context=[("k", "v")]), "context"),  # type: ignore[arg-type]
+        (TaskSpec("t", context={"k": 1}), "context"),  # type: ignore[dict-item]
+    ]
+
+    async def main() -> None:
+        async with served(redis_url) as (node, server), client_of(server) as c:
+            for spec, field in bad:
+                with pytest.raises(ValidationError) as local:
+                    await node.submit([TaskSpec("ok"), spec])
+                with pytest.raises(ValidationError) as remote:
+                    await c.submit([TaskSpec("ok"), spec])
+                assert (remote.value.field, remote.value.index) == (field, 1), spec
+                assert (local.value.field, str(local.value)) == (field, str(remote.value)), spec
+            ids = await c.submit([TaskSpec("t", required_capabilities=("gpu",), context={"k": "v"})])
+            t = await node.get(ids[0])
+            assert t.required_capabilities == ("gpu",) and dict(t.context) == {"k": "v"}
+            assert (await node.stats()).totals["submitted"] == 1
+
+    run(main())

@@ -42,7 +42,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, cast
 
@@ -307,6 +307,23 @@ def _encode(spec: TaskSpec, max_bytes: int) -> cpb.TaskSpec:
             raise ValidationError(
                 "priority", f"{spec.priority!r} is not a priority", limit="critical|high|medium|low"
             ) from None
+    # protobuf takes any iterable for a repeated field ("gpu" would become "g", "p", "u"; a dict
+    # its keys): refuse what the node would refuse, in its words.
+    for name in ("required_capabilities", "dependencies"):
+        value = getattr(spec, name)
+        if not value:
+            continue
+        if isinstance(value, str | bytes) or not isinstance(value, Sequence | set | frozenset):
+            raise ValidationError(name, f"must be a list of strings, got {type(value).__name__}")
+        for v in value:
+            if not isinstance(v, str):
+                raise ValidationError(name, f"must be a string, got {type(v).__name__}")
+    ctx = spec.context
+    if ctx:
+        if not isinstance(ctx, Mapping):
+            raise ValidationError("context", f"must be a mapping of str to str, got {type(ctx).__name__}")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in ctx.items()):
+            raise ValidationError("context", "keys and values must be strings")
     try:
         m = cv.spec_to_pb(spec)
     except (TypeError, ValueError) as e:
