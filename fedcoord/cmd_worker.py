@@ -11,7 +11,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import orjson
 import typer
@@ -22,6 +22,8 @@ from node.rpc.handlers import DEFAULT_CHOICES, BuiltinOptions, build_handlers
 from node.rpc.worker import Worker, WorkerRefusedError
 
 __all__ = ["DEFAULT_NODE", "main", "worker"]
+
+log = logging.getLogger("fedcoord.worker")
 
 DEFAULT_NODE = "127.0.0.1:50051"
 EXIT_OK = 0
@@ -84,7 +86,9 @@ def _file(path: Path | None, what: str) -> str | None:
     return str(path)
 
 
-async def _serve(w: Worker) -> None:
+async def _serve(w: Worker) -> tuple[int, str | None]:
+    """Run the worker until it stops; the exit status and what to say. The signal handlers stay
+    until the end: a second signal stops at once, whatever the worker is doing then."""
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
     signals = 0
@@ -100,12 +104,42 @@ async def _serve(w: Worker) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, on_signal)
+    code, message = EXIT_OK, None
     try:
-        await w.run()
+        try:
+            await w.run()
+        except asyncio.CancelledError:
+            if signals < 2:
+                raise
+            message = "stopped at once (second signal)"
+        except WorkerRefusedError as e:
+            code, message = EXIT_FAILED, f"error: {e}"
+        stuck = w.running_threads
+        if stuck:
+            # Threads cannot be stopped and the interpreter waits for them at exit: go now.
+            log.warning(
+                "worker %s: %d handler thread%s still running (not heeding ctx.cancelled): exiting without %s",
+                w.id,
+                stuck,
+                "" if stuck == 1 else "s",
+                "it" if stuck == 1 else "them",
+            )
+            _exit_now(code, message)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
+    return code, message
+
+
+def _exit_now(code: int, message: str | None) -> NoReturn:
+    if message:
+        typer.echo(f"fedcoord worker: {message}", err=True)
+    logging.shutdown()  # flushes the log handlers
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def worker(
@@ -209,7 +243,9 @@ def worker(
               --handlers mypkg.tasks --capability gpu --skill 7 --concurrency 8
 
     SIGTERM or Ctrl-C stops gracefully: no new tasks, running ones finish (up to --grace-s) and are
-    reported, exit status 0; a second signal stops at once. Exit status 1 when the node refuses the
+    reported, exit status 0; a second signal stops at once (exit status 0 too). Thread handlers that
+    still run after the grace period (not heeding ctx.cancelled) are not waited for: the process
+    exits without them. Exit status 1 when the node refuses the
     worker for good (bad token, missing role), 2 for bad options.
     """
     _setup_logging(verbose, log_format)
@@ -241,12 +277,12 @@ def worker(
     except (FedcoordError, OSError) as e:
         raise _fail(str(e), EXIT_USAGE) from None
     try:
-        asyncio.run(_serve(w))
-    except WorkerRefusedError as e:
-        raise _fail(str(e), EXIT_FAILED) from None
+        code, message = asyncio.run(_serve(w))
     except (KeyboardInterrupt, asyncio.CancelledError):
-        typer.echo("fedcoord worker: stopped at once (second signal)", err=True)
-    raise typer.Exit(EXIT_OK)
+        code, message = EXIT_OK, "stopped at once (second signal)"
+    if message:
+        typer.echo(f"fedcoord worker: {message}", err=True)
+    raise typer.Exit(code)
 
 
 def _build(

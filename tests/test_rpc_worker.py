@@ -743,3 +743,50 @@ def test_a_cancelled_error_of_the_handler_itself_is_a_retryable_failure(redis_ur
             assert w.stats.failed == 1 and w.stats.rejected == 0 and w.running == 0
 
     run(go())
+
+
+def test_worker_process_exits_on_sigterm_while_a_thread_handler_ignores_cancellation(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A thread cannot be stopped and the interpreter joins it at exit: after the grace period the
+    process exits anyway (status 0), and a second signal during the grace period stops it at once
+    (status 0, not killed by the signal)."""
+    (tmp_path / "wk_stuck_handlers.py").write_text(
+        "import time\n"
+        "from node.rpc.handlers import handler\n"
+        "@handler('stuck')\n"
+        "def stuck(lease, ctx):\n"
+        "    while True:\n"
+        "        time.sleep(0.02)\n"
+    )
+
+    async def one(node: LocalNode, address: str, wid: str, grace: str, second: bool) -> None:
+        log = tmp_path / f"{wid}.log"
+        args = ("--id", wid, "--handlers", "wk_stuck_handlers", "--grace-s", grace)
+        proc = spawn_worker(address, *args, log=log, path=tmp_path)
+        try:
+            await async_wait_until_async(lambda: registered(node, wid), 30, "registered")
+            (tid,) = await node.submit([TaskSpec("stuck", timeout_s=600)])
+            await async_wait_until_async(
+                functools.partial(_status_is, node, tid, TaskStatus.IN_PROGRESS), 20, "started"
+            )
+            proc.send_signal(signal.SIGTERM)
+            if second:
+                await async_wait_until(lambda: "stopping" in log.read_text(), 20, "the first signal seen")
+                proc.send_signal(signal.SIGTERM)
+            assert await exited(proc, 20) == 0, log.read_text()[-3000:]
+            text = log.read_text()
+            assert "1 handler thread still running" in text, text[-3000:]
+            assert ("stopped at once" in text) is second, text[-3000:]
+            assert await node.cancel(tid) in (TaskStatus.IN_PROGRESS, TaskStatus.QUEUED, TaskStatus.ASSIGNED)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+    async def go() -> None:
+        async with served(redis_url) as (node, server):
+            await one(node, server.address, "stuck1", "0.2", second=False)
+            await one(node, server.address, "stuck2", "600", second=True)
+
+    run(go())

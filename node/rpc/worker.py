@@ -281,6 +281,7 @@ class Worker:
         self._running: dict[tuple[str, int], _Run] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._pool: ThreadPoolExecutor | None = None
+        self._thread_runs: set[Future[Any]] = set()  # thread handlers started and not ended
         self._loop: asyncio.AbstractEventLoop | None = None
         self._warned: set[tuple[str, str]] = set()
 
@@ -294,6 +295,13 @@ class Worker:
     def running(self) -> int:
         """Leases being worked on now."""
         return len(self._running)
+
+    @property
+    def running_threads(self) -> int:
+        """Thread handlers still running, those abandoned after a revocation or the grace period
+        included (a thread cannot be stopped: it ends when its handler returns). A process that
+        exits while some run waits for them."""
+        return sum(not f.done() for f in list(self._thread_runs))
 
     def stop(self) -> None:
         """Stop gracefully (from the event loop or a signal handler on it): take no more leases,
@@ -715,6 +723,8 @@ class Worker:
                 else:
                     assert self._pool is not None
                     cfut = self._pool.submit(h.call, run.lease, run.ctx)
+                    self._thread_runs.add(cfut)
+                    cfut.add_done_callback(self._thread_runs.discard)
                     try:
                         value = await asyncio.wrap_future(cfut)
                     except asyncio.CancelledError:
