@@ -80,9 +80,9 @@ def node(
     try:
         if peer:
             overrides["peers"] = parse_peers(peer)
-        if tls_ca is not None and peer is not None:
-            overrides["peer_ca_file"] = tls_ca
         cfg = load_config(config, overrides=overrides)
+        if tls_ca is not None and cfg.peers and cfg.peer_ca_file is None:  # the peers' CA too, unless set apart
+            cfg = load_config(config, overrides={**overrides, "peer_ca_file": tls_ca})
         from node.rpc.serve import server_options  # noqa: PLC0415
 
         server_options(cfg)  # TLS files readable, plaintext allowed, tokens valid: before anything starts

@@ -173,3 +173,33 @@ def test_tls_and_tokens_with_roles(tmp_path: Path, redis_url: str, started: list
             node_pb2_grpc.NodeServiceStub(ch).Submit(submit, metadata=bearer_metadata(tokens.client[0]), timeout=5)
         assert e.value.code() is grpc.StatusCode.UNAVAILABLE
     assert p.stop() == 0
+
+
+def test_tls_without_tokens_or_client_certificates_is_refused(tmp_path: Path, redis_url: str) -> None:
+    files = make_cluster(tmp_path / "certs", ["node1"])
+    cert = files.certs["node1"]
+    r = subprocess.run(
+        [
+            *FEDCOORD,
+            "node",
+            "--node-id",
+            "nt",
+            "--redis-url",
+            redis_url,
+            "--metrics-listen",
+            "",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            str(cert.cert),
+            "--tls-key",
+            str(cert.key),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 2, r.stderr
+    assert "needs tokens" in r.stderr and "Traceback" not in r.stderr

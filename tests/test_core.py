@@ -1811,3 +1811,22 @@ def test_fifo_within_a_priority_through_the_general_submit_path() -> None:
     for i in range(4):  # idempotency keys take the general path (push), not the plain one
         ids += core.submit([TaskSpec("t", idempotency_key=f"k{i}")], S + i)
     assert [lease.task_id for lease in core.claim("w", 10, 10 * S)] == ids
+
+
+def test_unlease_puts_undelivered_leases_back_uncounted_and_stales_them() -> None:
+    core = make_core()
+    ids = core.submit([TaskSpec("t"), TaskSpec("t")], 1)
+    core.register_worker(WorkerSpec("w", concurrency=2), 1)
+    first, second = core.claim("w", 2, 2)
+    assert core.unlease([second], 3) == 1
+    assert core.unlease([second], 4) == 0  # not current any more: left alone
+    t = core.get(second.task_id)
+    assert t is not None and (t.status, t.failures, t.attempt, t.assigned_worker) == (TaskStatus.QUEUED, 0, 1, None)
+    assert core.worker_info("w").active == 1 and core.worker_info("w").failed == 0
+    with pytest.raises(StaleLeaseError):
+        core.complete(second, b"", 5)
+    core.complete(first, b"", 5)
+    (again,) = core.claim("w", 1, 6)
+    assert (again.task_id, again.attempt) == (second.task_id, 2)
+    core.validate()
+    assert set(ids) == {first.task_id, second.task_id}

@@ -3,8 +3,10 @@ errors as status codes, the worker stream, events, stats, and draining."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -17,6 +19,7 @@ from node.rpc.servicers import ServiceLimits
 from protos.fedcoord.v1 import common_pb2 as cpb
 from protos.fedcoord.v1 import node_pb2 as npb
 from protos.fedcoord.v1 import node_pb2_grpc
+from tests.conftest import async_wait_until
 from tests.test_runtime import fast_config, run
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -285,6 +288,8 @@ def test_replies_keep_under_the_message_limit_and_hold_the_rest(redis_url: str) 
                 sizes.append(len(leases))
                 got += [x.task_id for x in leases]
             assert sorted(got) == sorted(ids) and max(sizes) < 6 and len(sizes) > 1
+            for tid in ids:  # what a reply could not carry went back in line, not as a failed attempt
+                assert (await stub.GetTask(npb.TaskRef(task_id=tid))).failures == 0
             # the worker stream splits its lease messages the same way
             more = await submit6()
             call = stub.Work()
@@ -298,5 +303,80 @@ def test_replies_keep_under_the_message_limit_and_hold_the_rest(redis_url: str) 
                     seen += [x.task_id for x in m.leases]
             assert sorted(seen) == sorted(more) and messages > 1
             call.cancel()
+
+    run(go())
+
+
+def test_drain_ends_watches_waits_and_waiting_claims_at_once(redis_url: str) -> None:
+    async def go() -> None:
+        async with served(redis_url) as (server, ch):
+            stub = node_pb2_grpc.NodeServiceStub(ch)
+            special = cpb.TaskSpec(type="t", required_capabilities=["special"])  # no worker here can take it
+            (tid,) = (await stub.Submit(npb.SubmitRequest(tasks=[special]))).task_ids
+            await stub.RegisterWorker(npb.WorkerSpec(id="wq", capabilities=["other"]))
+            watch = stub.Watch(npb.WatchRequest())
+            assert list((await watch.read()).events) == []
+            wait = asyncio.ensure_future(stub.WaitTask(npb.WaitTaskRequest(task_id=tid)))
+            claim = asyncio.ensure_future(
+                stub.Claim(npb.ClaimRequest(worker_id="wq", wait_s=60))  # nothing it can take: it waits
+            )
+            node = server.node
+            await async_wait_until(lambda: "wq" in node._check().waiting_workers() and bool(node._watchers))
+            await asyncio.wait_for(server.drain(30.0), 10)  # none of them holds the drain to its grace
+            with pytest.raises(grpc.aio.AioRpcError) as waited:
+                await wait
+            assert waited.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert list((await claim).leases) == []
+            assert await watch.read() is grpc.aio.EOF
+
+    run(go())
+
+
+def test_a_dependent_made_ready_during_drain_is_not_failed(redis_url: str) -> None:
+    async def go() -> None:
+        async with served(redis_url) as (server, ch):
+            stub = node_pb2_grpc.NodeServiceStub(ch)
+            (a,) = (await stub.Submit(npb.SubmitRequest(tasks=specs(1, "a")))).task_ids
+            dep = cpb.TaskSpec(type="b", dependencies=[a], max_retries=0)
+            (b,) = (await stub.Submit(npb.SubmitRequest(tasks=[dep]))).task_ids
+            call = stub.Work()
+            await call.write(npb.WorkerMessage(hello=npb.WorkerSpec(id="wdep", concurrency=2), credit=2))
+            lease = None
+            while lease is None:
+                m = await call.read()
+                lease = m.leases[0] if m.leases else None
+            server.servicer.start_draining()
+            await call.write(npb.WorkerMessage(completions=[npb.Completion(task_id=a, attempt=lease.attempt)]))
+            assert await stream_code(call) is grpc.StatusCode.OK
+            t = await server.node.get(b)  # ready now, never sent to the draining worker: not its failure
+            assert (t.status, t.failures) == (TaskStatus.QUEUED, 0)
+
+    run(go())
+
+
+def test_a_watcher_that_falls_behind_is_told_so(redis_url: str) -> None:
+    async def go() -> None:
+        async with served(redis_url) as (_, ch):
+            stub = node_pb2_grpc.NodeServiceStub(ch)
+            watch = stub.Watch(npb.WatchRequest(max_queue=10))
+            assert list((await watch.read()).events) == []
+            for _ in range(5):  # the watcher reads nothing meanwhile
+                await stub.Submit(npb.SubmitRequest(tasks=specs(100)))
+            with pytest.raises(grpc.aio.AioRpcError) as lost:
+                while True:
+                    assert await watch.read() is not grpc.aio.EOF
+            assert lost.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "lost" in (lost.value.details() or "")
+
+    run(go())
+
+
+def test_a_unix_socket_address_is_given_back_as_it_is(redis_url: str, tmp_path: Path) -> None:
+    async def go() -> None:
+        path = f"unix:{tmp_path}/node.sock"
+        async with served(redis_url, listen=path) as (server, ch):
+            assert server.address == path
+            stub = node_pb2_grpc.NodeServiceStub(ch)
+            assert (await stub.Stats(npb.StatsRequest())).node_id == "rpc1"
 
     run(go())

@@ -174,6 +174,30 @@ class Core(Transfers):
     def cancel_wait(self, worker_id: str) -> None:
         self._waiters.pop(worker_id, None)
 
+    def unlease(self, leases: Sequence[Lease], now_ns: int) -> int:
+        """Leases granted but never delivered (a reply could not carry them, the worker's stream
+        closed before they went out): back in line at once, not counted against the task or the
+        worker. The attempt number stays spent, so the undelivered lease is stale. Leases that
+        are not current any more are left alone. Returns how many went back."""
+        n = 0
+        for lease in leases:
+            if not self.is_current(lease):
+                continue
+            t = self.tasks[lease.task_id]
+            w = self.workers.get(lease.worker_id)
+            if w is not None:
+                w.active.discard(t.id)
+                self.out.workers[w.id] = w
+            t.assigned_worker = None
+            t.lease_deadline_ns = None
+            t.claimed_ns = None
+            t.started_ns = None
+            self._make_ready(t, now_ns)
+            n += 1
+        if n:
+            self._dispatch(now_ns)
+        return n
+
     def start(self, lease: Lease, now_ns: int) -> None:
         """The worker began running the task: the timeout now counts from here."""
         t = self._current(lease)

@@ -20,8 +20,10 @@ from node.core import HeartbeatReply, Load, WorkerInfo
 from node.core.transfer import HandoffRecord, Outcome, RemoteStatus
 from node.errors import (
     FedcoordError,
+    FencedError,
     HandoffProtocolError,
     InvalidTransitionError,
+    InvariantError,
     NodeClosedError,
     NotFoundError,
     OverloadedError,
@@ -637,6 +639,8 @@ _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (HandoffProtocolError, grpc.StatusCode.FAILED_PRECONDITION),
     (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (StoreUnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (FencedError, grpc.StatusCode.UNAVAILABLE),  # another process serves this node now
+    (InvariantError, grpc.StatusCode.INTERNAL),  # a bug
     (NodeClosedError, grpc.StatusCode.UNAVAILABLE),
     (PeerUnavailableError, grpc.StatusCode.UNAVAILABLE),
     (WaitTimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),

@@ -85,7 +85,16 @@ def server_options(cfg: ServerConfig, metrics: NodeMetrics | None = None) -> Ser
     tokens = tokens_of(cfg)
     if tokens is not None:
         interceptors.append(AuthInterceptor(tokens))
-    elif credentials is not None or not cfg.insecure:
+    elif credentials is not None and not tls.require_client_cert:
+        from node.rpc.config import ConfigError  # noqa: PLC0415
+
+        raise ConfigError(
+            "tokens",
+            "a node on TLS needs tokens (tokens_file or [tokens]; `fedcoord certs` writes tokens.toml) unless it "
+            "requires client certificates (tls.require_client_cert, --mtls): else anyone who reaches the port may "
+            "submit, take work and hand tasks over",
+        )
+    else:
         log.warning("node %s: no tokens configured: every caller may call every method", cfg.node_id)
     lim = cfg.limits
     return ServerOptions(

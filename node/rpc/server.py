@@ -72,6 +72,8 @@ class NodeServer:
 
     @property
     def address(self) -> str:
+        if self.options.listen.startswith("unix:"):
+            return self.options.listen
         host = self.options.listen.rsplit(":", 1)[0]
         if host in ("0.0.0.0", "[::]", ""):
             host = "127.0.0.1"
@@ -94,7 +96,9 @@ class NodeServer:
             maximum_concurrent_rpcs=o.max_concurrent_rpcs,
         )
         _add_service(server, node_pb2.DESCRIPTOR.services_by_name["NodeService"], self.servicer)
-        handoff = HandoffServicer(self._handoff_endpoint, lambda: self.node.load().ratio)
+        handoff = HandoffServicer(
+            self._handoff_endpoint, lambda: self.node.load().ratio, draining=lambda: self.servicer.draining
+        )
         _add_service(server, handoff_pb2.DESCRIPTOR.services_by_name["HandoffService"], handoff)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -120,6 +124,12 @@ class NodeServer:
         if self._server is not None:
             await self._server.stop(grace_s)
             self._server = None
+        # gRPC's stop returns before the worker streams' handlers have run their ends: wait for
+        # them, so that what their workers held is back in line before the node closes
+        try:
+            await asyncio.wait_for(self.servicer.sessions_closed.wait(), 10.0)
+        except TimeoutError:
+            log.warning("node %s: %d worker sessions still closing", self.node.node_id, len(self.servicer.sessions))
         self._stopped.set()
 
     async def stop(self) -> None:

@@ -18,7 +18,8 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from node.errors import FedcoordError, OverloadedError, ValidationError
+from node.errors import FedcoordError, NotFoundError, OverloadedError, StaleLeaseError, ValidationError
+from node.events import Subscription
 from node.handoff import HandoffEndpoint
 from node.model import Lease
 from node.rpc import convert as cv
@@ -83,6 +84,10 @@ def _rpc(fn: Unary[T]) -> Unary[T]:
             return await fn(self, request, context)
         except (FedcoordError, _Refusal) as e:
             await _abort(context, e)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as e:  # noqa: BLE001 (a bug: INTERNAL, logged by _abort; never the text to the caller)
+            await _abort(context, e)
 
     return call
 
@@ -96,13 +101,23 @@ class NodeServicer(npb_grpc.NodeServiceServicer):
         self._inflight_submits = 0
         self.streams = 0  # worker streams attached
         self.sessions: set[_WorkerSession] = set()
+        self.watches: set[Subscription] = set()
+        self.drained = asyncio.Event()  # set by start_draining
+        self.sessions_closed = asyncio.Event()  # no session open (set while none is)
+        self.sessions_closed.set()
 
     def start_draining(self) -> None:
-        """Take no new work: submits and new streams are refused, streams get no new leases and
-        end once their worker has reported on what it holds."""
+        """Take no new work: submits and new streams are refused, waiting claims return empty,
+        streams get no new leases and end once their worker has reported on what it holds,
+        watches and waits end (UNAVAILABLE for waits: ask again elsewhere or later)."""
         self.draining = True
+        self.drained.set()
+        with contextlib.suppress(FedcoordError):
+            self.node.end_claim_waits()
         for session in list(self.sessions):
             session.wake()
+        for sub in list(self.watches):
+            sub.close()
 
     # ------------------------------------------------------------------ clients
 
@@ -168,8 +183,17 @@ class NodeServicer(npb_grpc.NodeServiceServicer):
         timeout = request.timeout_s if request.HasField("timeout_s") else None
         if timeout is not None and not timeout >= 0:
             raise ValidationError("timeout_s", f"must be >= 0, got {timeout}")
-        t = await self.node.wait(_task_id(request.task_id), timeout)
-        return cv.task_to_pb(t)
+        wait = asyncio.ensure_future(self.node.wait(_task_id(request.task_id), timeout))
+        drained = asyncio.ensure_future(self.drained.wait())
+        try:
+            await asyncio.wait((wait, drained), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            drained.cancel()
+            if not wait.done():
+                wait.cancel()
+        if not wait.done() or wait.cancelled():
+            raise _Draining()
+        return cv.task_to_pb(wait.result())
 
     async def Watch(
         self, request: npb.WatchRequest | Undecodable, context: grpc.aio.ServicerContext
@@ -181,17 +205,28 @@ class NodeServicer(npb_grpc.NodeServiceServicer):
             await _abort(
                 context, ValidationError("max_queue", f"{max_queue}", limit=f"1..{self.limits.max_watch_queue}")
             )
+        if self.draining:
+            await _abort(context, _Draining())
         try:
             sub = self.node.subscribe(max_queue=max_queue)
         except FedcoordError as e:
             await _abort(context, e)
+        self.watches.add(sub)
         try:
             yield npb.EventBatch()  # an empty first batch: subscribed, every later event will come
             async for first in sub:
                 batch = [first, *sub.drain(999)]
+                if sub.dropped:  # it fell behind: events were lost, so say so rather than go on
+                    break
                 yield npb.EventBatch(events=[cv.event_to_pb(e) for e in batch])
         finally:
+            self.watches.discard(sub)
             sub.close()
+        if sub.dropped:
+            await _abort(
+                context,
+                OverloadedError(f"the watcher fell {max_queue} events behind and lost {sub.dropped}: watch again"),
+            )
 
     @_rpc
     async def Stats(self, request: npb.StatsRequest, context: grpc.aio.ServicerContext) -> npb.StatsReply:
@@ -287,6 +322,7 @@ class NodeServicer(npb_grpc.NodeServiceServicer):
             await _abort(context, e)
         session = _WorkerSession(self, info.id, info.registered_ns)
         self.sessions.add(session)
+        self.sessions_closed.clear()
         self.streams += 1
         try:
             yield npb.NodeMessage(registered=cv.worker_info_to_pb(info))
@@ -358,7 +394,12 @@ class _WorkerSession:
     Three parts run at once: the reader applies what comes in (each message in one durable
     write), the claimer asks the node for as many leases as the worker has credit for (waiting
     for work when there is none), and the caller's loop writes out what both produced, merged
-    into one message when several are waiting."""
+    into one message when several are waiting (up to ``max_reply_bytes``).
+
+    Every lease granted is accounted for: ``unsent`` until its message is handed to gRPC, then
+    ``outstanding`` until the worker reports on it (or it is revoked). When the session ends,
+    unsent leases go back in line uncounted (the worker never saw them); outstanding ones go back
+    as a failed attempt (it may have run them)."""
 
     def __init__(self, servicer: NodeServicer, worker_id: str, registered_ns: int):
         self.servicer = servicer
@@ -366,14 +407,17 @@ class _WorkerSession:
         self.worker_id = worker_id
         self.registered_ns = registered_ns  # this session's incarnation of the worker
         self.credit = 0
-        self.outstanding: set[tuple[str, int]] = set()  # leases sent, not reported on or revoked yet
-        self._merge_bytes = servicer.limits.max_reply_bytes
+        self.unsent: dict[tuple[str, int], Lease] = {}  # granted, not handed to gRPC yet
+        self.outstanding: set[tuple[str, int]] = set()  # sent, not reported on or revoked yet
+        self._claiming = False  # a claim is under way (its leases are not in unsent yet)
+        self._max_bytes = servicer.limits.max_reply_bytes
         self._credit_changed = asyncio.Event()
         # (message, about how many bytes): merged into one message up to max_reply_bytes
         self._out: asyncio.Queue[tuple[npb.NodeMessage, int] | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self.error: BaseException | None = None
         self._closed = False
+        self._ended = False
 
     def wake(self) -> None:
         """Look again at credit and draining (the node started draining)."""
@@ -382,11 +426,16 @@ class _WorkerSession:
     def _send(self, msg: npb.NodeMessage, n_bytes: int = 64) -> None:
         self._out.put_nowait((msg, n_bytes))
 
+    def _end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._out.put_nowait(None)
+
     def _drained(self) -> bool:
         """While the node drains, the stream ends once the worker has reported on every lease it
-        holds (or they were revoked): then nothing goes back in line when the session closes."""
-        if self.servicer.draining and not self.outstanding:
-            self._out.put_nowait(None)
+        was given (or they were revoked): then nothing goes back in line when the session closes."""
+        if self.servicer.draining and not self._claiming and not self.unsent and not self.outstanding:
+            self._end()
             return True
         return False
 
@@ -403,19 +452,29 @@ class _WorkerSession:
             asyncio.create_task(self._claim(), name=f"stream-claim-{self.worker_id}"),
         ]
         out = self._out
+        carry: tuple[npb.NodeMessage, int] | None = None
         while True:
-            item = await out.get()
+            item = carry if carry is not None else await out.get()
+            carry = None
             if item is None:
                 return
             msg, size = item
-            while not out.empty() and size < self._merge_bytes:  # merge what piled up into one message
+            while not out.empty():  # merge what piled up into one message, up to the size limit
                 more = out.get_nowait()
-                if more is None:
-                    yield msg
-                    return
+                if more is None or size + more[1] > self._max_bytes:
+                    carry = more
+                    if more is None:
+                        self._ended = True
+                    break
                 msg.MergeFrom(more[0])
                 size += more[1]
+            for x in msg.leases:  # handed to gRPC now: the worker may report on them any moment
+                key = (x.task_id, x.attempt)
+                if self.unsent.pop(key, None) is not None:
+                    self.outstanding.add(key)
             yield msg
+            if carry is None and self._ended and out.empty():
+                return
 
     async def _read(self, request_iterator: AsyncIterator[npb.WorkerMessage | Undecodable]) -> None:
         try:
@@ -431,8 +490,10 @@ class _WorkerSession:
             raise
         except grpc.aio.AioRpcError:
             pass  # the worker went away: the session ends
+        except Exception as e:  # noqa: BLE001 (a bug: the stream ends with INTERNAL, logged by _abort)
+            self.error = e
         finally:
-            self._out.put_nowait(None)
+            self._end()
 
     async def _apply(self, msg: npb.WorkerMessage) -> None:
         wid = self.worker_id
@@ -451,10 +512,12 @@ class _WorkerSession:
             started = [x for s in msg.started if (x := _report_ref(s, wid, invalid))]
             refused = [*invalid, *await self.node.finish_many(completed, failed, started)]
             bad = {(x.task_id, x.attempt) for x, _ in refused}
-            for x, *_ in completed:
-                self.outstanding.discard((x.task_id, x.attempt))
-            for x, *_ in failed:
-                self.outstanding.discard((x.task_id, x.attempt))
+            gone = (StaleLeaseError, NotFoundError)  # refused because the lease is not the worker's any more
+            still_held = {(x.task_id, x.attempt) for x, e in refused if not isinstance(e, gone)}
+            for lease in (*(c[0] for c in completed), *(f[0] for f in failed)):
+                key = (lease.task_id, lease.attempt)
+                if key not in still_held:  # a result refused for its size, say: the lease is still the worker's
+                    self.outstanding.discard(key)
             reply = npb.NodeMessage(
                 acked=[
                     cpb.LeaseRef(task_id=x.task_id, attempt=x.attempt, worker_id=wid)
@@ -466,7 +529,7 @@ class _WorkerSession:
                     for x, e in refused
                 ],
             )
-            self._send(reply, 64 * (len(completed) + len(failed)))
+            self._send(reply, 64 * (len(completed) + len(failed) + len(refused)))
         if msg.heartbeat:
             hb = await self.node.heartbeat(wid)
             self.outstanding.difference_update(hb.revoked)
@@ -485,24 +548,32 @@ class _WorkerSession:
                         return
                     self._credit_changed.clear()
                     await self._credit_changed.wait()
-                leases = await node.claim(self.worker_id, min(self.credit, most), wait_s=wait_s)
-                if leases:
+                self._claiming = True
+                try:
+                    leases = await node.claim(self.worker_id, min(self.credit, most), wait_s=wait_s)
                     self.credit -= len(leases)
-                    self.outstanding.update((x.task_id, x.attempt) for x in leases)
-                    # lease messages of at most about max_reply_bytes each (payloads may be large)
-                    chunk: list[npb.Lease] = []
-                    size = 0
-                    for x in leases:
-                        chunk.append(cv.lease_to_pb(x))
-                        size += len(x.spec.payload) + 128
-                        if size >= self._merge_bytes:
-                            self._send(npb.NodeMessage(leases=chunk), size)
-                            chunk, size = [], 0
-                    if chunk:
+                    self.unsent.update(((x.task_id, x.attempt), x) for x in leases)
+                finally:
+                    self._claiming = False
+                # messages of at most about max_reply_bytes each (payloads and contexts may be large)
+                chunk: list[npb.Lease] = []
+                size = 0
+                for x in leases:
+                    m = cv.lease_to_pb(x)
+                    n = m.ByteSize() + 8
+                    if chunk and size + n > self._max_bytes:
                         self._send(npb.NodeMessage(leases=chunk), size)
+                        chunk, size = [], 0
+                    chunk.append(m)
+                    size += n
+                if chunk:
+                    self._send(npb.NodeMessage(leases=chunk), size)
         except FedcoordError as e:
             self.error = e
-            self._out.put_nowait(None)
+            self._end()
+        except Exception as e:  # noqa: BLE001 (a bug: the stream ends with INTERNAL, logged by _abort)
+            self.error = e
+            self._end()
 
     async def close(self) -> None:
         if self._closed:
@@ -511,22 +582,42 @@ class _WorkerSession:
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            try:
                 await t
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                log.exception("worker stream %s: a part of the session failed", self.worker_id)
         # The stream is the worker's session: when it ends, what the worker held goes back in
-        # line now (as a failed attempt) instead of waiting for missed heartbeats. Unless the
-        # worker registered again meanwhile (a new stream): that incarnation is not ours to end.
-        self.servicer.sessions.discard(self)
-        with contextlib.suppress(FedcoordError):
+        # line now (as a failed attempt) instead of waiting for missed heartbeats; what it was
+        # never sent goes back uncounted. Unless the worker registered again meanwhile (a new
+        # stream): that incarnation is not ours to end.
+        try:
+            if self.unsent:
+                await self.node.unlease(list(self.unsent.values()))
+                self.unsent.clear()
             await self.node.deregister_worker(self.worker_id, registered_ns=self.registered_ns)
+        except FedcoordError as e:
+            log.debug("worker stream %s: closing: %s", self.worker_id, e)
+        finally:
+            self.servicer.sessions.discard(self)
+            if not self.servicer.sessions:
+                self.servicer.sessions_closed.set()
 
 
 class HandoffServicer(hpb_grpc.HandoffServiceServicer):
     """Answers peers for the hand-off endpoint bound on this node (its hand-off agent)."""
 
-    def __init__(self, endpoint: Callable[[], HandoffEndpoint | None], load: Callable[[], float] | None = None):
+    def __init__(
+        self,
+        endpoint: Callable[[], HandoffEndpoint | None],
+        load: Callable[[], float] | None = None,
+        *,
+        draining: Callable[[], bool] = lambda: False,
+    ):
         self._endpoint = endpoint
         self._load = load
+        self._draining = draining
 
     def _ep(self) -> HandoffEndpoint:
         ep = self._endpoint()
@@ -537,6 +628,8 @@ class HandoffServicer(hpb_grpc.HandoffServiceServicer):
     @_rpc
     async def Offer(self, request: hpb.OfferRequest, context: grpc.aio.ServicerContext) -> hpb.OfferReply:
         offer = cv.offer_from_pb(request)
+        if self._draining():  # a node shutting down takes no new work (transfers of accepted offers still land)
+            return hpb.OfferReply(offer_id=offer.offer_id, reason="the node is draining (shutting down)")
         reply = await self._ep().on_offer(offer)
         return cv.offer_reply_to_pb(reply, self._load() if self._load is not None else None)
 

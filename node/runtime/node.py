@@ -597,6 +597,9 @@ class LocalNode:
             w = core.workers.get(worker_id)
             if w is None or w.registered_ns != registered_ns:
                 return
+        undelivered = self._claims.drop_held(worker_id)
+        if undelivered:  # granted, never received: not the worker's failure
+            core.unlease(undelivered, self._now())
         core.deregister_worker(worker_id, self._now())
         self._claims.forget(worker_id)
         await self._committer.commit()
@@ -622,11 +625,27 @@ class LocalNode:
         if max_bytes is not None and len(leases) > 1:
             size = 0
             for i, lease in enumerate(leases):
-                size += len(lease.spec.payload) + 256
+                size += lease_bytes(lease)
                 if size > max_bytes and i > 0:
-                    self._claims.hold(worker_id, leases[i:])
+                    await self.unlease(leases[i:])
                     return leases[:i]
         return leases
+
+    async def unlease(self, leases: Sequence[Lease]) -> int:
+        """Leases granted but never delivered to their worker: back in line, not counted as a
+        failed attempt (see :meth:`Core.unlease`). Returns how many went back, once durable."""
+        n = self._check().unlease(leases, self._now())
+        if n:
+            await self._committer.commit()
+        return n
+
+    def end_claim_waits(self, worker_id: str | None = None) -> None:
+        """A claim of ``worker_id`` (of every worker: None) that waits for work returns now,
+        empty (the node is draining)."""
+        core = self._check()
+        for wid in [worker_id] if worker_id is not None else core.waiting_workers():
+            core.cancel_wait(wid)
+        self._claims.end(worker_id)
 
     async def _claim(self, worker_id: str, max_tasks: int, wait_s: float) -> list[Lease]:
         core = self._check()
@@ -770,6 +789,18 @@ class LocalNode:
         """Seed 001's final performance report, with per-worker statistics."""
         core = self._check()
         return self._analytics.report(self._now(), [w.info() for w in core.workers.values()])
+
+
+def lease_bytes(lease: Lease) -> int:
+    """About how many bytes a lease takes on the wire (payload, context, names, ids)."""
+    sp = lease.spec
+    n = 160 + len(sp.payload) + len(sp.type) + len(lease.task_id)
+    if sp.context:
+        n += sum(len(k) + len(v) + 8 for k, v in sp.context.items())
+    n += sum(len(d) + 4 for d in sp.dependencies) + sum(len(c) + 4 for c in sp.required_capabilities)
+    if sp.idempotency_key:
+        n += len(sp.idempotency_key)
+    return n
 
 
 def _references(specs: list[TaskSpec]) -> tuple[list[str], list[str]]:

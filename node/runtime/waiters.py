@@ -32,10 +32,17 @@ class ClaimWaiters:
         still current: a reload after a store outage may have given them back)."""
         return [lease for lease in self._held.pop(worker_id, []) if current(lease)]
 
-    def hold(self, worker_id: str, leases: list[Lease]) -> None:
-        """Keep durable leases for the worker's next claim, ahead of any held already (the
-        caller could not deliver them now: a reply would have been too large)."""
-        self._held[worker_id] = leases + self._held.get(worker_id, [])
+    def drop_held(self, worker_id: str) -> list[Lease]:
+        """The worker's held leases, no longer held (it leaves: they were never delivered)."""
+        return self._held.pop(worker_id, [])
+
+    def end(self, worker_id: str | None = None) -> None:
+        """The waiting claim of ``worker_id`` (of every worker: None) returns now with what it
+        has (nothing); a grant still on its way is held."""
+        for wid in [worker_id] if worker_id is not None else list(self._waiting):
+            fut = self._waiting.pop(wid, None)
+            if fut is not None and not fut.done():
+                fut.set_result([])
 
     def held(self) -> int:
         return sum(len(v) for v in self._held.values())
