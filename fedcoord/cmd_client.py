@@ -245,29 +245,76 @@ def _read_specs(path: Path, base: TaskSpec) -> tuple[list[TaskSpec], list[int]]:
     return specs, lines
 
 
-def _submit_all(client: NodeClient, specs: Sequence[TaskSpec], lines: list[int] | None, where: str) -> list[str]:
-    """Submit in batches of :data:`CHUNK` (a progress bar on a terminal for more than one); an
-    error names the line of the spec it is about."""
+def _submit_all(
+    client: NodeClient,
+    specs: Sequence[TaskSpec],
+    lines: list[int] | None,
+    where: str,
+    on_ids: Callable[[list[str]], None] | None = None,
+) -> list[str]:
+    """Submit in batches of :data:`CHUNK` (a progress bar on a terminal for more than one), giving
+    ``on_ids`` the ids of each batch as soon as the node acknowledges it; an error names the line
+    of the spec it is about and says how many tasks went in before it."""
     ids: list[str] = []
     console = Console(stderr=True)
     progress = Progress(
         TextColumn("[bold]submitting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
         disable=not console.is_terminal or len(specs) <= CHUNK, transient=True,
     )  # fmt: skip
+
+    def took(batch: list[str]) -> None:
+        ids.extend(batch)
+        if on_ids is not None and batch:
+            on_ids(batch)
+
     with progress:
         bar = progress.add_task("submit", total=len(specs))
         for start in range(0, len(specs), CHUNK):
             try:
-                ids += client.submit(specs[start : start + CHUNK])
+                batch = client.submit(specs[start : start + CHUNK])
             except ValidationError as e:
+                took(_submitted(e))
                 if e.index is None:
+                    _say_submitted(ids, on_ids is not None)
+                    e.submitted_ids = list(ids)  # type: ignore[attr-defined]  # all of them, not this batch's
                     raise
                 at = start + e.index
                 line = f"{where} line {lines[at]}" if lines is not None else f"task {at + 1}"
-                done = f" ({start} tasks before it were submitted)" if start else ""
-                raise ValidationError(f"{line}: {e.field}", e.detail + done, limit=e.limit) from None
+                done = f" ({len(ids)} tasks before it were submitted)" if ids else ""
+                err = ValidationError(f"{line}: {e.field}", e.detail + done, limit=e.limit)
+                err.submitted_ids = list(ids)  # type: ignore[attr-defined]  # all of them, not this batch's
+                raise err from None
+            except Exception as e:
+                took(_submitted(e))
+                _say_submitted(ids, on_ids is not None)
+                setattr(e, "submitted_ids", list(ids))  # noqa: B010 - all of them, not this batch's
+                raise
+            took(batch)
             progress.advance(bar, min(CHUNK, len(specs) - start))
     return ids
+
+
+def _submitted(e: BaseException) -> list[str]:
+    """The ids a failed ``NodeClient.submit`` added before it failed (see node.rpc.client.submitted_ids)."""
+    ids = getattr(e, "submitted_ids", None)
+    return list(ids) if isinstance(ids, list) else []
+
+
+def _print_ids(lines: Sequence[str]) -> None:
+    sys.stdout.write("".join(f"{line}\n" for line in lines))
+    sys.stdout.flush()
+
+
+def _say_submitted(ids: list[str], printed: bool) -> None:
+    """Before the error of a submit that failed part way: how many went in (rerunning the same
+    file would submit those again)."""
+    if ids:
+        where = "printed above" if printed else "not printed"
+        Console(stderr=True).print(
+            f"[yellow]{len(ids)} tasks were submitted before the error[/] (their ids are {where}): "
+            "submitting the same tasks again would duplicate them",
+            highlight=False,
+        )
 
 
 def _bytes_json(name: str, value: bytes | None) -> dict[str, Any]:
@@ -363,8 +410,9 @@ def submit(
 
     With --wait, wait until each task is finished and print `id status [result] [error]` (with
     --json the task records too). Exit status: 0 done, 1 the node could not be reached or
-    refused the tasks (nothing of a refused batch is added), 3 with --wait when a task failed or
-    was cancelled, 130 interrupted.
+    refused the tasks (nothing of a refused batch is added; the ids of the batches submitted before
+    it are printed all the same, as each is acknowledged), 3 with --wait when a task failed or was
+    cancelled, 130 interrupted.
     """
     if payload is not None and payload_file is not None:
         raise typer.BadParameter("give --payload or --payload-file, not both")
@@ -384,15 +432,19 @@ def submit(
             timeout_s=timeout_s,
         )
         specs, lines = _read_specs(file, base) if file is not None else ([base] * count, None)
+        stream = not json_out and not wait  # the ids one a line, as each batch is acknowledged
         with conn.client() as client:
-            ids = _submit_all(client, specs, lines, str(file))
+            try:
+                ids = _submit_all(client, specs, lines, str(file), _print_ids if stream else None)
+            except Exception as e:
+                if not stream and (partial := _submitted(e)):  # ids that went in: on stdout all the same
+                    _print_json({"ids": partial}) if json_out else _print_ids(partial)
+                raise
             tasks = [client.wait(tid) for tid in ids] if wait else []
     if json_out:
         _print_json({"ids": ids, **({"tasks": [task_json(t) for t in tasks]} if wait else {})})
-    else:
-        lines_out = [_task_line(t) for t in tasks] if wait else ids
-        sys.stdout.write("".join(f"{line}\n" for line in lines_out))
-        sys.stdout.flush()
+    elif wait:
+        _print_ids([_task_line(t) for t in tasks])
     if any(t.status is not TaskStatus.COMPLETED for t in tasks):
         raise typer.Exit(EXIT_TASKS_FAILED)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import json
 import pickle
 import signal
@@ -737,3 +738,44 @@ def test_lists_and_context_of_the_wrong_type_are_refused_as_the_node_would(redis
             assert (await node.stats()).totals["submitted"] == 1
 
     run(main())
+
+
+def test_a_submit_that_fails_part_way_carries_the_ids_it_added(redis_url: str) -> None:
+    """Batches before the failing one stay submitted: their ids come with the error, so that a
+    caller does not submit them again."""
+    with BackgroundNode(redis_url, ServerOptions(limits=ServiceLimits(max_active_tasks=15))) as b:
+        with NodeClient(b.address, insecure=True, max_batch=5, timeout_s=0.2) as c, pytest.raises(OverloadedError) as e:
+            c.submit([TaskSpec("a") for _ in range(25)])
+        ids = e.value.submitted_ids  # type: ignore[attr-defined]
+        assert len(set(ids)) == 15 and all(b.get(t).type == "a" for t in ids)
+
+        async def go() -> None:
+            async with AsyncNodeClient(b.address, insecure=True, max_batch=5, timeout_s=0.2) as c:
+                with pytest.raises(OverloadedError) as e:
+                    await c.submit([TaskSpec("b") for _ in range(5)])
+                assert e.value.submitted_ids == []  # type: ignore[attr-defined]
+
+        asyncio.run(go())
+
+
+def test_cli_submit_file_prints_the_ids_submitted_before_an_error(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import node.rpc.client as client_module  # noqa: PLC0415 - patched where the command imports it
+
+    monkeypatch.setattr(cmd_client, "CHUNK", 10)
+    monkeypatch.setattr(client_module, "NodeClient", functools.partial(NodeClient, max_batch=5, timeout_s=0.2))
+    f = tmp_path / "tasks.jsonl"
+    f.write_text("".join(f'{{"type": "t", "payload": "task {i}"}}\n' for i in range(25)))
+    with BackgroundNode(redis_url, ServerOptions(limits=ServiceLimits(max_active_tasks=15))) as b:
+        r = fedcoord("submit", "--file", str(f), "--node", b.address, "--insecure")
+        assert r.exit_code == 1, r.output
+        ids = r.stdout.split()
+        assert len(set(ids)) == 15 and [b.get(t).payload for t in ids] == [f"task {i}".encode() for i in range(15)]
+        err = " ".join(r.stderr.split())
+        assert "15 tasks were submitted before the error" in err and "Traceback" not in r.output, err
+        for t in ids:  # room again: the same with --json, the ids as one document
+            b.call(functools.partial(LocalNode.cancel, task_id=t))
+        r = fedcoord("submit", "--file", str(f), "--json", "--node", b.address, "--insecure")
+        assert r.exit_code == 1, r.output
+        assert [b.get(t).payload for t in json.loads(r.stdout)["ids"]] == [f"task {i}".encode() for i in range(15)]

@@ -35,6 +35,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import concurrent.futures
+import contextlib
 import copy
 import os
 import random
@@ -80,6 +81,7 @@ __all__ = [
     "RemoteCallError",
     "RemoteStats",
     "error_from_status",
+    "submitted_ids",
 ]
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -331,6 +333,19 @@ def _encode(spec: TaskSpec, max_bytes: int) -> cpb.TaskSpec:
     if m.ByteSize() > max_bytes:
         raise ValidationError("spec", f"{m.ByteSize()} bytes encoded", limit=f"<= {max_bytes} (max_batch_bytes)")
     return m
+
+
+def _note_submitted(e: BaseException, ids: list[str]) -> None:
+    """A submit that failed part way: its error carries the ids of the batches that went in
+    before (``e.submitted_ids``, in the order of the specs), so that they are not submitted again."""
+    with contextlib.suppress(AttributeError, TypeError):
+        setattr(e, "submitted_ids", list(ids))  # noqa: B010 - an attribute of any exception type
+
+
+def submitted_ids(e: BaseException) -> list[str]:
+    """The ids a failed :meth:`NodeClient.submit` / :meth:`AsyncNodeClient.submit` added before it failed."""
+    ids = getattr(e, "submitted_ids", None)
+    return list(ids) if isinstance(ids, list) else []
 
 
 def _encode_all(specs: Sequence[TaskSpec], max_bytes: int) -> list[cpb.TaskSpec]:
@@ -743,13 +758,18 @@ class AsyncNodeClient(_ClientBase):
 
     async def submit(self, specs: Sequence[TaskSpec]) -> list[str]:
         """Add tasks now; returns their ids. More than ``max_batch`` go as consecutive batches (each
-        all or nothing: when one fails, the batches before it stay submitted; the error's index
-        counts from the first spec). ``RESOURCE_EXHAUSTED`` is retried with backoff up to
-        ``timeout_s``, then raised as :class:`~node.errors.OverloadedError`."""
+        all or nothing: when one fails, the batches before it stay submitted, their ids are the
+        error's ``submitted_ids``; the error's index counts from the first spec).
+        ``RESOURCE_EXHAUSTED`` is retried with backoff up to ``timeout_s``, then raised as
+        :class:`~node.errors.OverloadedError`."""
         msgs = _encode_all(specs, self.max_batch_bytes)
         ids: list[str] = []
-        for offset, chunk in _chunks(msgs, self.max_batch, self.max_batch_bytes):
-            ids += await self._submit_batch(_Calls.submit(chunk), offset)
+        try:
+            for offset, chunk in _chunks(msgs, self.max_batch, self.max_batch_bytes):
+                ids += await self._submit_batch(_Calls.submit(chunk), offset)
+        except Exception as e:
+            _note_submitted(e, ids)
+            raise
         return ids
 
     async def _submit_batch(self, call: _Call[list[str]], offset: int) -> list[str]:
@@ -996,8 +1016,12 @@ class NodeClient(_ClientBase):
         """As :meth:`AsyncNodeClient.submit`: now, in batches of ``max_batch``, overload retried."""
         msgs = _encode_all(specs, self.max_batch_bytes)
         ids: list[str] = []
-        for offset, chunk in _chunks(msgs, self.max_batch, self.max_batch_bytes):
-            ids += self._submit_batch(_Calls.submit(chunk), offset)
+        try:
+            for offset, chunk in _chunks(msgs, self.max_batch, self.max_batch_bytes):
+                ids += self._submit_batch(_Calls.submit(chunk), offset)
+        except Exception as e:
+            _note_submitted(e, ids)
+            raise
         return ids
 
     def _submit_batch(self, call: _Call[list[str]], offset: int) -> list[str]:
