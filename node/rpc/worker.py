@@ -65,6 +65,7 @@ from protos.fedcoord.v1 import node_pb2_grpc
 
 __all__ = ["FATAL_CODES", "Worker", "WorkerRefusedError", "WorkerStats"]
 
+_STEADY_S = 5.0  # a stream up this long resets the reconnect backoff
 log = logging.getLogger("fedcoord.worker")
 
 FATAL_CODES = frozenset(
@@ -335,10 +336,14 @@ class Worker:
         streak = 0
         try:
             while not self._stopping:
+                began = time.monotonic()
+                leases = self.stats.leases
                 registered = await self._session()
                 if self._stopping:
                     break
-                if registered:
+                # a session that got work or lasted counts as having worked: back off from the
+                # start; a node that registers and drops the stream at once is not retried hot
+                if registered and (self.stats.leases > leases or time.monotonic() - began >= _STEADY_S):
                     backoff, streak = o.reconnect_min_s, 0
                 else:
                     streak += 1
