@@ -69,7 +69,7 @@ FUZZ = settings(
         HealthCheck.large_base_example,
     ],
 )
-STREAM_FUZZ = settings(FUZZ, max_examples=200)
+STREAM_FUZZ = settings(FUZZ, max_examples=1000)
 CALL_TIMEOUT_S = 10.0  # no RPC here may take that long: one that does hangs
 
 # ---------------------------------------------------------------------------------- checks
