@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import sys
 from pathlib import Path
@@ -82,7 +83,7 @@ def node(
             overrides["peers"] = parse_peers(peer)
         cfg = load_config(config, overrides=overrides)
         if tls_ca is not None and cfg.peers and cfg.peer_ca_file is None:  # the peers' CA too, unless set apart
-            cfg = load_config(config, overrides={**overrides, "peer_ca_file": tls_ca})
+            cfg = dataclasses.replace(cfg, peer_ca_file=tls_ca)
         from node.rpc.serve import server_options  # noqa: PLC0415
 
         server_options(cfg)  # TLS files readable, plaintext allowed, tokens valid: before anything starts

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from node.rpc.auth import AuthInterceptor, TlsConfig, Tokens, check_plaintext, server_credentials
-from node.rpc.config import ServerConfig
+from node.rpc.config import ConfigError, ServerConfig
 from node.rpc.metrics import MetricsServer, NodeMetrics, start_metrics_server
 from node.rpc.server import NodeServer, ServerOptions
 from node.rpc.servicers import ServiceLimits
@@ -66,8 +66,6 @@ def server_options(cfg: ServerConfig, metrics: NodeMetrics | None = None) -> Ser
     credentials = None
     if tls.cert_file is not None or tls.key_file is not None:
         if tls.cert_file is None or tls.key_file is None:
-            from node.rpc.config import ConfigError  # noqa: PLC0415
-
             raise ConfigError("tls", "cert_file and key_file come together")
         credentials = server_credentials(
             TlsConfig(
@@ -86,8 +84,6 @@ def server_options(cfg: ServerConfig, metrics: NodeMetrics | None = None) -> Ser
     if tokens is not None:
         interceptors.append(AuthInterceptor(tokens))
     elif credentials is not None and not tls.require_client_cert:
-        from node.rpc.config import ConfigError  # noqa: PLC0415
-
         raise ConfigError(
             "tokens",
             "a node on TLS needs tokens (tokens_file or [tokens]; `fedcoord certs` writes tokens.toml) unless it "

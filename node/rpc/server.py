@@ -3,8 +3,9 @@ one port, around a running :class:`~node.runtime.node.LocalNode`.
 
 :class:`NodeServer` is the building block (tests and ``fedcoord node`` use it): give it a node
 and where to listen; it owns neither the node's configuration nor its process. ``drain()`` stops
-taking work (health says NOT_SERVING, submits and new worker streams are refused with
-UNAVAILABLE, streams get no new leases), lets the calls in flight finish, then stops the server.
+taking work (health says NOT_SERVING; submits, new worker streams and waits are refused with
+UNAVAILABLE; waiting claims and watches end; worker streams get no new leases and end once their
+workers have reported on what they hold), lets the calls in flight finish, then stops the server.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class NodeServer:
         self.health = health.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self.port = 0
-        self._stopped = asyncio.Event()
+        self._stopped = False
 
     @property
     def address(self) -> str:
@@ -117,7 +118,10 @@ class NodeServer:
 
     async def drain(self, grace_s: float = 30.0) -> None:
         """Stop taking work, let calls in flight finish (up to ``grace_s``), stop serving. The
-        node itself stays open: close it after (that finishes the flush and lets go of the lock)."""
+        node itself stays open: close it after (that finishes the flush and lets go of the lock).
+        Once drained, later calls (and :meth:`stop`) return at once."""
+        if self._stopped:
+            return
         self.servicer.start_draining()
         for name in (*SERVICE_NAMES, ""):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -130,14 +134,11 @@ class NodeServer:
             await asyncio.wait_for(self.servicer.sessions_closed.wait(), 10.0)
         except TimeoutError:
             log.warning("node %s: %d worker sessions still closing", self.node.node_id, len(self.servicer.sessions))
-        self._stopped.set()
+        self._stopped = True
 
     async def stop(self) -> None:
         """Stop at once (calls in flight are cancelled)."""
         await self.drain(0)
-
-    async def wait_stopped(self) -> None:
-        await self._stopped.wait()
 
     async def __aenter__(self) -> NodeServer:
         await self.start()

@@ -23,7 +23,7 @@ from node.events import Subscription
 from node.handoff import HandoffEndpoint
 from node.model import Lease
 from node.rpc import convert as cv
-from node.runtime.node import LocalNode
+from node.runtime.node import LocalNode, lease_bytes
 from protos.fedcoord.v1 import common_pb2 as cpb
 from protos.fedcoord.v1 import handoff_pb2 as hpb
 from protos.fedcoord.v1 import handoff_pb2_grpc as hpb_grpc
@@ -99,12 +99,16 @@ class NodeServicer(npb_grpc.NodeServiceServicer):
         self.draining = False
         self._inflight_bytes = 0
         self._inflight_submits = 0
-        self.streams = 0  # worker streams attached
-        self.sessions: set[_WorkerSession] = set()
+        self.sessions: set[_WorkerSession] = set()  # worker streams attached
         self.watches: set[Subscription] = set()
         self.drained = asyncio.Event()  # set by start_draining
         self.sessions_closed = asyncio.Event()  # no session open (set while none is)
         self.sessions_closed.set()
+
+    @property
+    def streams(self) -> int:
+        """Worker streams attached."""
+        return len(self.sessions)
 
     def start_draining(self) -> None:
         """Take no new work: submits and new streams are refused, waiting claims return empty,
@@ -323,13 +327,11 @@ class NodeServicer(npb_grpc.NodeServiceServicer):
         session = _WorkerSession(self, info.id, info.registered_ns)
         self.sessions.add(session)
         self.sessions_closed.clear()
-        self.streams += 1
         try:
             yield npb.NodeMessage(registered=cv.worker_info_to_pb(info))
             async for msg in session.run(first, request_iterator):
                 yield msg
         finally:
-            self.streams -= 1
             await session.close()
         if session.error is not None:
             await _abort(context, session.error)
@@ -559,12 +561,11 @@ class _WorkerSession:
                 chunk: list[npb.Lease] = []
                 size = 0
                 for x in leases:
-                    m = cv.lease_to_pb(x)
-                    n = m.ByteSize() + 8
+                    n = lease_bytes(x)  # the estimate LocalNode.claim(max_bytes=) splits unary replies by
                     if chunk and size + n > self._max_bytes:
                         self._send(npb.NodeMessage(leases=chunk), size)
                         chunk, size = [], 0
-                    chunk.append(m)
+                    chunk.append(cv.lease_to_pb(x))
                     size += n
                 if chunk:
                     self._send(npb.NodeMessage(leases=chunk), size)

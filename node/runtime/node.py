@@ -254,7 +254,7 @@ class LocalNode:
         self._state = NodeState.CLOSING
         if self.handoff is not None:
             self.handoff.stop()
-        self._claims.end_all()
+        self._claims.end()  # the node closes: every waiting claim returns empty
         loops = [self._loops.stop()]
         if self._recovery is not None:
             self._recovery.cancel()

@@ -75,10 +75,8 @@ class ClaimWaiters:
     def forget(self, worker_id: str) -> None:
         """The worker left or started a new incarnation: its waiting claim ends empty, and held
         leases (the core released them) are dropped."""
-        self._held.pop(worker_id, None)
-        fut = self._waiting.pop(worker_id, None)
-        if fut is not None and not fut.done():
-            fut.set_result([])
+        self.drop_held(worker_id)
+        self.end(worker_id)
 
     def reject(self, worker_ids: Iterable[str], err: BaseException) -> None:
         """The commit that held grants for these workers failed: their claims get the error."""
@@ -90,13 +88,6 @@ class ClaimWaiters:
     def reject_all(self, err: BaseException) -> None:
         """Every waiting claim gets ``err``; held leases are kept (they were durable)."""
         self.reject(list(self._waiting), err)
-
-    def end_all(self) -> None:
-        """The node closes: every waiting claim returns what it has (nothing)."""
-        for fut in self._waiting.values():
-            if not fut.done():
-                fut.set_result([])
-        self._waiting.clear()
 
 
 class Watchers:
