@@ -162,6 +162,14 @@ class FencedError(StoreError):
     """Another process took over this node id; this process must stop serving it."""
 
 
+class LedgerRefusedError(FedcoordError):
+    """The privacy ledger refused a release (over budget, or its window was released already)."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
+
+
 class NodeOwnedError(FedcoordError):
     """Another live process already serves this node id."""
 

@@ -11,6 +11,12 @@ simulator calls it with a drained outbox alone), never by scanning tasks: readin
 copies a few counters per type. Windows are aligned to the node's clock (``start = now // window``); a
 task counts in the window of the commit that finished it. The last ``keep`` closed windows are
 kept, empty ones included.
+
+With a privacy ``horizon`` of ``m`` windows each window also keeps **bounded** counts, the input
+of the privacy pipeline (``federation.privacy``): a task counts there only in the windows
+``[c, c + m - 1]``, ``c`` being the window of its creation (on the node that created it: adopted
+tasks keep their creation time), and a task requeued in a window does not count an ending there
+again; so one task changes one cell of a window's bounded counts at most once.
 """
 
 from __future__ import annotations
@@ -26,12 +32,14 @@ from node.core.outbox import Outbox
 from node.errors import ValidationError
 from node.model import TaskStatus
 
-__all__ = ["TypeWindow", "WindowSummary", "Windows"]
+__all__ = ["BoundedCounts", "TypeWindow", "WindowSummary", "Windows"]
 
 _NS = 1_000_000_000
 _COMPLETED = TaskStatus.COMPLETED
 # slots of a type's counters
 _SUBMITTED, _COMPLETED_I, _FAILED, _CANCELLED, _IN, _OUT = range(6)
+# bounded counts: [submitted, completed, failed, handed off in, handed off out]
+_BOUNDED_SLOT = {TaskStatus.COMPLETED: 1, TaskStatus.FAILED: 2, TaskStatus.HANDED_OFF: 4}
 _SLOT_OF_STATUS_NAME = {
     TaskStatus.COMPLETED.value: _COMPLETED_I,
     TaskStatus.FAILED.value: _FAILED,
@@ -78,6 +86,16 @@ class TypeWindow:
 
 
 @dataclass(frozen=True, slots=True)
+class BoundedCounts:
+    """A window's bounded counts (see the module docstring): by raw type (submitted, completed,
+    failed, handed off in, handed off out), and the completion-time histogram. Private."""
+
+    window: int  # window index: start_ns // window_ns
+    counts: dict[str, tuple[int, int, int, int, int]]
+    completion_counts: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class WindowSummary:
     """What one node did in ``[start_ns, end_ns)``, by task type (raw: before any privacy step).
     ``closed`` is False for the window still open (``end_ns`` is then when it was read)."""
@@ -88,6 +106,7 @@ class WindowSummary:
     closed: bool
     types: dict[str, TypeWindow]
     completion_s: FixedBinHistogram  # completion times (start or claim to finish) of the window's tasks
+    bounded: BoundedCounts | None = None  # with a privacy horizon only
 
     @property
     def bins(self) -> FixedBins:
@@ -109,20 +128,34 @@ class WindowSummary:
 
 
 class _Window:
-    __slots__ = ("counts", "hist", "start_ns")
+    __slots__ = ("b_counts", "b_hist", "counts", "hist", "requeued", "start_ns")
 
     def __init__(self, start_ns: int, nbins: int):
         self.start_ns = start_ns
         self.counts: dict[str, list[int]] = {}  # type -> [submitted, completed, failed, cancelled, in, out]
         self.hist = [0] * nbins  # completion times per bin
+        # bounded (privacy horizon): type -> [submitted, completed, failed, in, out], histogram
+        self.b_counts: dict[str, list[int]] = {}
+        self.b_hist = [0] * nbins
+        self.requeued: set[str] = set()
 
 
 class Windows:
     def __init__(
-        self, node_id: str, now_ns: int, *, window_s: float = 20.0, bins: FixedBins | None = None, keep: int = 16
+        self,
+        node_id: str,
+        now_ns: int,
+        *,
+        window_s: float = 20.0,
+        bins: FixedBins | None = None,
+        keep: int = 16,
+        horizon: int | None = None,
     ):
         if not (isinstance(window_s, int | float) and window_s > 0):
             raise ValidationError("window_s", f"{window_s!r}", limit="> 0 seconds")
+        if horizon is not None and (isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1):
+            raise ValidationError("horizon", f"{horizon!r}", limit=">= 1 windows")
+        self.horizon = horizon
         self.node_id = node_id
         self.window_ns = int(window_s * _NS)
         self.bins = bins or FixedBins()
@@ -170,6 +203,8 @@ class Windows:
             self._type(w, ttype)[_SUBMITTED] += n
         for ttype, n in out.adopted.items():
             self._type(w, ttype)[_IN] += n
+        if self.horizon is not None:
+            self._record_bounded(w, out)
         if not out.finished:
             return
         if counters is None or completion_times_s is None:
@@ -187,9 +222,53 @@ class Windows:
         for v in completion_times_s:
             hist[right(edges, v)] += 1
 
+    def horizon_ns(self, window: int) -> tuple[int, int]:
+        """``[lo, hi)``: the creation times of the tasks that may count in window ``window``."""
+        m = self.horizon or 1
+        return (window - m + 1) * self.window_ns, (window + 1) * self.window_ns
+
+    def _record_bounded(self, w: _Window, out: Outbox) -> None:
+        lo, hi = self.horizon_ns(w.start_ns // self.window_ns)
+        counts = w.b_counts
+        for created, fresh in out.submitted_at:
+            if lo <= created < hi:
+                for ttype, n in fresh.items():
+                    c = counts.get(ttype) or counts.setdefault(ttype, [0, 0, 0, 0, 0])
+                    c[0] += n
+        for created, ttype in out.adopted_at:
+            if lo <= created < hi:
+                c = counts.get(ttype) or counts.setdefault(ttype, [0, 0, 0, 0, 0])
+                c[3] += 1
+        requeued = w.requeued
+        if out.requeued:
+            requeued.update(out.requeued)
+        if not out.finished:
+            return
+        hist = w.b_hist
+        edges = self._edges
+        right = bisect.bisect_right
+        for t in out.finished.values():
+            created = t.created_ns
+            if not lo <= created < hi or (requeued and t.id in requeued):
+                continue
+            slot = _BOUNDED_SLOT.get(t.status)
+            if slot is None:  # cancelled: not released
+                continue
+            c = counts.get(t.spec.type) or counts.setdefault(t.spec.type, [0, 0, 0, 0, 0])
+            c[slot] += 1
+            if slot == 1:
+                began = t.started_ns if t.started_ns is not None else t.claimed_ns
+                if began is not None and t.finished_ns is not None:
+                    hist[right(edges, (t.finished_ns - began) / _NS)] += 1
+
     def _summary(self, w: _Window, end_ns: int, *, closed: bool) -> WindowSummary:
         types = {ttype: TypeWindow(*c) for ttype, c in w.counts.items()}
-        return WindowSummary(self.node_id, w.start_ns, end_ns, closed, types, FixedBinHistogram(self.bins, w.hist))
+        bounded = None
+        if self.horizon is not None:
+            b = {ttype: (c[0], c[1], c[2], c[3], c[4]) for ttype, c in w.b_counts.items()}
+            bounded = BoundedCounts(w.start_ns // self.window_ns, b, tuple(w.b_hist))
+        hist = FixedBinHistogram(self.bins, w.hist)
+        return WindowSummary(self.node_id, w.start_ns, end_ns, closed, types, hist, bounded)
 
     def current(self, now_ns: int) -> WindowSummary:
         """The window still open, so far."""

@@ -344,6 +344,7 @@ class Core(Transfers):
             self._idem[key] = t.id
         self.out.finished.pop(t.id, None)
         self.out.counters["requeued"] += 1
+        self.out.requeued.append(t.id)
         if self.emit_events:
             self._event(t, now_ns)
         unmet = [d for d in t.spec.dependencies if d in self.tasks]

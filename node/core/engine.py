@@ -334,7 +334,7 @@ class Engine(CoreState):
         by_type = self._by_type
         queues = self._queues
         by_req = queues.by_requirements
-        submitted = out.submitted
+        fresh: dict[str, int] = {}  # this call's new tasks by type (all created now)
         q = max(now_ns, self._last_queued_ns + 1)
         self._last_queued_ns = q + len(norm) - 1
         for s, tid in zip(norm, new_ids, strict=True):
@@ -345,7 +345,7 @@ class Engine(CoreState):
             by_priority[s.priority] += 1  # type: ignore[index]
             ttype = s.type
             by_type[ttype] = by_type.get(ttype, 0) + 1
-            submitted[ttype] = submitted.get(ttype, 0) + 1
+            fresh[ttype] = fresh.get(ttype, 0) + 1
             cls = by_req.get((s.required_capabilities, s.difficulty))
             if cls is None:
                 cls = self._class_of(t)
@@ -355,7 +355,16 @@ class Engine(CoreState):
                 events.append((NEW_TASK, t, QUEUED, None, 0, now_ns, None))
         self._by_status[QUEUED] += len(norm)
         out.counters["submitted"] += len(norm)
+        self._count_submitted(fresh, now_ns)
         return new_ids
+
+    def _count_submitted(self, fresh: dict[str, int], now_ns: int) -> None:
+        """New tasks by type, for the window summaries (with their creation time: the privacy
+        bounding counts a task only in the windows after it was created)."""
+        submitted = self.out.submitted
+        for ttype, n in fresh.items():
+            submitted[ttype] = submitted.get(ttype, 0) + n
+        self.out.submitted_at.append((now_ns, fresh))
 
     def _submit_general(
         self, norm: list[TaskSpec], now_ns: int, known: Mapping[str, TaskStatus], known_keys: Mapping[str, str]
@@ -411,10 +420,12 @@ class Engine(CoreState):
             if emit:
                 self._event(t, now_ns, NEW_TASK)
         out.counters["submitted"] += len(new)
-        submitted = out.submitted
+        fresh: dict[str, int] = {}
         for i in new:
             ttype = norm[i].type
-            submitted[ttype] = submitted.get(ttype, 0) + 1
+            fresh[ttype] = fresh.get(ttype, 0) + 1
+        if fresh:
+            self._count_submitted(fresh, now_ns)
         self._dispatch(now_ns)
         return ids
 

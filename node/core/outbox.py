@@ -35,6 +35,12 @@ class Outbox:
     counters: Counter[str] = field(default_factory=Counter)  # submitted, retried, timed_out, ...
     submitted: dict[str, int] = field(default_factory=dict)  # task type -> tasks submitted (for summaries)
     adopted: dict[str, int] = field(default_factory=dict)  # task type -> tasks taken over from peers
+    # The same with creation times, for the privacy bounding of the summaries: (created ns,
+    # type -> tasks) per submit call, (created ns, type) per adopted task, and the ids of failed
+    # tasks put back in line (their second ending in a window is not counted).
+    submitted_at: list[tuple[int, dict[str, int]]] = field(default_factory=list)
+    adopted_at: list[tuple[int, str]] = field(default_factory=list)
+    requeued: list[str] = field(default_factory=list)
     # Hand-off: intents (a task's stored record stays as it was, queued, while an intent names the
     # peer: a cheap write, and an abort leaves the record in its old place in line), final records
     # of adopted tasks to report to the node they came from (kept until it
@@ -59,6 +65,7 @@ class Outbox:
             or self.counters
             or self.submitted
             or self.adopted
+            or self.requeued
             or self.intents
             or self.intents_done
             or self.reports

@@ -395,6 +395,7 @@ class Transfers(Engine):
         """Checked records -> queued tasks owned here, in line now (or to waiting claims)."""
         out = self.out
         adopted = out.adopted
+        adopted_at = out.adopted_at
         saved = out.saved
         events = out.events if self.emit_events else None
         node_id = self.node_id
@@ -420,6 +421,7 @@ class Transfers(Engine):
             ttype = spec.type
             by_type[ttype] = by_type.get(ttype, 0) + 1
             adopted[ttype] = adopted.get(ttype, 0) + 1
+            adopted_at.append((rec.created_ns, ttype))
             if direct:
                 cls = by_req.get((spec.required_capabilities, spec.difficulty))
                 if cls is None:

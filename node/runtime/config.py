@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from federation.privacy.config import PrivacyConfig
 from node.admission import AdmissionConfig
 from node.analytics.histogram import FixedBins
 from node.core import CoreConfig
@@ -34,9 +35,11 @@ class NodeConfig:
     core: CoreConfig = field(default_factory=CoreConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     handoff: HandoffConfig = field(default_factory=HandoffConfig)  # used when a transport is given
-    # Raw window summaries (the federation's input): window length, completion-time bins
+    # Window summaries (the federation's input): window length, completion-time bins (the same
+    # as the privacy settings' public bins), and what may be released of them and at what cost
     window_s: float = 20.0
     completion_bins: FixedBins = field(default_factory=FixedBins)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     retention_s: float = 86400.0  # finished tasks are kept this long (rounded up to an hour bucket)
     lock_ttl_s: float = 10.0  # owner lock lifetime; refreshed every third of it
     lock_wait_s: float = 0.0  # how long start() waits for another owner to let go
@@ -66,6 +69,12 @@ class NodeConfig:
             v = getattr(self, name)
             if not (isinstance(v, int | float) and v > 0):
                 raise ValidationError(name, f"{v!r} must be a positive number of seconds", limit="> 0")
+        if tuple(self.completion_bins.edges) != tuple(self.privacy.completion_edges_s):
+            raise ValidationError(
+                "privacy.completion_edges_s",
+                f"{self.privacy.completion_edges_s!r} differ from completion_bins {self.completion_bins.edges!r}",
+                limit="the same public bins for the summaries and their releases",
+            )
         if not (isinstance(self.lock_wait_s, int | float) and self.lock_wait_s >= 0):
             raise ValidationError("lock_wait_s", f"{self.lock_wait_s!r}", limit=">= 0")
 

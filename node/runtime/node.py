@@ -25,6 +25,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+from federation.privacy.status import PrivacyStatus, ReleaseOutcome
+from federation.view import GlobalView
 from node.admission import Admission, FederationView
 from node.analytics import Analytics, MinuteRow, NodeStats, PerformanceReport
 from node.analytics.window import Windows, WindowSummary
@@ -47,6 +49,7 @@ from node.model import Lease, Task, TaskSpec, TaskStatus, WorkerSpec, check_batc
 from node.runtime.committer import GroupCommitter
 from node.runtime.config import NodeConfig, NodeState, default_data_dir
 from node.runtime.handoff import HandoffAgent, StepHook
+from node.runtime.privacy import NodePrivacy
 from node.runtime.rebuild import read_records, rebuild_core
 from node.runtime.timers import History, Loops, run_listener_check, run_lock_keeper, run_ticker
 from node.runtime.waiters import ClaimWaiters, Watchers
@@ -89,7 +92,11 @@ class LocalNode:
         self._hub = EventHub()
         self._redis_listeners = 0
         self._analytics = Analytics(self.node_id, self._now())
-        self._windows = Windows(self.node_id, self._now(), window_s=cfg.window_s, bins=cfg.completion_bins)
+        horizon = cfg.privacy.m if cfg.privacy.enabled else None
+        self._windows = Windows(
+            self.node_id, self._now(), window_s=cfg.window_s, bins=cfg.completion_bins, horizon=horizon
+        )
+        self._privacy = NodePrivacy(self.node_id, cfg.privacy, store, window_s=cfg.window_s)
         self.admission = Admission(cfg.admission)
         self._history = History(self.node_id, self._analytics, store, enabled=cfg.history)
         self._loops = Loops(self.node_id)
@@ -202,6 +209,7 @@ class LocalNode:
         if warning:
             log.warning("%s", warning)
         await store.acquire(wait_s=cfg.lock_wait_s, lock_ttl_s=cfg.lock_ttl_s, takeover=cfg.takeover)
+        await self._privacy.load()
         await self._reload()
         self._state = NodeState.SERVING
         self._committer.start()
@@ -773,6 +781,23 @@ class LocalNode:
         """Take a new view from the federation; returns the threshold it gives."""
         self.admission.update(view)
         return self.threshold()
+
+    async def release_summary(self) -> ReleaseOutcome:
+        """The privacy-filtered summary of the last complete window, for the federation (the
+        ``Summary`` RPC). The ledger in the store records its cost before it is returned; a
+        release that would take a task over budget is refused (``BUDGET_EXHAUSTED``, logged),
+        and the node goes on serving on its local policy. Asking again for the same window
+        returns the same release at no cost."""
+        self._check()
+        return await self._privacy.release(self._windows, self._core, self._now())
+
+    def privacy_status(self) -> PrivacyStatus:
+        """The per-task budget, what was spent and what is left (``fedcoord privacy status``)."""
+        return self._privacy.status()
+
+    def apply_view(self, view: GlobalView) -> float:
+        """Take a federation view (``ApplyFederation``); returns the threshold it gives."""
+        return self.apply_federation(view.admission_view(self.node_id))
 
     def story(self, task_id: str) -> list[StoryEntry]:
         """The task's transitions as this process saw them, oldest first (kept for the last

@@ -15,11 +15,16 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
+import orjson
+
 from node.store.codec import WriteBatch
 
 __all__ = [
+    "LEDGER_KEEP",
     "REFUSED_KEEP_S",
     "HistoryRow",
+    "LedgerEntry",
+    "LedgerState",
     "OwnerToken",
     "Snapshot",
     "Store",
@@ -98,6 +103,49 @@ def buckets_to_search(now_s: float, retention_s: float, width_s: int) -> list[in
     return [newest - i * width_s for i in range(n + 1)]
 
 
+LEDGER_KEEP = 4320  # releases kept in the ledger's history (a day of 20 s windows); totals are kept forever
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One release recorded in the privacy ledger: its window and what it cost (zCDP rho)."""
+
+    window: int
+    rho: float
+    at_ns: int
+    mechanism: str
+    scale: float
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {"window": self.window, "rho": self.rho, "at_ns": self.at_ns, "mechanism": self.mechanism,
+             "scale": self.scale}
+        )  # fmt: skip
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> LedgerEntry:
+        d = orjson.loads(raw)
+        return cls(int(d["window"]), float(d["rho"]), int(d["at_ns"]), str(d["mechanism"]), float(d["scale"]))
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerState:
+    """The privacy ledger as stored: the newest releases (oldest first) and lifetime totals."""
+
+    entries: tuple[LedgerEntry, ...] = ()
+    releases: int = 0
+    refused: int = 0
+    rho_total: float = 0.0
+    worst_rho: float = 0.0  # the largest sum of rho over m consecutive windows at any release
+    last_window: int | None = None
+
+
+def window_sum(entries: Sequence[LedgerEntry], window: int, m: int) -> float:
+    """The sum of rho of the recorded releases in windows ``[window - m + 1, window]``."""
+    lo = window - m + 1
+    return math.fsum(e.rho for e in entries if lo <= e.window <= window)
+
+
 class Store(abc.ABC):
     """Durable state of one node. Every write is one atomic batch (a group commit)."""
 
@@ -158,6 +206,23 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def read_history(self, since_ms: int) -> list[HistoryRow]: ...
+
+    # privacy ledger (see federation.privacy): one entry per release, checked and written atomically
+
+    @abc.abstractmethod
+    async def ledger_read(self) -> LedgerState: ...
+
+    @abc.abstractmethod
+    async def ledger_record(self, entry: LedgerEntry, *, m: int, rho_budget: float, keep: int = LEDGER_KEEP) -> float:
+        """Record a release, atomically and only if it keeps every task within ``rho_budget``: the
+        sum of rho over windows ``[w - m + 1, w]`` with this one must not exceed it, and ``w`` must
+        be newer than the last release. Returns that sum. Raises
+        :class:`~node.errors.LedgerRefusedError` (nothing written) otherwise, and
+        :class:`~node.errors.FencedError` from a process that no longer owns the node."""
+
+    @abc.abstractmethod
+    async def ledger_refused(self) -> None:
+        """Count a release refused for budget (the total survives restarts)."""
 
     @abc.abstractmethod
     async def subscribers(self) -> int:

@@ -21,6 +21,10 @@ key                         type    holds
                                     until the node it came from acknowledges the result
 ``fc:N:refused``            zset    task ids declared unknown to a peer that asked
                                     (score: ns); their late transfers are refused (24 h)
+``fc:N:privacy``            hash    privacy ledger totals: releases, refused, rho_total,
+                                    worst_rho, last_window (never reset)
+``fc:N:privacy:releases``   zset    one JSON entry per release (window, rho, mechanism,
+                                    scale, at_ns), score: window index; the newest kept
 ``fc:N:events``             pubsub  channel: JSON arrays of new_task / task_updated
 ==========================  ======  ====================================================
 """
@@ -87,3 +91,11 @@ class NodeKeys:
     @property
     def refused(self) -> str:
         return self.base + "refused"
+
+    @property
+    def privacy(self) -> str:
+        return self.base + "privacy"
+
+    @property
+    def privacy_releases(self) -> str:
+        return self.base + "privacy:releases"

@@ -8,7 +8,7 @@ if nobody acquired the node since, i.e. the epoch counter still equals its own e
 
 from __future__ import annotations
 
-__all__ = ["ACQUIRE", "FIND_FINISHED", "FLUSH", "REFRESH", "RELEASE", "TAKEOVER"]
+__all__ = ["ACQUIRE", "FIND_FINISHED", "FLUSH", "LEDGER", "REFRESH", "RELEASE", "TAKEOVER"]
 
 # KEYS: owner, epoch. ARGV: "|host|pid|nonce" suffix, ttl ms. Returns the new epoch, or false.
 ACQUIRE = """
@@ -157,4 +157,43 @@ if ARGV[7] ~= '' then
   redis.call('PUBLISH', ARGV[7], ARGV[8])
 end
 return 1
+"""
+
+# The privacy ledger: record one release if it keeps every task within budget.
+# KEYS: owner, epoch, totals hash, releases zset. ARGV: token, epoch, ttl ms, window, rho, m,
+# rho budget, entry JSON, entries kept. Returns {1, sum} or {0, reason}. The sum of rho over
+# windows [w - m + 1, w] (this release included) must stay within the budget (a relative 1e-12
+# for the rounding of the sum), and w must be newer than the last release.
+LEDGER = """
+local v = redis.call('GET', KEYS[1])
+if v ~= ARGV[1] then
+  if v == false and redis.call('GET', KEYS[2]) == ARGV[2] then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+  else
+    return redis.error_reply('FENCED node owned by ' .. tostring(v))
+  end
+end
+local w = tonumber(ARGV[4])
+local rho = tonumber(ARGV[5])
+local m = tonumber(ARGV[6])
+local cap = tonumber(ARGV[7])
+local last = redis.call('HGET', KEYS[3], 'last_window')
+if last and tonumber(last) >= w then
+  return {0, 'window ' .. w .. ' is not newer than the last release (window ' .. last .. ')'}
+end
+local sum = rho
+for _, e in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], w - m + 1, w - 1)) do
+  sum = sum + cjson.decode(e)['rho']
+end
+if sum > cap * (1 + 1e-12) then
+  return {0, string.format('over budget: rho %.17g over the last %d windows, budget %.17g', sum, m, cap)}
+end
+redis.call('ZADD', KEYS[4], w, ARGV[8])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. (w - tonumber(ARGV[9]) + 1))
+redis.call('HSET', KEYS[3], 'last_window', w)
+redis.call('HINCRBY', KEYS[3], 'releases', 1)
+redis.call('HINCRBYFLOAT', KEYS[3], 'rho_total', ARGV[5])
+local worst = tonumber(redis.call('HGET', KEYS[3], 'worst_rho') or '0')
+if sum > worst then redis.call('HSET', KEYS[3], 'worst_rho', string.format('%.17g', sum)) end
+return {1, string.format('%.17g', sum)}
 """

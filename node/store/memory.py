@@ -12,10 +12,13 @@ import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
-from node.errors import FencedError, NodeOwnedError, StoreUnavailableError
+from node.errors import FencedError, LedgerRefusedError, NodeOwnedError, StoreUnavailableError
 from node.store.base import (
+    LEDGER_KEEP,
     REFUSED_KEEP_S,
     HistoryRow,
+    LedgerEntry,
+    LedgerState,
     OwnerToken,
     Snapshot,
     Store,
@@ -23,6 +26,7 @@ from node.store.base import (
     buckets_to_search,
     owned_message,
     wall_s,
+    window_sum,
 )
 from node.store.codec import WriteBatch
 
@@ -43,6 +47,7 @@ class _NodeData:
     handoffs: dict[str, str] = field(default_factory=dict)
     reports: dict[str, bytes] = field(default_factory=dict)
     refused: dict[str, int] = field(default_factory=dict)
+    ledger: LedgerState = field(default_factory=LedgerState)
 
 
 class MemoryBackend:
@@ -138,15 +143,9 @@ class MemoryStore(Store):
         return self._token
 
     async def write(self, batch: WriteBatch) -> None:
-        tok = self._require_token()
-        held = self._owner_now()
-        d = self._d
-        if held != tok.encode():
-            # Like the Redis flush script: a lock that vanished is taken back only if nobody
-            # acquired the node since (the epoch counter is still ours).
-            if held is not None or d.epoch != tok.epoch:
-                raise FencedError(f"node {self.node_id!r} is owned by {held!r}, not by this process")
-            d.owner = (tok.encode(), self.backend.clock() + self._lock_ttl_s)
+        # Like the Redis flush script: a lock that vanished is taken back only if nobody
+        # acquired the node since (the epoch counter is still ours).
+        d = self._check_owner()
         now = self.backend.clock()
         for tid, raw in batch.upserts:
             d.active[tid] = raw
@@ -235,6 +234,41 @@ class MemoryStore(Store):
 
     async def read_history(self, since_ms: int) -> list[HistoryRow]:
         return sorted((k, v) for k, v in self._d.history.items() if k >= since_ms)
+
+    def _check_owner(self) -> _NodeData:
+        tok = self._require_token()
+        held = self._owner_now()
+        d = self._d
+        if held != tok.encode():
+            if held is not None or d.epoch != tok.epoch:
+                raise FencedError(f"node {self.node_id!r} is owned by {held!r}, not by this process")
+            d.owner = (tok.encode(), self.backend.clock() + self._lock_ttl_s)
+        return d
+
+    async def ledger_read(self) -> LedgerState:
+        return self._d.ledger
+
+    async def ledger_record(self, entry: LedgerEntry, *, m: int, rho_budget: float, keep: int = LEDGER_KEEP) -> float:
+        d = self._check_owner()
+        led = d.ledger
+        w = entry.window
+        if led.last_window is not None and led.last_window >= w:
+            raise LedgerRefusedError(f"window {w} is not newer than the last release (window {led.last_window})")
+        total = window_sum(led.entries, w - 1, m - 1) + entry.rho if m > 1 else entry.rho
+        if total > rho_budget * (1 + 1e-12):
+            raise LedgerRefusedError(f"over budget: rho {total!r} over the last {m} windows, budget {rho_budget!r}")
+        entries = tuple(e for e in (*led.entries, entry) if e.window > w - keep)
+        d.ledger = LedgerState(
+            entries, led.releases + 1, led.refused, led.rho_total + entry.rho, max(led.worst_rho, total), w
+        )
+        return total
+
+    async def ledger_refused(self) -> None:
+        d = self._d
+        led = d.ledger
+        d.ledger = LedgerState(
+            led.entries, led.releases, led.refused + 1, led.rho_total, led.worst_rho, led.last_window
+        )
 
     async def subscribers(self) -> int:
         _ = self._d  # unavailable like every other call during an outage

@@ -29,11 +29,14 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, ResponseError
 from redis.retry import Retry
 
-from node.errors import FencedError, NodeOwnedError, StoreUnavailableError, ValidationError
+from node.errors import FencedError, LedgerRefusedError, NodeOwnedError, StoreUnavailableError, ValidationError
 from node.store import lua
 from node.store.base import (
+    LEDGER_KEEP,
     REFUSED_KEEP_S,
     HistoryRow,
+    LedgerEntry,
+    LedgerState,
     OwnerToken,
     Snapshot,
     Store,
@@ -98,7 +101,7 @@ class RedisStore(Store):
         # Small group commits go out on this asyncio connection, never retried either.
         self._aio_writer = aioredis.Redis.from_url(url, retry=AsyncRetry(NoBackoff(), 0), **opts)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"fc-writer-{node_id}")
-        names = ("ACQUIRE", "TAKEOVER", "REFRESH", "RELEASE", "FLUSH", "FIND_FINISHED")
+        names = ("ACQUIRE", "TAKEOVER", "REFRESH", "RELEASE", "FLUSH", "FIND_FINISHED", "LEDGER")
         self._shas = {name: _sha(getattr(lua, name)) for name in names}
 
     @property
@@ -378,6 +381,45 @@ class RedisStore(Store):
             if minute >= since_ms:
                 rows[minute] = fields[b"row"]  # a later entry for the same minute wins
         return sorted(rows.items())
+
+    # ------------------------------------------------------------------ privacy ledger
+
+    async def ledger_read(self) -> LedgerState:
+        k = self.keys
+        pipe = self._aio.pipeline(transaction=True)
+        pipe.hgetall(k.privacy)
+        pipe.zrange(k.privacy_releases, 0, -1)
+        totals, raw = await self._call(pipe.execute())
+        t = {key.decode(): val.decode() for key, val in totals.items()}
+        last = t.get("last_window")
+        return LedgerState(
+            entries=tuple(LedgerEntry.decode(e) for e in raw),
+            releases=int(t.get("releases", 0)),
+            refused=int(t.get("refused", 0)),
+            rho_total=float(t.get("rho_total", 0.0)),
+            worst_rho=float(t.get("worst_rho", 0.0)),
+            last_window=None if last is None else int(last),
+        )
+
+    async def ledger_record(self, entry: LedgerEntry, *, m: int, rho_budget: float, keep: int = LEDGER_KEEP) -> float:
+        tok = self._require_token()
+        k = self.keys
+        args = [tok.encode(), tok.epoch, self._lock_ttl_ms, entry.window, repr(entry.rho), m, repr(rho_budget)]
+        try:
+            ok, detail = await self._script(
+                "LEDGER", [k.owner, k.epoch, k.privacy, k.privacy_releases], [*args, entry.encode(), keep]
+            )
+        except ResponseError as e:
+            if str(e).startswith("FENCED"):
+                raise FencedError(f"node {self.node_id!r}: ledger write refused, {e}") from e
+            raise
+        text = detail.decode() if isinstance(detail, bytes) else str(detail)
+        if not ok:
+            raise LedgerRefusedError(text)
+        return float(text)
+
+    async def ledger_refused(self) -> None:
+        await self._call(self._aio.hincrby(self.keys.privacy, "refused", 1))
 
     async def subscribers(self) -> int:
         res = await self._call(self._aio.pubsub_numsub(self.keys.events))
