@@ -35,6 +35,20 @@ CASES = {
     "submit": ["--tasks", "3000", "--max-pending", "500"],
     "e2e": ["--tasks", "2000", "--concurrency", "32"],
     "claim_grpc": ["--tasks", "200", "--warmup", "20"],
+    "privacy": [
+        "--active",
+        "2000",
+        "--finished",
+        "2000",
+        "--releases",
+        "20",
+        "--ledger-writes",
+        "20",
+        "--summaries",
+        "500",
+        "--repeats",
+        "2",
+    ],
 }
 
 

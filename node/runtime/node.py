@@ -225,6 +225,7 @@ class LocalNode:
                 wake=self._committer.wake,
                 max_s=cfg.tick_max_s,
                 each_minute=self._history.write,
+                each_tick=lambda now: self._privacy.snapshot(self._windows, self._core, now),
             ),
         )
         loops.spawn(

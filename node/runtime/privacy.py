@@ -30,19 +30,18 @@ __all__ = ["NodePrivacy", "occupancy"]
 
 log = logging.getLogger("fedcoord.privacy")
 
-_LEASED = (TaskStatus.ASSIGNED, TaskStatus.IN_PROGRESS)
-_QUEUED = TaskStatus.QUEUED
+_ASSIGNED, _IN_PROGRESS, _QUEUED = TaskStatus.ASSIGNED, TaskStatus.IN_PROGRESS, TaskStatus.QUEUED
 
 
 def occupancy(tasks: Iterable[Task], lo_ns: int, hi_ns: int, now_ns: int) -> int:
     """Tasks created in ``[lo_ns, hi_ns)`` that are leased, or queued and claimable now: each
-    task counts at most once (the load's numerator, bounded by the privacy horizon)."""
+    task counts at most once (the load's numerator, bounded by the privacy horizon). One pass
+    over the active tasks (~100 ns each)."""
     n = 0
     for t in tasks:
-        c = t.created_ns
-        if lo_ns <= c < hi_ns:
+        if lo_ns <= t.created_ns < hi_ns:
             st = t.status
-            if st in _LEASED or (st is _QUEUED and t.not_before_ns <= now_ns):
+            if st is _ASSIGNED or st is _IN_PROGRESS or (st is _QUEUED and t.not_before_ns <= now_ns):
                 n += 1
     return n
 
@@ -60,6 +59,7 @@ class NodePrivacy:
         self._ledger = LedgerState()
         self._last: ReleasedSummary | None = None
         self._refused_window: int | None = None
+        self._snap: tuple[int, int, int] | None = None  # (window, occupied, slots) taken at its close
         self._lock = asyncio.Lock()
         acc = self.accountant
         if acc is not None and acc.releases_per_m < cfg.m:
@@ -72,6 +72,20 @@ class NodePrivacy:
                 acc.releases_per_m,
                 cfg.m,
             )
+
+    def snapshot(self, windows: Windows, core: Core, now_ns: int) -> None:
+        """At the first tick after a window closed: its occupied slots, counted then (one pass
+        over the active tasks, ~140 ns each) so that the release does not scan. Counting at any
+        time after the window's end keeps the bound: a task that ended in the window is not
+        leased or ready any more."""
+        if self.accountant is None:
+            return
+        closed = now_ns // windows.window_ns - 1
+        snap = self._snap
+        if snap is not None and snap[0] >= closed:
+            return
+        lo, hi = windows.horizon_ns(closed)
+        self._snap = (closed, occupancy(core.tasks.values(), lo, hi, now_ns), core.load().slots)
 
     async def load(self) -> None:
         """Read the ledger from the store (at start)."""
@@ -112,15 +126,12 @@ class NodePrivacy:
                 )
                 await self._refused(w, reason)
                 return self._outcome(ReleaseStatus.BUDGET_EXHAUSTED, reason)
-            lo, hi = windows.horizon_ns(w)
-            inp = WindowInput(
-                window=w,
-                window_s=self.window_s,
-                counts=b.counts,
-                completion_counts=b.completion_counts,
-                occupied=occupancy(core.tasks.values(), lo, hi, now_ns),
-                slots=core.load().slots,
-            )
+            snap = self._snap
+            if snap is None or snap[0] != w:  # not taken yet (the ticker runs at most tick_max_s late)
+                self.snapshot(windows, core, now_ns)
+                snap = self._snap
+            occupied, slots = (snap[1], snap[2]) if snap is not None and snap[0] == w else (0, core.load().slots)
+            inp = WindowInput(w, self.window_s, b.counts, b.completion_counts, occupied, slots)
             summary = build_release(self.node_id, inp, cfg, acc, decision)
             mech = acc.mechanism
             entry = LedgerEntry(w, mech.rho, now_ns, mech.kind, mech.scale)

@@ -93,9 +93,10 @@ async def run_ticker(
     wake: Callable[[], None],
     max_s: float,
     each_minute: Callable[[int], Awaitable[None]],
+    each_tick: Callable[[int], None] | None = None,
 ) -> None:
     """Tick the core at its next deadline (lease, retry, heartbeat check), at most ``max_s`` late;
-    call ``each_minute`` when a clock minute ended."""
+    call ``each_minute`` when a clock minute ended, and ``each_tick`` after every tick."""
     last_minute = now_ns() // 60_000_000_000
     while True:
         nxt = core().next_deadline_ns()
@@ -109,6 +110,8 @@ async def run_ticker(
         c.tick(now)
         if c.out:
             wake()
+        if each_tick is not None:
+            each_tick(now)
         minute = now // 60_000_000_000
         if minute > last_minute:
             last_minute = minute
