@@ -37,8 +37,9 @@ class Estimate:
 @dataclass(frozen=True, slots=True)
 class QuantileEstimate:
     """A completion-time quantile from the merged histograms: ``value`` (seconds, interpolated
-    within its bin) and the interval ``[low, high]`` it lies in with ~95% probability given the
-    noise (the rank moved by two standard deviations of the cumulative count)."""
+    within its bin) and the interval ``[low, high]`` of the values at the rank moved by two
+    standard deviations of the cumulative count's noise: roughly a 95% interval, not counting
+    the noise in the total itself or the bias of suppressed cells."""
 
     q: float
     value: float

@@ -57,26 +57,38 @@ class SchemaError(FedcoordError, ValueError):
         self.reason = reason
         super().__init__(f"summary refused: {reason}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.reason,)
+
+
+def _show(v: object) -> str:
+    """A bad value as a reason quotes it: cut short (a reason goes into logs)."""
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
 
 def _int(name: str, v: object, lo: int = 0, hi: int = MAX_COUNT) -> int:
     if type(v) is not int or not lo <= v <= hi:
-        raise SchemaError(f"{name}: {v!r} is not an integer in [{lo}, {hi}]")
+        raise SchemaError(f"{name}: {_show(v)} is not an integer in [{lo}, {hi}]")
     return v
 
 
 def _float(name: str, v: object, *, lo: float = 0.0, hi: float = math.inf, open_lo: bool = False) -> float:
     if type(v) is int:
-        v = float(v)
+        v = float(v) if -MAX_COUNT <= v <= MAX_COUNT else math.inf  # huge ints: refused below, not OverflowError
     if type(v) is not float or not math.isfinite(v) or v < lo or v > hi or (open_lo and v == lo):
         bound = f"({lo}, {hi}]" if open_lo else f"[{lo}, {hi}]"
-        raise SchemaError(f"{name}: {v!r} is not a finite number in {bound}")
+        raise SchemaError(f"{name}: {_show(v)} is not a finite number in {bound}")
     return v
 
 
 def _name(name: str, v: object) -> str:
     if type(v) is not str or not v or len(v) > _NAME_MAX or not v.isprintable() or v.strip() != v:
-        raise SchemaError(f"{name}: {v!r} is not a name")
+        raise SchemaError(f"{name}: {_show(v)} is not a name")
     return v
+
+
+_INT_ONLY = {int}
 
 
 def _counts(name: str, v: object, n: int) -> tuple[int, ...]:
@@ -84,7 +96,15 @@ def _counts(name: str, v: object, n: int) -> tuple[int, ...]:
         raise SchemaError(f"{name}: expected a list of {n} counts, got {type(v).__name__}")
     if len(v) != n:
         raise SchemaError(f"{name}: {len(v)} counts for {n} cells")
+    # The common case in bulk (a release has ~50 cells; the aggregator reads thousands of them);
+    # the cell-by-cell check only to name the bad one.
+    if set(map(type, v)) <= _INT_ONLY and (not v or (min(v) >= 0 and max(v) <= MAX_COUNT)):
+        return v if type(v) is tuple else tuple(v)
     return tuple(_int(f"{name}[{i}]", x) for i, x in enumerate(v))
+
+
+_checked_names: dict[tuple[str, ...], tuple[str, ...]] = {}  # vocabularies seen valid (public, few)
+_checked_edges: dict[tuple[float, ...], tuple[float, ...]] = {}
 
 
 def _strict_keys(where: str, d: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
@@ -121,14 +141,15 @@ class PrivacyCost:
     def __post_init__(self) -> None:
         if self.mechanism not in ("gaussian", "laplace"):
             raise SchemaError(f"cost.mechanism: {self.mechanism!r} is not gaussian or laplace")
-        _float("cost.scale", self.scale, open_lo=True)
-        _float("cost.variance", self.variance, open_lo=True)
-        _float("cost.rho", self.rho, open_lo=True)
+        put = object.__setattr__  # frozen: floats normalised once, here
+        put(self, "scale", _float("cost.scale", self.scale, open_lo=True))
+        put(self, "variance", _float("cost.variance", self.variance, open_lo=True))
+        put(self, "rho", _float("cost.rho", self.rho, open_lo=True))
         _int("cost.m", self.m, 1, 1000)
-        _float("cost.delta", self.delta, hi=1.0, open_lo=True)
-        _float("cost.epsilon", self.epsilon, open_lo=True)
-        _float("cost.epsilon_budget", self.epsilon_budget, open_lo=True)
-        _float("cost.epsilon_left", self.epsilon_left)
+        put(self, "delta", _float("cost.delta", self.delta, hi=1.0, open_lo=True))
+        put(self, "epsilon", _float("cost.epsilon", self.epsilon, open_lo=True))
+        put(self, "epsilon_budget", _float("cost.epsilon_budget", self.epsilon_budget, open_lo=True))
+        put(self, "epsilon_left", _float("cost.epsilon_left", self.epsilon_left))
         _int("cost.suppress_below", self.suppress_below)
 
     def to_record(self) -> dict[str, Any]:
@@ -171,27 +192,16 @@ class ReleasedSummary:
         # Normalise lists to tuples (frozen: through object.__setattr__) and check every field.
         if self.schema != SCHEMA_VERSION or type(self.schema) is not int:
             raise SchemaError(f"schema: {self.schema!r} is not version {SCHEMA_VERSION}")
+        put = object.__setattr__
         _name("node_id", self.node_id)
         _int("window", self.window, 0, 2**62)
-        _float("window_s", self.window_s, hi=86400.0, open_lo=True)
-        types = self.types
-        if type(types) not in (tuple, list) or not 2 <= len(types) <= MAX_TYPES:
-            raise SchemaError(f"types: expected 2..{MAX_TYPES} names, got {types!r:.80}")
-        types = tuple(_name(f"types[{i}]", t) for i, t in enumerate(types))
-        if len(set(types)) != len(types):
-            raise SchemaError("types: a name twice")
-        if types[-1] != "other":
-            raise SchemaError("types: the last name must be 'other'")
-        object.__setattr__(self, "types", types)
+        put(self, "window_s", _float("window_s", self.window_s, hi=86400.0, open_lo=True))
+        types = self._types(self.types)
+        put(self, "types", types)
         for f in COUNT_FIELDS:
-            object.__setattr__(self, f, _counts(f, getattr(self, f), len(types)))
+            put(self, f, _counts(f, getattr(self, f), len(types)))
+        put(self, "completion_edges_s", self._edges(self.completion_edges_s))
         edges = self.completion_edges_s
-        if type(edges) not in (tuple, list) or not 1 <= len(edges) < MAX_BINS:
-            raise SchemaError(f"completion_edges_s: expected 1..{MAX_BINS - 1} edges")
-        edges = tuple(_float(f"completion_edges_s[{i}]", e, open_lo=True) for i, e in enumerate(edges))
-        if any(b <= a for a, b in itertools.pairwise(edges)):
-            raise SchemaError("completion_edges_s: not strictly increasing")
-        object.__setattr__(self, "completion_edges_s", edges)
         object.__setattr__(
             self, "completion_counts", _counts("completion_counts", self.completion_counts, len(edges) + 1)
         )
@@ -199,6 +209,38 @@ class ReleasedSummary:
         _int("capacity_bucket", self.capacity_bucket, 0, 2**31)
         if type(self.cost) is not PrivacyCost:
             raise SchemaError(f"cost: expected a PrivacyCost, got {type(self.cost).__name__}")
+
+    @staticmethod
+    def _types(types: object) -> tuple[str, ...]:
+        if not isinstance(types, tuple | list) or not 2 <= len(types) <= MAX_TYPES:
+            raise SchemaError(f"types: expected 2..{MAX_TYPES} names, got {_show(types)}")
+        key = tuple(types)
+        known = _checked_names.get(key) if all(type(t) is str for t in key) else None
+        if known is not None:
+            return known
+        out = tuple(_name(f"types[{i}]", t) for i, t in enumerate(types))
+        if len(set(out)) != len(out):
+            raise SchemaError("types: a name twice")
+        if out[-1] != "other":
+            raise SchemaError("types: the last name must be 'other'")
+        if len(_checked_names) < 64:
+            _checked_names[out] = out
+        return out
+
+    @staticmethod
+    def _edges(edges: object) -> tuple[float, ...]:
+        if not isinstance(edges, tuple | list) or not 1 <= len(edges) < MAX_BINS:
+            raise SchemaError(f"completion_edges_s: expected 1..{MAX_BINS - 1} edges")
+        key = tuple(edges)
+        known = _checked_edges.get(key) if all(type(e) is float for e in key) else None
+        if known is not None:
+            return known
+        out = tuple(_float(f"completion_edges_s[{i}]", e, open_lo=True) for i, e in enumerate(edges))
+        if any(b <= a for a, b in itertools.pairwise(out)):
+            raise SchemaError("completion_edges_s: not strictly increasing")
+        if len(_checked_edges) < 64:
+            _checked_edges[out] = out
+        return out
 
     # ------------------------------------------------------------------ wire forms
 
