@@ -61,8 +61,9 @@ def certs(
     * `ca.key` - the CA's private key (mode 0600): it signs certificates; keep it off the nodes;
     * `NAME.pem`, `NAME.key` - for each --name, a certificate valid for every --host, usable both to
       serve and, under mutual TLS, to identify itself as a client (EC P-256 keys, mode 0600);
-    * `tokens.toml` - a random bearer token per role (client, worker, peer, admin), unless the file
-      exists already. Callers send one as `authorization: Bearer <token>`; keep the file secret.
+    * `tokens.toml` - a random bearer token per role (client, worker, peer, federation, admin),
+      unless the file exists already. Callers send one as `authorization: Bearer <token>`; keep
+      the file secret.
 
     Then start a node with its certificate, for example
     `fedcoord node --tls-cert certs/node.pem --tls-key certs/node.key --tls-ca certs/ca.pem`,

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from hypothesis import strategies as st
 
 from protos.fedcoord.v1 import common_pb2 as cpb
+from protos.fedcoord.v1 import federation_pb2 as fpb
 from protos.fedcoord.v1 import handoff_pb2 as hpb
 from protos.fedcoord.v1 import node_pb2 as npb
 
@@ -292,6 +293,126 @@ fail_requests = st.one_of(
 )
 task_refs = st.builds(npb.TaskRef, task_id=task_ids)
 stats_requests = st.builds(npb.StatsRequest, report=st.booleans(), history=st.booleans())
+
+# ---------------------------------------------------------------------------------- federation
+
+summary_requests = st.just(npb.SummaryRequest())  # nothing to fuzz but the junk
+_SANE_DOUBLES = st.floats(-1e9, 1e9, allow_nan=False)
+_SANE_SDS = st.one_of(st.just(0.0), st.floats(0.0, 1e6))
+_SANE_NAMES = st.binary(min_size=1, max_size=8).map(lambda b: "n" + "".join(NAME_CHARS[x % len(NAME_CHARS)] for x in b))
+_SANE_NODES = st.one_of(pick(lambda: KNOWN.nodes, "n"), _SANE_NAMES)
+_SANE_TYPES = st.lists(st.sampled_from(("simple_qa", "coding", "analysis", "t")), unique=True, max_size=4).map(
+    lambda ts: [*ts, "other"]
+)
+
+
+@dataclass(frozen=True)
+class _ViewParts:
+    """What a view's fields are drawn from: sane values only (the view checks and is applied) or
+    any values (odd ones anywhere: it is most likely refused, naming the field)."""
+
+    counts: st.SearchStrategy[int]
+    doubles: st.SearchStrategy[float]
+    sds: st.SearchStrategy[float]
+    names: st.SearchStrategy[str]
+    node_ids: st.SearchStrategy[str]
+    types: st.SearchStrategy[list[str]]
+    node_lists: st.SearchStrategy[list[str]]
+
+
+_SANE = _ViewParts(
+    counts=st.integers(0, INT64_MAX),
+    doubles=_SANE_DOUBLES,
+    sds=_SANE_SDS,
+    names=st.sampled_from(("simple_qa", "coding", "other")),
+    node_ids=_SANE_NODES,
+    types=_SANE_TYPES,
+    node_lists=st.lists(_SANE_NODES, max_size=3, unique=True),
+)
+
+
+def _mostly(sane: st.SearchStrategy[T], odd: st.SearchStrategy[T]) -> st.SearchStrategy[T]:
+    """``odd`` one time in 6 (not at a bound of the range: hypothesis draws those far more often)."""
+    return st.integers(0, 5).flatmap(lambda i: odd if i == 3 else sane)
+
+
+_ANY = _ViewParts(  # every field mostly sane: the odd values may be anywhere
+    counts=_mostly(_SANE.counts, int64s),
+    doubles=_mostly(_SANE.doubles, doubles),
+    sds=_mostly(_SANE.sds, doubles),
+    names=_mostly(_SANE.names, texts),
+    node_ids=_mostly(_SANE.node_ids, node_ids),
+    types=_mostly(_SANE.types, name_lists),
+    node_lists=_mostly(_SANE.node_lists, lists_of(node_ids, [MANY_IDS, ("a", "a"), ("", "a")])),
+)
+_PARTS_OF = st.sampled_from((_SANE, _ANY))
+_WINDOWS = st.sampled_from((20.0, 5.0, 0.5, 86400.0))
+_VIEW_FLAGS = st.integers(0, 255)
+
+
+@st.composite
+def _estimate(draw: st.DrawFn, p: _ViewParts) -> fpb.Estimate:
+    return fpb.Estimate(value=draw(p.doubles), sd=draw(p.sds))
+
+
+@st.composite
+def _quantile(draw: st.DrawFn, p: _ViewParts) -> fpb.QuantileEstimate:
+    if p is _SANE or draw(st.booleans()):
+        low, value, high = sorted(draw(st.lists(_SANE_DOUBLES, min_size=3, max_size=3)))
+        return fpb.QuantileEstimate(q=draw(st.floats(0.0, 1.0)), value=value, low=low, high=high)
+    return fpb.QuantileEstimate(q=draw(doubles), value=draw(doubles), low=draw(doubles), high=draw(doubles))
+
+
+@st.composite
+def _global_views(draw: st.DrawFn) -> fpb.GlobalView:
+    p = draw(_PARTS_OF)
+    m = fpb.GlobalView(
+        round=draw(p.counts),
+        at_ns=draw(p.counts),
+        window=draw(p.counts),
+        window_s=draw(_WINDOWS if p is _SANE else _mostly(_WINDOWS, doubles)),
+        types=draw(p.types),
+        participants=draw(p.node_lists),
+        missing=draw(p.node_lists),
+        capacity=draw(p.counts),
+    )
+    flags = draw(_VIEW_FLAGS)  # which of the other fields are set (one draw for all)
+    if flags & 1:
+        m.dropped.extend(
+            fpb.Dropped(node_id=draw(st.one_of(st.just("?"), p.node_ids)), reason=draw(texts))
+            for _ in range(draw(st.integers(0, 2)))
+        )
+    for bit, name in ((2, "submitted_per_s"), (4, "throughput_per_s"), (8, "failed_per_s")):
+        if flags & bit:
+            for key in draw(st.lists(p.names, max_size=3)):
+                getattr(m, name)[key].CopyFrom(draw(_estimate(p)))
+    if flags & 16:
+        for name in ("handed_off_per_s", "occupied", "federation_load", "completed_in_histogram"):
+            getattr(m, name).CopyFrom(draw(_estimate(p)))
+    if flags & 32:
+        m.completion_quantiles_s.extend(draw(st.lists(_quantile(p), max_size=3)))
+    if flags & 64:
+        for key in draw(st.lists(p.node_ids, max_size=3)):
+            node_id = key if p is _SANE or draw(st.booleans()) else draw(p.node_ids)
+            m.nodes[key].CopyFrom(
+                fpb.NodeEstimate(
+                    node_id=node_id,
+                    window=draw(p.counts),
+                    occupied=draw(_estimate(p)),
+                    capacity=draw(p.counts),
+                    load=draw(_estimate(p)),
+                )
+            )
+    return m
+
+
+# A view: half the time from sane values (it checks, and the node applies it), else with odd
+# values here and there.
+global_views = _global_views()
+apply_federation_requests = st.one_of(
+    global_views.map(lambda v: npb.ApplyFederationRequest(view=v)),
+    st.just(npb.ApplyFederationRequest()),  # no view at all
+)
 
 # ---------------------------------------------------------------------------------- hand-off
 

@@ -45,6 +45,8 @@ WORK = "/fedcoord.v1.NodeService/Work"
 WATCH = "/fedcoord.v1.NodeService/Watch"
 STATS = "/fedcoord.v1.NodeService/Stats"
 TRANSFER = "/fedcoord.v1.HandoffService/Transfer"
+SUMMARY = "/fedcoord.v1.NodeService/Summary"
+APPLY_FEDERATION = "/fedcoord.v1.NodeService/ApplyFederation"
 EXTRA = "/test.Extra/Ping"  # served, but not in METHOD_ROLES: admin only
 OK = grpc.StatusCode.OK
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
@@ -202,6 +204,13 @@ def test_roles_keep_workers_from_submitting_and_clients_from_transferring() -> N
         assert METHOD_ROLES[f"/fedcoord.v1.HandoffService/{name}"] == {Role.PEER, Role.ADMIN}
 
 
+def test_the_federation_role_reads_summaries_applies_views_and_stats_only() -> None:
+    assert METHOD_ROLES[SUMMARY] == METHOD_ROLES[APPLY_FEDERATION] == {Role.FEDERATION, Role.ADMIN}
+    assert Role.FEDERATION in METHOD_ROLES[STATS]
+    federation = {m for m, roles in METHOD_ROLES.items() if Role.FEDERATION in roles}
+    assert federation == {SUMMARY, APPLY_FEDERATION, STATS}
+
+
 # -------------------------------------------------------------------------------------------- tokens
 
 
@@ -242,7 +251,7 @@ def test_tokens_from_mapping_rejects_bad_input_naming_the_field(mapping: Any, fi
 def test_generated_tokens_are_distinct_and_survive_toml(tmp_path: Path) -> None:
     a, b = Tokens.generate(), Tokens.generate()
     every = [t for toks in (*a.by_role.values(), *b.by_role.values()) for t in toks]
-    assert len(every) == 8 == len(set(every))
+    assert len(every) == 2 * len(Role) == len(set(every))
     assert all(len(t) >= 32 for t in every)
     path = a.save(tmp_path / "tokens.toml")
     assert os.stat(path).st_mode & 0o777 == 0o600
@@ -252,6 +261,18 @@ def test_generated_tokens_are_distinct_and_survive_toml(tmp_path: Path) -> None:
     assert Tokens.load(tmp_path / "odd.toml") == odd
     only_peer = Tokens.generate([Role.PEER])
     assert [role for role, toks in only_peer.by_role.items() if toks] == [Role.PEER]
+    assert set(a.by_role) == set(Role)  # every role has its line in tokens.toml
+
+
+def test_a_federation_token_is_read_from_tokens_toml(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.toml"
+    path.write_text('[tokens]\nfederation = ["' + "f" * 24 + '"]\nclient = "' + "c" * 24 + '"\n')
+    tokens = Tokens.load(path)
+    assert tokens.federation == ("f" * 24,)
+    assert tokens.roles_of("f" * 24) == {Role.FEDERATION}
+    assert "federation = " in tokens.to_toml()
+    with pytest.raises(ValidationError, match="known roles: client, worker, peer, federation, admin"):
+        Tokens.from_mapping({"flower": "x" * 16})
 
 
 def test_tokens_never_show_in_repr() -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import re
 import threading
 import time
@@ -42,6 +43,7 @@ from node.rpc.servicers import ServiceLimits
 from node.runtime.handoff import HandoffConfig
 from node.store.codec import WriteBatch
 from protos.fedcoord.v1 import common_pb2 as cpb
+from protos.fedcoord.v1 import federation_pb2 as fpb
 from protos.fedcoord.v1 import handoff_pb2 as hpb
 from protos.fedcoord.v1 import node_pb2 as npb
 from protos.fedcoord.v1 import node_pb2_grpc as npb_grpc
@@ -403,6 +405,24 @@ def test_wait_task(fuzz: Served, case: Case) -> None:
 @given(case=with_junk(rs.stats_requests, npb.StatsRequest))
 def test_stats(fuzz: Served, case: Case) -> None:
     fuzz.unary_case("Stats", case)
+
+
+@FUZZ
+@given(case=with_junk(rs.summary_requests, npb.SummaryRequest))
+def test_summary(fuzz: Served, case: Case) -> None:
+    code, _ = fuzz.unary_case("Summary", case)
+    assert code is OK  # a release refused is an answer (its status says why), never an error
+
+
+@FUZZ
+@given(case=with_junk(rs.apply_federation_requests, npb.ApplyFederationRequest))
+@example(case=Case(npb.ApplyFederationRequest(view=fpb.GlobalView(window_s=20.0, occupied=fpb.Estimate(sd=math.nan)))))
+@example(case=Case(npb.ApplyFederationRequest(view=fpb.GlobalView(window_s=20.0, participants=["a b"]))))
+def test_apply_federation(fuzz: Served, case: Case) -> None:
+    before = fuzz.node.admission.view
+    code, _ = fuzz.unary_case("ApplyFederation", case)
+    if code is not OK:
+        assert fuzz.node.admission.view is before  # a view refused changes nothing
 
 
 # ---------------------------------------------------------------------------------- HandoffService

@@ -2,7 +2,8 @@
 
 * **Roles and tokens.** Every call carries ``authorization: Bearer <token>``. A token grants one
   or more roles (:class:`Role`: clients submit and watch, workers claim and report, peers hand
-  work over, admins may call everything); :data:`METHOD_ROLES` says which roles each method
+  work over, the federation (the Flower ClientApp) reads summaries and applies views, admins may
+  call everything); :data:`METHOD_ROLES` says which roles each method
   accepts. :class:`Tokens` holds the accepted tokens (``tokens.toml``), :class:`AuthInterceptor`
   checks them on every call (``UNAUTHENTICATED`` without a known token, ``PERMISSION_DENIED``
   naming the role needed). Health checks are open (probes carry no token); reflection takes any
@@ -73,10 +74,11 @@ class Role(StrEnum):
     CLIENT = "client"
     WORKER = "worker"
     PEER = "peer"
+    FEDERATION = "federation"  # the Flower ClientApp: summaries out, views in (and stats)
     ADMIN = "admin"
 
 
-_C, _W, _P = Role.CLIENT, Role.WORKER, Role.PEER
+_C, _W, _P, _F = Role.CLIENT, Role.WORKER, Role.PEER, Role.FEDERATION
 
 # Service -> method -> the roles that may call it (admin is added to every entry below).
 _ROLES: dict[str, dict[str, tuple[Role, ...]]] = {
@@ -87,7 +89,7 @@ _ROLES: dict[str, dict[str, tuple[Role, ...]]] = {
         "GetTask": (_C,),
         "WaitTask": (_C,),
         "Watch": (_C,),
-        "Stats": (_C, _W, _P),
+        "Stats": (_C, _W, _P, _F),
         "Work": (_W,),
         "RegisterWorker": (_W,),
         "DeregisterWorker": (_W,),
@@ -96,6 +98,8 @@ _ROLES: dict[str, dict[str, tuple[Role, ...]]] = {
         "StartTask": (_W,),
         "Complete": (_W,),
         "Fail": (_W,),
+        "Summary": (_F,),
+        "ApplyFederation": (_F,),
     },
     "fedcoord.v1.HandoffService": {
         "Offer": (_P,),
@@ -151,6 +155,7 @@ class Tokens:
     client: tuple[str, ...] = field(default=(), repr=False)
     worker: tuple[str, ...] = field(default=(), repr=False)
     peer: tuple[str, ...] = field(default=(), repr=False)
+    federation: tuple[str, ...] = field(default=(), repr=False)
     admin: tuple[str, ...] = field(default=(), repr=False)
     _table: tuple[tuple[bytes, Role], ...] = field(init=False, repr=False, compare=False)
 
@@ -161,7 +166,13 @@ class Tokens:
     @property
     def by_role(self) -> Mapping[Role, tuple[str, ...]]:
         """Role -> the tokens accepted for it."""
-        return {Role.CLIENT: self.client, Role.WORKER: self.worker, Role.PEER: self.peer, Role.ADMIN: self.admin}
+        return {
+            Role.CLIENT: self.client,
+            Role.WORKER: self.worker,
+            Role.PEER: self.peer,
+            Role.FEDERATION: self.federation,
+            Role.ADMIN: self.admin,
+        }
 
     def roles_of(self, token: str) -> frozenset[Role]:
         """The roles ``token`` grants (empty when it is unknown). Every configured token is compared

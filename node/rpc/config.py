@@ -114,6 +114,7 @@ class TokenSettings:
     client: tuple[str, ...] = field(default=(), repr=False)
     worker: tuple[str, ...] = field(default=(), repr=False)
     peer: tuple[str, ...] = field(default=(), repr=False)
+    federation: tuple[str, ...] = field(default=(), repr=False)
     admin: tuple[str, ...] = field(default=(), repr=False)
 
     def as_mapping(self) -> dict[str, tuple[str, ...]]:
@@ -212,7 +213,9 @@ _SECTIONS: dict[str, tuple[type[Any], tuple[str, ...]]] = {
     "handoff.": (HandoffConfig, ("peers",)),
 }
 _NOT_KEYS = {"core.node_id": "it is the top-level node_id", "handoff.peers": "they are the keys of [peers]"}
-_SECRET_KEYS = frozenset({"tokens.client", "tokens.worker", "tokens.peer", "tokens.admin", "peer_token"})
+_SECRET_KEYS = frozenset(
+    {"tokens.client", "tokens.worker", "tokens.peer", "tokens.federation", "tokens.admin", "peer_token"}
+)
 
 
 def _schema() -> dict[str, Any]:

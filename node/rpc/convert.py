@@ -9,12 +9,16 @@ callers. Encoding is straightforward. Errors map to gRPC status codes in :func:`
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Iterable, Mapping, Sequence, Sized
 from typing import Any, cast
 
 import grpc
 import orjson
 
+from federation.privacy.schema import PrivacyCost, ReleasedSummary, SchemaError
+from federation.privacy.status import PrivacyStatus, ReleaseOutcome, ReleaseStatus
+from federation.view import Estimate, GlobalView, NodeEstimate, QuantileEstimate
 from node.analytics import NodeStats, PerformanceReport
 from node.core import HeartbeatReply, Load, WorkerInfo
 from node.core.transfer import HandoffRecord, Outcome, RemoteStatus
@@ -46,6 +50,7 @@ from node.handoff import (
 )
 from node.model import Event, EventKind, Lease, Priority, Task, TaskSpec, TaskStatus, WorkerSpec
 from protos.fedcoord.v1 import common_pb2 as cpb
+from protos.fedcoord.v1 import federation_pb2 as fpb
 from protos.fedcoord.v1 import handoff_pb2 as hpb
 from protos.fedcoord.v1 import node_pb2 as npb
 
@@ -66,8 +71,14 @@ __all__ = [
     "offer_reply_to_pb",
     "offer_to_pb",
     "priority_from_pb",
+    "privacy_cost_from_pb",
+    "privacy_cost_to_pb",
+    "privacy_status_from_pb",
+    "privacy_status_to_pb",
     "ref_from_pb",
     "refs",
+    "release_from_pb",
+    "release_to_pb",
     "report_from_pb",
     "report_reply_from_pb",
     "report_reply_to_pb",
@@ -82,12 +93,16 @@ __all__ = [
     "status_query_to_pb",
     "status_reply_from_pb",
     "status_reply_to_pb",
+    "summary_from_pb",
+    "summary_to_pb",
     "task_from_pb",
     "task_to_pb",
     "transfer_from_pb",
     "transfer_reply_from_pb",
     "transfer_reply_to_pb",
     "transfer_to_pb",
+    "view_from_pb",
+    "view_to_pb",
     "worker_info_from_pb",
     "worker_info_to_pb",
     "worker_spec_from_pb",
@@ -402,6 +417,7 @@ def stats_to_pb(
     handoffs: Mapping[str, int],
     report: PerformanceReport | None,
     history: bool,
+    privacy: PrivacyStatus | None = None,
 ) -> npb.StatsReply:
     doc = dataclasses.asdict(s)
     if not history:
@@ -419,6 +435,8 @@ def stats_to_pb(
     )
     if report is not None:
         m.report_json = orjson.dumps(dataclasses.asdict(report), default=_json_default, option=orjson.OPT_NON_STR_KEYS)
+    if privacy is not None:
+        m.privacy.CopyFrom(privacy_status_to_pb(privacy))
     return m
 
 
@@ -428,7 +446,8 @@ class RemoteStats:
     rest of the analytics (:class:`~node.analytics.NodeStats` as a JSON document: completion-time
     quantiles, throughput, error rates, scaling advice, with ``history`` the per-minute rows) in
     ``stats``, and the performance report (:class:`~node.analytics.PerformanceReport`) in
-    ``report`` when it was asked for."""
+    ``report`` when it was asked for; the privacy budget (:class:`PrivacyStatus`) in ``privacy``
+    (None from a node that does not say)."""
 
     node_id: str
     state: str
@@ -440,6 +459,7 @@ class RemoteStats:
     handoffs: dict[str, int]
     stats: dict[str, Any]
     report: dict[str, Any] | None
+    privacy: PrivacyStatus | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types only."""
@@ -454,6 +474,7 @@ class RemoteStats:
             "handoffs": dict(self.handoffs),
             "stats": self.stats,
             "report": self.report,
+            "privacy": None if self.privacy is None else self.privacy.to_dict(),
         }
 
 
@@ -469,6 +490,7 @@ def stats_from_pb(m: npb.StatsReply) -> RemoteStats:
         handoffs=dict(m.handoffs),
         stats=orjson.loads(m.stats_json) if m.stats_json else {},
         report=orjson.loads(m.report_json) if m.report_json else None,
+        privacy=privacy_status_from_pb(m.privacy) if m.HasField("privacy") else None,
     )
 
 
@@ -627,6 +649,252 @@ def report_reply_to_pb(r: ReportReply) -> hpb.ReportReply:
 
 def report_reply_from_pb(m: hpb.ReportReply) -> ReportReply:
     return ReportReply(tuple(m.recorded), dict(m.rejected))
+
+
+# ---------------------------------------------------------------------------------- federation
+#
+# A summary is checked by the schema itself (ReleasedSummary and PrivacyCost refuse anything that
+# is not a valid release: SchemaError). A view has no checks of its own: it is checked here,
+# field by field, before the node reads it (ValidationError naming the field of the request).
+
+
+def privacy_cost_to_pb(c: PrivacyCost) -> fpb.PrivacyCost:
+    return fpb.PrivacyCost(**c.to_record())
+
+
+def privacy_cost_from_pb(m: fpb.PrivacyCost) -> PrivacyCost:
+    """The cost of a release as the schema takes it (:class:`SchemaError` when it does not check)."""
+    return PrivacyCost(**{k: getattr(m, k) for k in PrivacyCost.FIELDS})
+
+
+def summary_to_pb(s: ReleasedSummary) -> fpb.ReleasedSummary:
+    d = s.to_record()
+    d["cost"] = privacy_cost_to_pb(s.cost)
+    return fpb.ReleasedSummary(**d)
+
+
+def summary_from_pb(m: fpb.ReleasedSummary) -> ReleasedSummary:
+    """The summary in ``m``, checked by the schema field by field (:class:`SchemaError`)."""
+    if not m.HasField("cost"):
+        raise SchemaError("cost: missing")
+    kw: dict[str, Any] = {k: getattr(m, k) for k in ReleasedSummary.FIELDS if k != "cost"}
+    for k, v in kw.items():
+        if not isinstance(v, int | float | str):  # repeated fields: lists for the schema's checks
+            kw[k] = list(v)
+    return ReleasedSummary(**kw, cost=privacy_cost_from_pb(m.cost))
+
+
+_WITH_SUMMARY = frozenset((ReleaseStatus.RELEASED, ReleaseStatus.REPEATED))
+
+
+def release_to_pb(o: ReleaseOutcome) -> npb.SummaryReply:
+    m = npb.SummaryReply(status=o.status.value, reason=o.reason)
+    if o.summary is not None:
+        m.summary.CopyFrom(summary_to_pb(o.summary))
+    return m
+
+
+def release_from_pb(m: npb.SummaryReply) -> ReleaseOutcome:
+    """A node's answer to ``Summary``: a status it does not know, a summary missing where the
+    status says there is one (or present where it says there is none), or a summary that does
+    not check raise :class:`SchemaError`."""
+    try:
+        status = ReleaseStatus(m.status)
+    except ValueError:
+        raise SchemaError(f"status: {m.status!r} is not a release status") from None
+    has = m.HasField("summary")
+    if has != (status in _WITH_SUMMARY):
+        raise SchemaError(f"status {status.value} {'with' if has else 'without'} a summary")
+    return ReleaseOutcome(status, summary_from_pb(m.summary) if has else None, m.reason)
+
+
+def privacy_status_to_pb(p: PrivacyStatus) -> fpb.PrivacyStatus:
+    d = p.to_dict()
+    if d["last_window"] is None:
+        del d["last_window"]
+    return fpb.PrivacyStatus(**d)
+
+
+def privacy_status_from_pb(m: fpb.PrivacyStatus) -> PrivacyStatus:
+    kw = {f.name: getattr(m, f.name) for f in dataclasses.fields(PrivacyStatus)}
+    kw["last_window"] = _opt(m, "last_window")
+    return PrivacyStatus(**kw)
+
+
+def _estimate_to_pb(e: Estimate) -> fpb.Estimate:
+    return fpb.Estimate(value=e.value, sd=e.sd)
+
+
+def _quantile_to_pb(q: QuantileEstimate) -> fpb.QuantileEstimate:
+    return fpb.QuantileEstimate(q=q.q, value=q.value, low=q.low, high=q.high)
+
+
+def _node_estimate_to_pb(n: NodeEstimate) -> fpb.NodeEstimate:
+    return fpb.NodeEstimate(
+        node_id=n.node_id,
+        window=n.window,
+        occupied=_estimate_to_pb(n.occupied),
+        capacity=n.capacity,
+        load=_estimate_to_pb(n.load),
+    )
+
+
+def view_to_pb(v: GlobalView) -> fpb.GlobalView:
+    m = fpb.GlobalView(
+        round=v.round,
+        at_ns=v.at_ns,
+        window=v.window,
+        window_s=v.window_s,
+        types=v.types,
+        participants=v.participants,
+        dropped=[fpb.Dropped(node_id=n, reason=r) for n, r in v.dropped],
+        missing=v.missing,
+        handed_off_per_s=_estimate_to_pb(v.handed_off_per_s),
+        occupied=_estimate_to_pb(v.occupied),
+        capacity=v.capacity,
+        federation_load=_estimate_to_pb(v.federation_load),
+        completion_quantiles_s=[_quantile_to_pb(q) for q in v.completion_quantiles_s],
+        completed_in_histogram=_estimate_to_pb(v.completed_in_histogram),
+    )
+    for name in ("submitted_per_s", "throughput_per_s", "failed_per_s"):
+        target = getattr(m, name)
+        for k, e in getattr(v, name).items():
+            target[k].CopyFrom(_estimate_to_pb(e))
+    for k, n in v.nodes.items():
+        m.nodes[k].CopyFrom(_node_estimate_to_pb(n))
+    return m
+
+
+MAX_VIEW_NODES = 10_000  # participants, missing, dropped, nodes: each at most this many
+MAX_VIEW_TYPES = 257  # the vocabulary (256 names at most) and "other"
+MAX_VIEW_QUANTILES = 100
+MAX_REASON_CHARS = 4096
+MAX_NAME_CHARS = 128  # as the release schema's names
+UNKNOWN_NODE = "?"  # a dropped summary that did not say whose it was
+
+
+def _count(field: str, v: int) -> int:
+    if v < 0:
+        raise ValidationError(field, f"must not be negative, got {v}", limit=">= 0")
+    return v
+
+
+def _finite(field: str, v: float) -> float:
+    if not math.isfinite(v):
+        raise ValidationError(field, f"{v!r} is not a finite number")
+    return v
+
+
+def _estimate(field: str, m: fpb.Estimate, entry: str | None = None) -> Estimate:
+    """An estimate: a finite value, a finite non-negative sd. In a map (``entry``: the key and
+    the path within its value) the error names the map field and says which entry."""
+
+    def bad(name: str, text: str, limit: str | None = None) -> ValidationError:
+        if entry is None:
+            return ValidationError(f"{field}.{name}", text, limit=limit)
+        return ValidationError(field, f"{entry}{name}: {text}", limit=limit)
+
+    if not math.isfinite(m.value):
+        raise bad("value", f"{m.value!r} is not a finite number")
+    if not (math.isfinite(m.sd) and m.sd >= 0):
+        raise bad("sd", f"{m.sd!r} is not a finite number >= 0", "0 <= sd < inf")
+    return Estimate(m.value, m.sd)
+
+
+def _at_most(field: str, values: Sized, n: int) -> None:
+    if len(values) > n:
+        raise ValidationError(field, f"{len(values)} entries", limit=f"at most {n}")
+
+
+def _name(field: str, v: str, what: str = "") -> str:
+    """A name in a view: what the release schema takes as one (type names and node ids come from
+    the summaries): 1..128 printable characters, no white space around them."""
+    if not v or len(v) > MAX_NAME_CHARS or not v.isprintable() or v.strip() != v:
+        limit = f"1..{MAX_NAME_CHARS} printable characters, no white space around them"
+        raise ValidationError(field, f"{what}{v!r:.200} is not a name", limit=limit)
+    return v
+
+
+def _names(field: str, values: Sequence[str], limit: int) -> tuple[str, ...]:
+    _at_most(field, values, limit)
+    out = tuple(_name(f"{field}[{i}]", v) for i, v in enumerate(values))
+    if len(set(out)) != len(out):
+        raise ValidationError(field, "a name twice")
+    return out
+
+
+def _key(field: str, key: str) -> str:
+    return _name(field, key, "key ")
+
+
+def _estimates(field: str, m: Any) -> dict[str, Estimate]:
+    _at_most(field, m, MAX_VIEW_TYPES)
+    return {_key(field, k): _estimate(field, m[k], f"[{k!r}].") for k in sorted(m)}
+
+
+def _quantile(field: str, m: fpb.QuantileEstimate) -> QuantileEstimate:
+    if not 0.0 <= m.q <= 1.0:
+        raise ValidationError(f"{field}.q", f"{m.q!r} out of range", limit="0..1")
+    for name in ("value", "low", "high"):
+        _finite(f"{field}.{name}", getattr(m, name))
+    if not m.low <= m.value <= m.high:
+        raise ValidationError(field, f"value {m.value!r} is not within [low {m.low!r}, high {m.high!r}]")
+    return QuantileEstimate(m.q, m.value, m.low, m.high)
+
+
+def _node_estimate(field: str, key: str, m: fpb.NodeEstimate) -> NodeEstimate:
+    at = f"[{key!r}]."
+    if m.node_id != key:
+        raise ValidationError(field, f"{at}node_id: {m.node_id!r} is not its key")
+    if m.window < 0 or m.capacity < 0:
+        name, v = ("window", m.window) if m.window < 0 else ("capacity", m.capacity)
+        raise ValidationError(field, f"{at}{name}: must not be negative, got {v}", limit=">= 0")
+    occupied = _estimate(field, m.occupied, f"{at}occupied.")
+    return NodeEstimate(key, m.window, occupied, m.capacity, _estimate(field, m.load, f"{at}load."))
+
+
+def _dropped(field: str, m: fpb.Dropped) -> tuple[str, str]:
+    node_id = _name(f"{field}.node_id", m.node_id)  # or UNKNOWN_NODE
+    if len(m.reason) > MAX_REASON_CHARS:
+        raise ValidationError(f"{field}.reason", f"{len(m.reason)} characters", limit=f"at most {MAX_REASON_CHARS}")
+    return node_id, m.reason
+
+
+def view_from_pb(m: fpb.GlobalView, at: str = "view.") -> GlobalView:
+    """A federation view from the wire, checked before the node reads it: counts and times not
+    negative, every number finite, every sd >= 0, quantiles in [0, 1] and within their interval,
+    names (types, node ids, map keys: as the release schema's) valid and not repeated;
+    :class:`ValidationError` naming the field (``view.nodes``, ``view.completion_quantiles_s[2].q``)
+    otherwise. ``at`` is where the view is in the request. ``window_s`` may be 0: the view of a
+    round in which no summary was merged."""
+    window_s = m.window_s
+    if not (math.isfinite(window_s) and 0 <= window_s <= 86400):
+        raise ValidationError(f"{at}window_s", f"{window_s!r} out of range", limit="0 <= window_s <= 86400")
+    _at_most(f"{at}dropped", m.dropped, MAX_VIEW_NODES)
+    _at_most(f"{at}completion_quantiles_s", m.completion_quantiles_s, MAX_VIEW_QUANTILES)
+    _at_most(f"{at}nodes", m.nodes, MAX_VIEW_NODES)
+    return GlobalView(
+        round=_count(f"{at}round", m.round),
+        at_ns=_count(f"{at}at_ns", m.at_ns),
+        window=_count(f"{at}window", m.window),
+        window_s=window_s,
+        types=_names(f"{at}types", m.types, MAX_VIEW_TYPES),
+        participants=_names(f"{at}participants", m.participants, MAX_VIEW_NODES),
+        dropped=tuple(_dropped(f"{at}dropped[{i}]", d) for i, d in enumerate(m.dropped)),
+        missing=_names(f"{at}missing", m.missing, MAX_VIEW_NODES),
+        submitted_per_s=_estimates(f"{at}submitted_per_s", m.submitted_per_s),
+        throughput_per_s=_estimates(f"{at}throughput_per_s", m.throughput_per_s),
+        failed_per_s=_estimates(f"{at}failed_per_s", m.failed_per_s),
+        handed_off_per_s=_estimate(f"{at}handed_off_per_s", m.handed_off_per_s),
+        occupied=_estimate(f"{at}occupied", m.occupied),
+        capacity=_count(f"{at}capacity", m.capacity),
+        federation_load=_estimate(f"{at}federation_load", m.federation_load),
+        completion_quantiles_s=tuple(
+            _quantile(f"{at}completion_quantiles_s[{i}]", q) for i, q in enumerate(m.completion_quantiles_s)
+        ),
+        completed_in_histogram=_estimate(f"{at}completed_in_histogram", m.completed_in_histogram),
+        nodes={_key(f"{at}nodes", k): _node_estimate(f"{at}nodes", k, m.nodes[k]) for k in sorted(m.nodes)},
+    )
 
 
 # ---------------------------------------------------------------------------------- errors

@@ -245,7 +245,24 @@ class NodeServicer(npb_grpc.NodeServiceServicer):
             handoffs=handoffs,
             report=report,
             history=request.history,
+            privacy=node.privacy_status(),
         )
+
+    # ------------------------------------------------------------------ the federation
+
+    @_rpc
+    async def Summary(self, request: npb.SummaryRequest, context: grpc.aio.ServicerContext) -> npb.SummaryReply:
+        # A release refused (no window, budget, disabled, store down) is an answer, not an error.
+        return cv.release_to_pb(await self.node.release_summary())
+
+    @_rpc
+    async def ApplyFederation(
+        self, request: npb.ApplyFederationRequest, context: grpc.aio.ServicerContext
+    ) -> npb.ApplyFederationReply:
+        if not request.HasField("view"):
+            raise ValidationError("view", "missing: the federation's view to apply")
+        threshold = self.node.apply_view(cv.view_from_pb(request.view))
+        return npb.ApplyFederationReply(threshold=threshold, policy=self.node.admission.cfg.policy)
 
     # ------------------------------------------------------------------ workers, unary
 

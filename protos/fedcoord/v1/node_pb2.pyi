@@ -1,4 +1,5 @@
 from protos.fedcoord.v1 import common_pb2 as _common_pb2
+from protos.fedcoord.v1 import federation_pb2 as _federation_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -288,7 +289,7 @@ class Load(_message.Message):
     def __init__(self, leased: _Optional[int] = ..., ready: _Optional[int] = ..., delayed: _Optional[int] = ..., pending: _Optional[int] = ..., handing_off: _Optional[int] = ..., slots: _Optional[int] = ..., ratio: _Optional[float] = ...) -> None: ...
 
 class StatsReply(_message.Message):
-    __slots__ = ("node_id", "state", "load", "threshold", "active_by_status", "totals", "workers", "handoffs", "stats_json", "report_json")
+    __slots__ = ("node_id", "state", "load", "threshold", "active_by_status", "totals", "workers", "handoffs", "stats_json", "report_json", "privacy")
     class ActiveByStatusEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -320,6 +321,7 @@ class StatsReply(_message.Message):
     HANDOFFS_FIELD_NUMBER: _ClassVar[int]
     STATS_JSON_FIELD_NUMBER: _ClassVar[int]
     REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     state: str
     load: Load
@@ -330,4 +332,33 @@ class StatsReply(_message.Message):
     handoffs: _containers.ScalarMap[str, int]
     stats_json: bytes
     report_json: bytes
-    def __init__(self, node_id: _Optional[str] = ..., state: _Optional[str] = ..., load: _Optional[_Union[Load, _Mapping]] = ..., threshold: _Optional[float] = ..., active_by_status: _Optional[_Mapping[str, int]] = ..., totals: _Optional[_Mapping[str, int]] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., handoffs: _Optional[_Mapping[str, int]] = ..., stats_json: _Optional[bytes] = ..., report_json: _Optional[bytes] = ...) -> None: ...
+    privacy: _federation_pb2.PrivacyStatus
+    def __init__(self, node_id: _Optional[str] = ..., state: _Optional[str] = ..., load: _Optional[_Union[Load, _Mapping]] = ..., threshold: _Optional[float] = ..., active_by_status: _Optional[_Mapping[str, int]] = ..., totals: _Optional[_Mapping[str, int]] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., handoffs: _Optional[_Mapping[str, int]] = ..., stats_json: _Optional[bytes] = ..., report_json: _Optional[bytes] = ..., privacy: _Optional[_Union[_federation_pb2.PrivacyStatus, _Mapping]] = ...) -> None: ...
+
+class SummaryRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SummaryReply(_message.Message):
+    __slots__ = ("status", "reason", "summary")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    reason: str
+    summary: _federation_pb2.ReleasedSummary
+    def __init__(self, status: _Optional[str] = ..., reason: _Optional[str] = ..., summary: _Optional[_Union[_federation_pb2.ReleasedSummary, _Mapping]] = ...) -> None: ...
+
+class ApplyFederationRequest(_message.Message):
+    __slots__ = ("view",)
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    view: _federation_pb2.GlobalView
+    def __init__(self, view: _Optional[_Union[_federation_pb2.GlobalView, _Mapping]] = ...) -> None: ...
+
+class ApplyFederationReply(_message.Message):
+    __slots__ = ("threshold", "policy")
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    threshold: float
+    policy: str
+    def __init__(self, threshold: _Optional[float] = ..., policy: _Optional[str] = ...) -> None: ...

@@ -110,6 +110,16 @@ class NodeServiceStub:
                 request_serializer=protos_dot_fedcoord_dot_v1_dot_node__pb2.StatsRequest.SerializeToString,
                 response_deserializer=protos_dot_fedcoord_dot_v1_dot_node__pb2.StatsReply.FromString,
                 _registered_method=True)
+        self.Summary = channel.unary_unary(
+                '/fedcoord.v1.NodeService/Summary',
+                request_serializer=protos_dot_fedcoord_dot_v1_dot_node__pb2.SummaryRequest.SerializeToString,
+                response_deserializer=protos_dot_fedcoord_dot_v1_dot_node__pb2.SummaryReply.FromString,
+                _registered_method=True)
+        self.ApplyFederation = channel.unary_unary(
+                '/fedcoord.v1.NodeService/ApplyFederation',
+                request_serializer=protos_dot_fedcoord_dot_v1_dot_node__pb2.ApplyFederationRequest.SerializeToString,
+                response_deserializer=protos_dot_fedcoord_dot_v1_dot_node__pb2.ApplyFederationReply.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -214,6 +224,26 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Summary(self, request, context):
+        """The federation (the Flower ClientApp holds a federation token). The privacy-filtered summary
+        of the last complete window: its cost is recorded before it is returned, and asking again for
+        the same window gives the same release at no cost. A release refused (no complete window,
+        budget exhausted, privacy disabled, store down) is not an error: the reply says why and
+        carries no summary.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApplyFederation(self, request, context):
+        """Take the federation's view; the reply is the acceptance threshold it gives. A view that does
+        not check (NaN, a negative sd, a bad name) is INVALID_ARGUMENT naming the field, and changes
+        nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -291,6 +321,16 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=protos_dot_fedcoord_dot_v1_dot_node__pb2.StatsRequest.FromString,
                     response_serializer=protos_dot_fedcoord_dot_v1_dot_node__pb2.StatsReply.SerializeToString,
+            ),
+            'Summary': grpc.unary_unary_rpc_method_handler(
+                    servicer.Summary,
+                    request_deserializer=protos_dot_fedcoord_dot_v1_dot_node__pb2.SummaryRequest.FromString,
+                    response_serializer=protos_dot_fedcoord_dot_v1_dot_node__pb2.SummaryReply.SerializeToString,
+            ),
+            'ApplyFederation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyFederation,
+                    request_deserializer=protos_dot_fedcoord_dot_v1_dot_node__pb2.ApplyFederationRequest.FromString,
+                    response_serializer=protos_dot_fedcoord_dot_v1_dot_node__pb2.ApplyFederationReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -698,6 +738,60 @@ class NodeService:
             '/fedcoord.v1.NodeService/Stats',
             protos_dot_fedcoord_dot_v1_dot_node__pb2.StatsRequest.SerializeToString,
             protos_dot_fedcoord_dot_v1_dot_node__pb2.StatsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Summary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcoord.v1.NodeService/Summary',
+            protos_dot_fedcoord_dot_v1_dot_node__pb2.SummaryRequest.SerializeToString,
+            protos_dot_fedcoord_dot_v1_dot_node__pb2.SummaryReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyFederation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcoord.v1.NodeService/ApplyFederation',
+            protos_dot_fedcoord_dot_v1_dot_node__pb2.ApplyFederationRequest.SerializeToString,
+            protos_dot_fedcoord_dot_v1_dot_node__pb2.ApplyFederationReply.FromString,
             options,
             channel_credentials,
             insecure,
