@@ -50,6 +50,8 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from federation.privacy.status import PrivacyStatus, ReleaseOutcome
+from federation.view import GlobalView
 from node.core import HeartbeatReply, WorkerInfo
 from node.errors import (
     FedcoordError,
@@ -215,6 +217,16 @@ def _leases(reply: npb.ClaimReply) -> list[Lease]:
     return [cv.lease_from_pb(m) for m in reply.leases]
 
 
+def _applied(reply: npb.ApplyFederationReply) -> tuple[float, str]:
+    return reply.threshold, reply.policy
+
+
+def _privacy(s: RemoteStats) -> PrivacyStatus:
+    if s.privacy is None:
+        raise RemoteCallError(_C.UNIMPLEMENTED.name, f"node {s.node_id} sent no privacy status with its stats")
+    return s.privacy
+
+
 def _serving(reply: Any) -> str:
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
@@ -278,6 +290,14 @@ class _Calls:
     @staticmethod
     def stats(report: bool, history: bool) -> _Call[RemoteStats]:
         return _Call("Stats", npb.StatsRequest(report=report, history=history), cv.stats_from_pb)
+
+    @staticmethod
+    def summary() -> _Call[ReleaseOutcome]:
+        return _Call("Summary", npb.SummaryRequest(), cv.release_from_pb)
+
+    @staticmethod
+    def apply_federation(view: GlobalView) -> _Call[tuple[float, str]]:
+        return _Call("ApplyFederation", npb.ApplyFederationRequest(view=cv.view_to_pb(view)), _applied)
 
     @staticmethod
     def health() -> _Call[str]:
@@ -904,6 +924,25 @@ class AsyncNodeClient(_ClientBase):
     async def stats(self, *, report: bool = False, history: bool = False) -> RemoteStats:
         return await self._unary(_Calls.stats(report, history))
 
+    async def privacy_status(self) -> PrivacyStatus:
+        """The node's privacy budget, what was spent and what is left (from ``Stats``)."""
+        return _privacy(await self.stats())
+
+    # ------------------------------------------------------------------ the federation
+
+    async def summary(self) -> ReleaseOutcome:
+        """The node's privacy-filtered summary of its last complete window (``Summary``; the
+        federation role). A release refused is an outcome, not an error: its ``status`` and
+        ``reason`` say why and ``summary`` is None. A summary that does not check raises
+        :class:`~federation.privacy.schema.SchemaError`."""
+        return await self._unary(_Calls.summary())
+
+    async def apply_federation(self, view: GlobalView) -> tuple[float, str]:
+        """Give the node the federation's view (``ApplyFederation``): the acceptance threshold it
+        gives and the node's admission policy. A view that does not check is a
+        :class:`~node.errors.ValidationError` naming the field, and changes nothing."""
+        return await self._unary(_Calls.apply_federation(view))
+
     async def health(self) -> str:
         """The node's health status: ``SERVING``, ``NOT_SERVING`` (draining), ..."""
         return await self._unary(_Calls.health())
@@ -1164,6 +1203,20 @@ class NodeClient(_ClientBase):
 
     def stats(self, *, report: bool = False, history: bool = False) -> RemoteStats:
         return self._unary(_Calls.stats(report, history))
+
+    def privacy_status(self) -> PrivacyStatus:
+        """The node's privacy budget, what was spent and what is left (from ``Stats``)."""
+        return _privacy(self.stats())
+
+    # ------------------------------------------------------------------ the federation
+
+    def summary(self) -> ReleaseOutcome:
+        """See :meth:`AsyncNodeClient.summary`."""
+        return self._unary(_Calls.summary())
+
+    def apply_federation(self, view: GlobalView) -> tuple[float, str]:
+        """See :meth:`AsyncNodeClient.apply_federation`."""
+        return self._unary(_Calls.apply_federation(view))
 
     def health(self) -> str:
         """The node's health status: ``SERVING``, ``NOT_SERVING`` (draining), ..."""
