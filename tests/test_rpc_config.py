@@ -364,3 +364,65 @@ def test_dump_redacts_secrets_and_round_trips_as_toml(tmp_path: Path) -> None:
     assert "s3cret" not in dump_toml(cfg) and "c" * 20 not in dump_toml(cfg)
     back = load_config(write(tmp_path, dump_toml(cfg, redact=False)), env={})
     assert back == cfg
+
+
+# ---------------------------------------------------------------------------------- [privacy]
+
+
+def test_the_privacy_section_maps_onto_the_node_privacy_config_and_bins_are_one_setting(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+node_id = "n1"
+[privacy]
+epsilon = 2.0
+delta = 1e-7
+m = 2
+vocabulary = ["alpha", "beta"]
+completion_edges_s = [0.5, 5.0]
+mechanism = "laplace"
+scale = 40.0
+""",
+    )
+    node = load_config(path, env={}).node_config()
+    p = node.privacy
+    assert (p.epsilon, p.delta, p.m, p.vocabulary, p.mechanism, p.scale) == (
+        2.0,
+        1e-7,
+        2,
+        ("alpha", "beta"),
+        "laplace",
+        40.0,
+    )
+    assert node.completion_bins == FixedBins((0.5, 5.0))  # given once, as the releases' bins: the summaries' too
+    node = load_config(write(tmp_path, 'node_id = "n1"\n[node]\ncompletion_bins = [1.0, 2.0]\n'), env={}).node_config()
+    assert node.privacy.completion_edges_s == (1.0, 2.0)  # and the other way round
+    env = {"FEDCOORD_NODE_ID": "n1", "FEDCOORD_PRIVACY__EPSILON": "0.5", "FEDCOORD_PRIVACY__VOCABULARY": "x, y"}
+    p = load_config(env=env).node_config().privacy
+    assert (p.epsilon, p.vocabulary) == (0.5, ("x", "y"))
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "says"),
+    [
+        ("epsilon = 0.0", "privacy.epsilon", "must be positive"),
+        ("epsilon = -1.0", "privacy.epsilon", "must be positive"),
+        ("delta = 1.0", "privacy.delta", "outside (0, 1)"),
+        ("delta = 0.0", "privacy.delta", "outside (0, 1)"),
+        ("vocabulary = []", "privacy.vocabulary", "is empty"),
+        ('vocabulary = ["a", "other"]', "privacy.vocabulary", "reserved"),
+        ("completion_edges_s = [5.0, 1.0]", "privacy.completion_edges_s", "strictly increasing"),
+        ("completion_edges_s = []", "privacy.completion_edges_s", "non-empty"),
+        ("m = 0", "privacy.m", "at least 1"),
+        ('mechanism = "uniform"', "privacy.mechanism", "uniform"),
+        ("m = 1.5", "privacy.m", "expected an integer"),
+    ],
+)
+def test_bad_privacy_settings_are_refused_naming_the_setting_and_the_file(
+    tmp_path: Path, text: str, key: str, says: str
+) -> None:
+    path = write(tmp_path, f'node_id = "n1"\n[privacy]\n{text}\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={}).node_config()
+    assert info.value.field == key
+    assert str(info.value).startswith(f"{path}: {key}: ") and says in str(info.value)

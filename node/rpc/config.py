@@ -19,11 +19,13 @@ for sections: ``listen``, ``tls.cert_file``, ``handoff.batch``, ``core.limits.ma
 
 Unknown keys and values of the wrong type are refused with a :class:`ConfigError` that names the
 key and where it came from (``node.toml: unknown key 'handoff.batchh'``). The sections ``[node]``,
-``[core]`` (with ``[core.limits]``), ``[admission]`` and ``[handoff]`` map field by field onto
-:class:`~node.runtime.config.NodeConfig`, :class:`~node.core.CoreConfig`,
-:class:`~node.model.Limits`, :class:`~node.admission.AdmissionConfig` and
+``[core]`` (with ``[core.limits]``), ``[admission]``, ``[handoff]`` and ``[privacy]`` map field by
+field onto :class:`~node.runtime.config.NodeConfig`, :class:`~node.core.CoreConfig`,
+:class:`~node.model.Limits`, :class:`~node.admission.AdmissionConfig`,
 :class:`~node.runtime.handoff.HandoffConfig` (whose ``peers`` are the keys of ``[peers]``, and
-``core.node_id`` is ``node_id``): :meth:`ServerConfig.node_config` builds the node's config.
+``core.node_id`` is ``node_id``) and :class:`~federation.privacy.config.PrivacyConfig` (whose
+``completion_edges_s`` and ``node.completion_bins`` are one setting: give either):
+:meth:`ServerConfig.node_config` builds the node's config.
 ``deploy/node.example.toml`` lists every key with its default.
 """
 
@@ -40,6 +42,7 @@ from pathlib import Path
 from types import MappingProxyType, NoneType, UnionType
 from typing import Any, get_args, get_origin, get_type_hints
 
+from federation.privacy.config import PrivacyConfig
 from node.admission import AdmissionConfig
 from node.analytics.histogram import FixedBins
 from node.core import CoreConfig
@@ -206,11 +209,12 @@ _SECTIONS: dict[str, tuple[type[Any], tuple[str, ...]]] = {
     "tls.": (TlsSettings, ()),
     "tokens.": (TokenSettings, ()),
     "limits.": (ServerLimits, ()),
-    "node.": (NodeConfig, ("core", "admission", "handoff")),
+    "node.": (NodeConfig, ("core", "admission", "handoff", "privacy")),
     "core.": (CoreConfig, ("node_id", "limits")),
     "core.limits.": (Limits, ()),
     "admission.": (AdmissionConfig, ()),
     "handoff.": (HandoffConfig, ("peers",)),
+    "privacy.": (PrivacyConfig, ()),
 }
 _NOT_KEYS = {"core.node_id": "it is the top-level node_id", "handoff.peers": "they are the keys of [peers]"}
 _SECRET_KEYS = frozenset(
@@ -238,7 +242,13 @@ def keys() -> list[str]:
 
 
 def _get(cfg: ServerConfig, key: str) -> Any:
-    path = {"node.": "node.", "core.": "node.core.", "admission.": "node.admission.", "handoff.": "node.handoff."}
+    path = {
+        "node.": "node.",
+        "core.": "node.core.",
+        "admission.": "node.admission.",
+        "handoff.": "node.handoff.",
+        "privacy.": "node.privacy.",
+    }
     for prefix, real in path.items():
         if key.startswith(prefix):
             key = real + key[len(prefix) :]
@@ -444,8 +454,18 @@ def _build(values: Mapping[str, Any], origin: Mapping[str, str]) -> ServerConfig
             src = origin.get(key) or origin.get(key.partition(".")[0])
             raise ConfigError(key, f"{key}: {e.detail}", source=src, limit=e.limit) from None
 
+    # The summaries' bins and their releases' public bins are one setting given either way.
+    bins, edges = values.get("node.completion_bins"), values.get("privacy.completion_edges_s")
+    if bins is not None and edges is None:
+        values = {**values, "privacy.completion_edges_s": bins.edges}
+    elif edges is not None and bins is None:
+        try:
+            values = {**values, "node.completion_bins": FixedBins(edges)}
+        except ValidationError as e:
+            key = "privacy.completion_edges_s"
+            raise ConfigError(key, f"{key}: {e.detail}", source=origin.get(key), limit=e.limit) from None
     core = make("core.", limits=make("core.limits."))
-    node = make("node.", core=core, admission=make("admission."), handoff=make("handoff."))
+    node = make("node.", core=core, admission=make("admission."), handoff=make("handoff."), privacy=make("privacy."))
     tls, tokens, limits = make("tls."), make("tokens."), make("limits.")
     return make("", tls=tls, tokens=tokens, limits=limits, node=node)  # type: ignore[no-any-return]
 
