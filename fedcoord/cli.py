@@ -219,6 +219,7 @@ def _register_services() -> None:
     from fedcoord.cmd_certs import certs  # noqa: PLC0415
     from fedcoord.cmd_client import status, submit  # noqa: PLC0415
     from fedcoord.cmd_node import NODE_HELP, node  # noqa: PLC0415
+    from fedcoord.cmd_privacy import privacy  # noqa: PLC0415
     from fedcoord.cmd_worker import worker  # noqa: PLC0415
 
     app.command("node", help=NODE_HELP)(node)
@@ -226,6 +227,7 @@ def _register_services() -> None:
     app.command("submit")(submit)
     app.command("status")(status)
     app.command("certs")(certs)
+    app.add_typer(privacy, name="privacy")  # privacy status (the next issue adds sweep)
 
 
 _register_services()
