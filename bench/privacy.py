@@ -95,7 +95,7 @@ def run_release(args: argparse.Namespace, res: Result) -> None:
         t0 = time.perf_counter()
         occ = occupancy(core.tasks.values(), lo, hi, now)  # once per window, at its close
         t1 = time.perf_counter()
-        decision = acc.decide((), b.window)
+        decision = acc.decide((), b.window, 0)
         inp = WindowInput(b.window, WINDOW_S, b.counts, b.completion_counts, occ, slots)
         summary = build_release("bench", inp, cfg, acc, decision)
         times_ms.append((time.perf_counter() - t1) * 1e3)
@@ -140,7 +140,10 @@ async def _ledger_writes(n: int, acc: Accountant) -> list[float]:
         await store.acquire()
         out = []
         for w in range(n):
-            entry = LedgerEntry(w, acc.rho, T0, acc.mechanism.kind, acc.mechanism.scale)
+            start_us = (T0 // 1000) + w * int(WINDOW_S * 1e6)
+            entry = LedgerEntry(
+                w, acc.rho, T0, acc.mechanism.kind, acc.mechanism.scale, start_us, start_us + 20_000_000
+            )
             t = time.perf_counter()
             await store.ledger_record(entry, m=acc.cfg.m, rho_budget=acc.rho_budget)
             out.append((time.perf_counter() - t) * 1e3)

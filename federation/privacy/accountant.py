@@ -3,7 +3,9 @@
 The privacy unit is one task, and a task counts in at most ``m`` consecutive releases (windows;
 the node's bounding enforces it). zCDP losses add up, so the most any task can have lost is the
 largest sum of rho over ``m`` consecutive windows; releases only move forward, so before
-releasing window ``w`` it is enough to check the windows ``[w - m + 1, w]``. The check is done in
+releasing window ``w`` it is enough to check the windows ``[w - m + 1, w]`` -- in time: the
+releases whose window ended after ``m`` windows before ``w`` started, which stays right if the
+window length changed since those releases were made. The check is done in
 rho against ``rho_budget`` (the largest rho whose OpenDP conversion at ``delta`` is within the
 configured epsilon), then again atomically by the ledger in the store; epsilon is reported
 through OpenDP's conversion.
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from federation.privacy.config import PrivacyConfig
 from federation.privacy.mechanism import Mechanism, calibrate_scale, epsilon_of, rho_for_epsilon
 from node.errors import ValidationError
-from node.store.base import LedgerEntry, LedgerState, window_sum
+from node.store.base import LedgerEntry, LedgerState, spent_since
 
 __all__ = ["Accountant", "Decision"]
 
@@ -73,14 +75,14 @@ class Accountant:
     def epsilon(self, rho: float) -> float:
         return epsilon_of(rho, float(self.cfg.delta))
 
-    def trailing(self, entries: Sequence[LedgerEntry], window: int) -> float:
-        """What the tasks that can still count in ``window`` have spent: the releases of the
-        ``m - 1`` windows before it."""
-        m = self.cfg.m
-        return window_sum(entries, window - 1, m - 1) if m > 1 else 0.0
+    def trailing(self, entries: Sequence[LedgerEntry], horizon_start_us: int) -> float:
+        """What a task that may count in the next release has spent already: the rho of every
+        recorded release whose window ends after ``horizon_start_us``, the oldest creation time
+        such a task can have (``m`` windows back from the next release's start)."""
+        return spent_since(entries, horizon_start_us)
 
-    def decide(self, entries: Sequence[LedgerEntry], window: int) -> Decision:
-        total = self.trailing(entries, window) + self.rho
+    def decide(self, entries: Sequence[LedgerEntry], window: int, horizon_start_us: int) -> Decision:
+        total = self.trailing(entries, horizon_start_us) + self.rho
         eps = self.epsilon(total)
         allowed = total <= self.rho_budget
         return Decision(window, allowed, total, eps, float(self.cfg.epsilon) - eps)

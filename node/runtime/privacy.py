@@ -12,6 +12,7 @@ after a restart: that window is not released again).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Iterable
 
@@ -111,14 +112,16 @@ class NodePrivacy:
             if last is not None and last.window == w:
                 return self._outcome(ReleaseStatus.REPEATED, f"window {w} again (released before: no new cost)", last)
             led = self._ledger
-            if led.last_window is not None and w <= led.last_window:
+            start_us, end_us = closed.start_ns // 1000, closed.end_ns // 1000
+            if led.last_end_us is not None and start_us < led.last_end_us:
                 next_s = (closed.end_ns + windows.window_ns - now_ns) / 1e9
                 return self._outcome(
                     ReleaseStatus.NO_WINDOW,
                     f"window {w} was released already (before a restart); the next ends in {max(0.0, next_s):.1f}s",
                 )
-            decision = acc.decide(led.entries, w)
             cfg = self.cfg
+            entry = LedgerEntry(w, acc.rho, now_ns, acc.mechanism.kind, acc.mechanism.scale, start_us, end_us)
+            decision = acc.decide(led.entries, w, entry.horizon_start_us(cfg.m))
             if not decision.allowed:
                 reason = (
                     f"privacy budget: release of window {w} refused: a task would spend epsilon "
@@ -133,8 +136,6 @@ class NodePrivacy:
             occupied, slots = (snap[1], snap[2]) if snap is not None and snap[0] == w else (0, core.load().slots)
             inp = WindowInput(w, self.window_s, b.counts, b.completion_counts, occupied, slots)
             summary = build_release(self.node_id, inp, cfg, acc, decision)
-            mech = acc.mechanism
-            entry = LedgerEntry(w, mech.rho, now_ns, mech.kind, mech.scale)
             try:
                 total = await self._store.ledger_record(entry, m=cfg.m, rho_budget=acc.rho_budget)
             except LedgerRefusedError as e:
@@ -146,9 +147,9 @@ class NodePrivacy:
                     "node %s: release of window %d not made: the ledger could not record it: %s", self.node_id, w, e
                 )
                 return self._outcome(ReleaseStatus.UNAVAILABLE, f"the ledger could not record the release: {e}")
-            keep = (*(x for x in led.entries if x.window > w - cfg.m), entry)
+            keep = (*(x for x in led.entries if x.end_us > entry.horizon_start_us(cfg.m)), entry)
             self._ledger = LedgerState(
-                keep, led.releases + 1, led.refused, led.rho_total + entry.rho, max(led.worst_rho, total), w
+                keep, led.releases + 1, led.refused, led.rho_total + entry.rho, max(led.worst_rho, total), w, end_us
             )
             self._last = summary
             return self._outcome(ReleaseStatus.RELEASED, f"window {w} released", summary)
@@ -163,10 +164,7 @@ class NodePrivacy:
         except StoreError as e:
             log.warning("node %s: could not count the refusal in the ledger: %s", self.node_id, e)
             return
-        led = self._ledger
-        self._ledger = LedgerState(
-            led.entries, led.releases, led.refused + 1, led.rho_total, led.worst_rho, led.last_window
-        )
+        self._ledger = dataclasses.replace(self._ledger, refused=self._ledger.refused + 1)
 
     def status(self) -> PrivacyStatus:
         cfg = self.cfg
@@ -177,9 +175,13 @@ class NodePrivacy:
                 False, cfg.mechanism, 0.0, 0.0, cfg.m, float(cfg.delta), float(cfg.epsilon), 0.0, 0.0,
                 led.releases, led.refused, led.last_window, 0.0, 0.0, 0.0, False,
             )  # fmt: skip
+        # the next release: the window after the last one released (the earliest it can be)
+        window_us = round(self.window_s * 1e6)
+        start = led.last_end_us if led.last_end_us is not None else 0
+        lo = start - (cfg.m - 1) * window_us
         nxt = (led.last_window + 1) if led.last_window is not None else 0
-        current = acc.trailing(led.entries, nxt)
-        d = acc.decide(led.entries, nxt)
+        current = acc.trailing(led.entries, lo)
+        d = acc.decide(led.entries, nxt, lo)
         mech = acc.mechanism
         return PrivacyStatus(
             enabled=True,

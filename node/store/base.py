@@ -32,6 +32,7 @@ __all__ = [
     "buckets_to_search",
     "owned_message",
     "search_time_s",
+    "spent_since",
     "wall_s",
 ]
 
@@ -108,24 +109,37 @@ LEDGER_KEEP = 4320  # releases kept in the ledger's history (a day of 20 s windo
 
 @dataclass(frozen=True, slots=True)
 class LedgerEntry:
-    """One release recorded in the privacy ledger: its window and what it cost (zCDP rho)."""
+    """One release recorded in the privacy ledger: its window and what it cost (zCDP rho).
+
+    The window is also kept as times (``[start_us, end_us)``, Unix microseconds): the budget is
+    checked over the releases whose window ends after the oldest creation time a task counting
+    in the new release can have, which stays right when the window length changes between runs."""
 
     window: int
     rho: float
     at_ns: int
     mechanism: str
     scale: float
+    start_us: int
+    end_us: int
 
     def encode(self) -> bytes:
         return orjson.dumps(
             {"window": self.window, "rho": self.rho, "at_ns": self.at_ns, "mechanism": self.mechanism,
-             "scale": self.scale}
+             "scale": self.scale, "start_us": self.start_us, "end_us": self.end_us}
         )  # fmt: skip
 
     @classmethod
     def decode(cls, raw: bytes | str) -> LedgerEntry:
         d = orjson.loads(raw)
-        return cls(int(d["window"]), float(d["rho"]), int(d["at_ns"]), str(d["mechanism"]), float(d["scale"]))
+        return cls(
+            int(d["window"]), float(d["rho"]), int(d["at_ns"]), str(d["mechanism"]), float(d["scale"]),
+            int(d["start_us"]), int(d["end_us"]),
+        )  # fmt: skip
+
+    def horizon_start_us(self, m: int) -> int:
+        """The oldest creation time (us) of a task that may count in this release: ``m`` windows back."""
+        return self.start_us - (m - 1) * (self.end_us - self.start_us)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,12 +152,13 @@ class LedgerState:
     rho_total: float = 0.0
     worst_rho: float = 0.0  # the largest sum of rho over m consecutive windows at any release
     last_window: int | None = None
+    last_end_us: int | None = None  # where the last released window ended: the next must start there or later
 
 
-def window_sum(entries: Sequence[LedgerEntry], window: int, m: int) -> float:
-    """The sum of rho of the recorded releases in windows ``[window - m + 1, window]``."""
-    lo = window - m + 1
-    return math.fsum(e.rho for e in entries if lo <= e.window <= window)
+def spent_since(entries: Sequence[LedgerEntry], lo_us: int) -> float:
+    """The sum of rho of the recorded releases whose window ends after ``lo_us``: what a task
+    created at ``lo_us`` or later can have spent already."""
+    return math.fsum(e.rho for e in entries if e.end_us > lo_us)
 
 
 class Store(abc.ABC):
@@ -214,9 +229,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def ledger_record(self, entry: LedgerEntry, *, m: int, rho_budget: float, keep: int = LEDGER_KEEP) -> float:
-        """Record a release, atomically and only if it keeps every task within ``rho_budget``: the
-        sum of rho over windows ``[w - m + 1, w]`` with this one must not exceed it, and ``w`` must
-        be newer than the last release. Returns that sum. Raises
+        """Record a release, atomically and only if it keeps every task within ``rho_budget``: its
+        rho plus that of every recorded release whose window ends after
+        ``entry.horizon_start_us(m)`` must not exceed it, and its window must start where the last
+        released one ended or later. Returns that sum. Raises
         :class:`~node.errors.LedgerRefusedError` (nothing written) otherwise, and
         :class:`~node.errors.FencedError` from a process that no longer owns the node."""
 

@@ -160,10 +160,11 @@ return 1
 """
 
 # The privacy ledger: record one release if it keeps every task within budget.
-# KEYS: owner, epoch, totals hash, releases zset. ARGV: token, epoch, ttl ms, window, rho, m,
-# rho budget, entry JSON, entries kept. Returns {1, sum} or {0, reason}. The sum of rho over
-# windows [w - m + 1, w] (this release included) must stay within the budget (a relative 1e-12
-# for the rounding of the sum), and w must be newer than the last release.
+# KEYS: owner, epoch, totals hash, releases zset (score: window end, us). ARGV: token, epoch, ttl
+# ms, window, window start us, window end us, horizon start us, rho, rho budget, entry JSON,
+# entries kept. Returns {1, sum} or {0, reason}. The sum of rho of the releases whose window ends
+# after the horizon start, this one included, must stay within the budget (a relative 1e-12 for
+# the rounding of the sum), and the window must not start before the last released one ended.
 LEDGER = """
 local v = redis.call('GET', KEYS[1])
 if v ~= ARGV[1] then
@@ -173,26 +174,27 @@ if v ~= ARGV[1] then
     return redis.error_reply('FENCED node owned by ' .. tostring(v))
   end
 end
-local w = tonumber(ARGV[4])
-local rho = tonumber(ARGV[5])
-local m = tonumber(ARGV[6])
-local cap = tonumber(ARGV[7])
-local last = redis.call('HGET', KEYS[3], 'last_window')
-if last and tonumber(last) >= w then
-  return {0, 'window ' .. w .. ' is not newer than the last release (window ' .. last .. ')'}
+local w = ARGV[4]
+local start_us = tonumber(ARGV[5])
+local rho = tonumber(ARGV[8])
+local cap = tonumber(ARGV[9])
+local last = redis.call('HGET', KEYS[3], 'last_end_us')
+if last and tonumber(last) > start_us then
+  return {0, 'window ' .. w .. ' starts before the last released window ended (window ' ..
+    tostring(redis.call('HGET', KEYS[3], 'last_window')) .. ')'}
 end
 local sum = rho
-for _, e in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], w - m + 1, w - 1)) do
+for _, e in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '(' .. ARGV[7], '+inf')) do
   sum = sum + cjson.decode(e)['rho']
 end
 if sum > cap * (1 + 1e-12) then
-  return {0, string.format('over budget: rho %.17g over the last %d windows, budget %.17g', sum, m, cap)}
+  return {0, string.format('over budget: rho %.17g for a task counting in window %s, budget %.17g', sum, w, cap)}
 end
-redis.call('ZADD', KEYS[4], w, ARGV[8])
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. (w - tonumber(ARGV[9]) + 1))
-redis.call('HSET', KEYS[3], 'last_window', w)
+redis.call('ZADD', KEYS[4], ARGV[6], ARGV[10])
+redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -(tonumber(ARGV[11]) + 1))
+redis.call('HSET', KEYS[3], 'last_window', w, 'last_end_us', ARGV[6])
 redis.call('HINCRBY', KEYS[3], 'releases', 1)
-redis.call('HINCRBYFLOAT', KEYS[3], 'rho_total', ARGV[5])
+redis.call('HINCRBYFLOAT', KEYS[3], 'rho_total', ARGV[8])
 local worst = tonumber(redis.call('HGET', KEYS[3], 'worst_rho') or '0')
 if sum > worst then redis.call('HSET', KEYS[3], 'worst_rho', string.format('%.17g', sum)) end
 return {1, string.format('%.17g', sum)}

@@ -25,8 +25,8 @@ from node.store.base import (
     bucket_of,
     buckets_to_search,
     owned_message,
+    spent_since,
     wall_s,
-    window_sum,
 )
 from node.store.codec import WriteBatch
 
@@ -251,16 +251,20 @@ class MemoryStore(Store):
     async def ledger_record(self, entry: LedgerEntry, *, m: int, rho_budget: float, keep: int = LEDGER_KEEP) -> float:
         d = self._check_owner()
         led = d.ledger
-        w = entry.window
-        if led.last_window is not None and led.last_window >= w:
-            raise LedgerRefusedError(f"window {w} is not newer than the last release (window {led.last_window})")
-        total = window_sum(led.entries, w - 1, m - 1) + entry.rho if m > 1 else entry.rho
+        if led.last_end_us is not None and led.last_end_us > entry.start_us:
+            raise LedgerRefusedError(
+                f"window {entry.window} starts before the last released window ended (window {led.last_window})"
+            )
+        total = spent_since(led.entries, entry.horizon_start_us(m)) + entry.rho
         if total > rho_budget * (1 + 1e-12):
-            raise LedgerRefusedError(f"over budget: rho {total!r} over the last {m} windows, budget {rho_budget!r}")
-        entries = tuple(e for e in (*led.entries, entry) if e.window > w - keep)
+            raise LedgerRefusedError(
+                f"over budget: rho {total!r} for a task counting in window {entry.window}, budget {rho_budget!r}"
+            )
+        entries = (*led.entries, entry)[-keep:]
         d.ledger = LedgerState(
-            entries, led.releases + 1, led.refused, led.rho_total + entry.rho, max(led.worst_rho, total), w
-        )
+            entries, led.releases + 1, led.refused, led.rho_total + entry.rho, max(led.worst_rho, total),
+            entry.window, entry.end_us,
+        )  # fmt: skip
         return total
 
     async def ledger_refused(self) -> None:

@@ -391,7 +391,7 @@ class RedisStore(Store):
         pipe.zrange(k.privacy_releases, 0, -1)
         totals, raw = await self._call(pipe.execute())
         t = {key.decode(): val.decode() for key, val in totals.items()}
-        last = t.get("last_window")
+        last, end = t.get("last_window"), t.get("last_end_us")
         return LedgerState(
             entries=tuple(LedgerEntry.decode(e) for e in raw),
             releases=int(t.get("releases", 0)),
@@ -399,16 +399,18 @@ class RedisStore(Store):
             rho_total=float(t.get("rho_total", 0.0)),
             worst_rho=float(t.get("worst_rho", 0.0)),
             last_window=None if last is None else int(last),
+            last_end_us=None if end is None else int(end),
         )
 
     async def ledger_record(self, entry: LedgerEntry, *, m: int, rho_budget: float, keep: int = LEDGER_KEEP) -> float:
         tok = self._require_token()
         k = self.keys
-        args = [tok.encode(), tok.epoch, self._lock_ttl_ms, entry.window, repr(entry.rho), m, repr(rho_budget)]
+        args = [
+            tok.encode(), tok.epoch, self._lock_ttl_ms, entry.window, entry.start_us, entry.end_us,
+            entry.horizon_start_us(m), repr(entry.rho), repr(rho_budget), entry.encode(), keep,
+        ]  # fmt: skip
         try:
-            ok, detail = await self._script(
-                "LEDGER", [k.owner, k.epoch, k.privacy, k.privacy_releases], [*args, entry.encode(), keep]
-            )
+            ok, detail = await self._script("LEDGER", [k.owner, k.epoch, k.privacy, k.privacy_releases], args)
         except ResponseError as e:
             if str(e).startswith("FENCED"):
                 raise FencedError(f"node {self.node_id!r}: ledger write refused, {e}") from e
