@@ -387,6 +387,16 @@ def test_a_summary_reply_that_does_not_check_is_refused_by_the_client() -> None:
         cv.release_from_pb(npb.SummaryReply(status="no_window", summary=good.summary))
 
 
+def test_every_view_the_aggregation_makes_of_good_and_bad_summaries_goes_over_the_wire() -> None:
+    bad = {**a_summary().to_record(), "node_id": " odd one ", "submitted": [1]}  # dropped, named as it claims
+    other = dataclasses.replace(a_summary(), node_id="pv2", occupied_slots=0, capacity_bucket=0)
+    for items in ([a_summary(), other, bad, b"not json"], [bad], []):
+        view = aggregate(items, round=4, now_ns=123, expected=(NODE, "pv2", "pv3"))
+        wire = fpb.GlobalView.FromString(cv.view_to_pb(view).SerializeToString())
+        assert cv.view_from_pb(wire) == view
+    assert view.window_s == 0.0 and not view.participants  # the last: nobody sent anything
+
+
 def test_the_messages_mirror_the_domain_types_field_for_field() -> None:
     def names(m: Any) -> list[str]:
         return [f.name for f in m.DESCRIPTOR.fields]

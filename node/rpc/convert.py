@@ -854,7 +854,12 @@ def _node_estimate(field: str, key: str, m: fpb.NodeEstimate) -> NodeEstimate:
 
 
 def _dropped(field: str, m: fpb.Dropped) -> tuple[str, str]:
-    node_id = _name(f"{field}.node_id", m.node_id)  # or UNKNOWN_NODE
+    # The node id a refused summary claims, as the aggregation reads it (printable, 1..128
+    # characters, white space around it allowed), or UNKNOWN_NODE.
+    node_id = m.node_id
+    if not node_id or len(node_id) > MAX_NAME_CHARS or not node_id.isprintable():
+        limit = f"1..{MAX_NAME_CHARS} printable characters"
+        raise ValidationError(f"{field}.node_id", f"{node_id!r:.200} is not a node id or {UNKNOWN_NODE!r}", limit=limit)
     if len(m.reason) > MAX_REASON_CHARS:
         raise ValidationError(f"{field}.reason", f"{len(m.reason)} characters", limit=f"at most {MAX_REASON_CHARS}")
     return node_id, m.reason
