@@ -231,7 +231,13 @@ def test_apply_federation_returns_the_threshold_the_node_reports_after(redis_url
             own = aggregate([await first_release(s)], now_ns=time.time_ns())
             reply = await s.stub.ApplyFederation(npb.ApplyFederationRequest(view=cv.view_to_pb(own)), timeout=10)
             assert reply.threshold == s.node.threshold()
-            assert s.node.admission.view == own.admission_view(NODE)
+            applied = s.node.admission.view
+            assert applied is not None and applied.at_ns >= own.at_ns  # dated on arrival, by the node's clock
+            assert applied == dataclasses.replace(own.admission_view(NODE), at_ns=applied.at_ns)
+            future = view_with_shares(time.time_ns() + 10**18, mine=9.0, others=1.0)  # a clock far ahead
+            await s.stub.ApplyFederation(npb.ApplyFederationRequest(view=cv.view_to_pb(future)), timeout=10)
+            applied = s.node.admission.view
+            assert applied is not None and applied.at_ns <= time.time_ns()  # cannot hold admission on it
             empty = aggregate([], now_ns=time.time_ns())
             reply = await s.stub.ApplyFederation(npb.ApplyFederationRequest(view=cv.view_to_pb(empty)), timeout=10)
             assert reply.threshold == s.node.threshold()

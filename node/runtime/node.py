@@ -797,8 +797,12 @@ class LocalNode:
         return self._privacy.status()
 
     def apply_view(self, view: GlobalView) -> float:
-        """Take a federation view (``ApplyFederation``); returns the threshold it gives."""
-        return self.apply_federation(view.admission_view(self.node_id))
+        """Take a federation view (``ApplyFederation``); returns the threshold it gives. The view
+        is dated by this node's clock when it arrives (not by the aggregator's): it goes stale
+        when no new one came for ``admission.stale_after_s``, and a view dated in the future by
+        a fast or hostile clock cannot hold admission on it."""
+        fv = dataclasses.replace(view.admission_view(self.node_id), at_ns=self._now())
+        return self.apply_federation(fv)
 
     def story(self, task_id: str) -> list[StoryEntry]:
         """The task's transitions as this process saw them, oldest first (kept for the last
