@@ -90,7 +90,7 @@ def render_privacy(s: PrivacyStatus, address: str) -> Table:
     table.add_row("refused (budget)", f"{s.refused:,}")
     table.add_row("epsilon spent by tasks still counting", _eps(s.epsilon_current))
     table.add_row("epsilon worst so far", _eps(s.epsilon_worst))
-    table.add_row("epsilon left for the next release", _eps(s.epsilon_left))
+    table.add_row("epsilon left after the next release", _eps(s.epsilon_left))
     table.add_row("next release", "allowed" if s.next_allowed else "[red]refused[/]: it would go over the budget")
     return table
 

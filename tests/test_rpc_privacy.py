@@ -447,7 +447,7 @@ def test_fedcoord_privacy_status_prints_the_status(redis_url: str, tmp_path: Pat
             code, out, err = await cli(*conn)
             assert (code, err) == (0, "")
             for words in ("epsilon 1, delta 1e-06, m 3", "gaussian", "rho per release", "still counting",
-                          "worst so far", "left for the next release", "allowed"):  # fmt: skip
+                          "worst so far", "left after the next release", "allowed"):  # fmt: skip
                 assert words in out, (words, out)
 
             code, out, err = await cli("--connect", s.server.address, "--insecure", "--token", "x" * 32)
