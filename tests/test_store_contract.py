@@ -26,9 +26,9 @@ import redis
 from node.core.config import CoreConfig
 from node.core.core import Core
 from node.core.workers import WorkerState
-from node.errors import FencedError, NodeOwnedError, StoreUnavailableError
+from node.errors import FencedError, LedgerRefusedError, NodeOwnedError, StoreUnavailableError
 from node.model import Priority, Task, TaskSpec, TaskStatus, WorkerSpec
-from node.store.base import OwnerToken, Store
+from node.store.base import LedgerEntry, LedgerState, OwnerToken, Store
 from node.store.codec import WriteBatch, decode_task, decode_worker, encode_batch, encode_task, encode_worker
 from node.store.keys import NodeKeys
 from node.store.memory import MemoryBackend, MemoryStore
@@ -1051,5 +1051,167 @@ def test_hand_off_state_round_trips(store_factory: StoreFactory) -> None:
         assert [decode_task(r).id for r in snap.reports] == ["r7999"]
         assert snap.counters == {}  # archiving a result that came back counts nothing by itself
         assert decode_task((await s.get_finished(["h1"], now_ns=now))["h1"]).result == b"from the peer"
+
+    f.run(body())
+
+
+# ---------------------------------------------------------------------------- privacy ledger
+#
+# One entry per release, checked and recorded atomically: the release's rho plus that of every
+# recorded release whose window ended after the oldest creation time of a task counting in it
+# (m windows back from its start) must stay within the budget, and a window may not start before
+# the last released one ended. Refused: nothing written.
+
+WIN_US = 10_000_000  # 10 s windows
+
+
+def ledger_entry(window: int, rho: float, *, window_us: int = WIN_US, at_ns: int = 0) -> LedgerEntry:
+    return LedgerEntry(window, rho, at_ns, "gaussian", 13.5, window * window_us, (window + 1) * window_us)
+
+
+def test_ledger_records_within_budget_and_refuses_beyond(store_factory: StoreFactory) -> None:
+    f = store_factory
+
+    async def body() -> None:
+        s = await f.make("n1")
+        await s.acquire()
+        assert await s.ledger_read() == LedgerState()
+        e10, e11 = ledger_entry(10, 0.4, at_ns=f.now_ns()), ledger_entry(11, 0.4)
+        assert await s.ledger_record(e10, m=3, rho_budget=1.0) == 0.4
+        assert await s.ledger_record(e11, m=3, rho_budget=1.0) == pytest.approx(0.8)
+        state = await s.ledger_read()
+        # window 12: a task created in window 10 would be in 10, 11 and 12: 1.2 > 1
+        with pytest.raises(LedgerRefusedError, match="over budget"):
+            await s.ledger_record(ledger_entry(12, 0.4), m=3, rho_budget=1.0)
+        for w in (11, 10, 3):  # released already, or older: never (again)
+            with pytest.raises(LedgerRefusedError, match="before the last released window ended"):
+                await s.ledger_record(ledger_entry(w, 0.01), m=3, rho_budget=1.0)
+        assert await s.ledger_read() == state  # refused: nothing written
+        # window 13: windows 11..13 (window 10 is m windows back): 0.4 + 0.4
+        assert await s.ledger_record(ledger_entry(13, 0.4), m=3, rho_budget=1.0) == pytest.approx(0.8)
+        # window 14: 0.4 (window 13) + 0.6 = 1.0, the budget exactly: allowed
+        assert await s.ledger_record(ledger_entry(14, 0.6), m=3, rho_budget=1.0) == 1.0
+        state = await s.ledger_read()
+        assert state.entries == (e10, e11, ledger_entry(13, 0.4), ledger_entry(14, 0.6))  # decoded exactly
+        assert (state.releases, state.refused, state.last_window, state.last_end_us) == (4, 0, 14, 15 * WIN_US)
+        assert state.rho_total == pytest.approx(1.8) and state.worst_rho == 1.0
+        await s.ledger_refused()
+        await s.ledger_refused()
+        state = await s.ledger_read()
+        assert (state.releases, state.refused, state.last_window) == (4, 2, 14)
+        # a restart (a new store on the same data) reads the same ledger
+        again = await f.make("n1")
+        assert await again.ledger_read() == state
+        if f.kind == "redis":  # readable with redis-cli
+            r = f.raw()
+            k = NodeKeys("n1")
+            totals = {a.decode(): b.decode() for a, b in r.hgetall(k.privacy).items()}
+            assert (totals["releases"], totals["refused"], totals["last_window"]) == ("4", "2", "14")
+            assert totals["last_end_us"] == str(15 * WIN_US) and float(totals["worst_rho"]) == 1.0
+            zs = r.zrange(k.privacy_releases, 0, -1, withscores=True)
+            assert [(orjson.loads(m)["window"], score) for m, score in zs] == [
+                (w, (w + 1) * WIN_US) for w in (10, 11, 13, 14)
+            ]
+            assert LedgerEntry.decode(zs[0][0]) == e10
+
+    f.run(body())
+
+
+def test_ledger_budget_edge_m_1_and_kept_history(store_factory: StoreFactory) -> None:
+    f = store_factory
+
+    async def body() -> None:
+        s = await f.make("n1")
+        await s.acquire()
+        await s.ledger_record(ledger_entry(0, 0.5), m=2, rho_budget=1.0)
+        with pytest.raises(LedgerRefusedError):  # over by a relative 1e-9: refused
+            await s.ledger_record(ledger_entry(1, 0.5 * (1 + 2e-9)), m=2, rho_budget=1.0)
+        await s.ledger_record(ledger_entry(1, 0.5 * (1 + 1e-13)), m=2, rho_budget=1.0)  # float rounding: allowed
+        # m = 1: only the release itself counts; a gap between windows is fine
+        for w in (2, 3, 7):
+            assert await s.ledger_record(ledger_entry(w, 0.9), m=1, rho_budget=1.0) == 0.9
+        with pytest.raises(LedgerRefusedError, match="over budget"):
+            await s.ledger_record(ledger_entry(8, 1.1), m=1, rho_budget=1.0)
+        # the history keeps the newest `keep` entries; the totals count every release
+        await s.ledger_record(ledger_entry(9, 0.1), m=1, rho_budget=1.0, keep=3)
+        state = await s.ledger_read()
+        assert [e.window for e in state.entries] == [3, 7, 9]
+        assert (state.releases, state.last_window) == (6, 9)
+        assert state.rho_total == pytest.approx(0.5 + 0.5 * (1 + 1e-13) + 3 * 0.9 + 0.1)
+        assert state.worst_rho == pytest.approx(1.0)
+
+    f.run(body())
+
+
+def test_ledger_checks_the_budget_over_time_when_the_window_length_changes(store_factory: StoreFactory) -> None:
+    """A run with 20 s windows released [0 s, 20 s); the next run has 10 s windows. A task created
+    at 15 s counted in that release and may count in the new run's windows [20 s, 30 s) and
+    [30 s, 40 s) (m = 3 of 10 s: created at 10 s or later): both must pay for the old release."""
+    f = store_factory
+
+    async def body() -> None:
+        s = await f.make("n1")
+        await s.acquire()
+        await s.ledger_record(ledger_entry(0, 0.5, window_us=2 * WIN_US), m=3, rho_budget=1.0)
+        with pytest.raises(LedgerRefusedError, match="before the last released window ended"):
+            await s.ledger_record(ledger_entry(1, 0.1), m=3, rho_budget=1.0)  # [10 s, 20 s) overlaps it
+        assert await s.ledger_record(ledger_entry(2, 0.3), m=3, rho_budget=1.0) == pytest.approx(0.8)
+        with pytest.raises(LedgerRefusedError, match="over budget"):  # 0.5 + 0.3 + 0.3 for a task created at 15 s
+            await s.ledger_record(ledger_entry(3, 0.3), m=3, rho_budget=1.0)
+        # window [40 s, 50 s): tasks created at 20 s or later, after the old release ended
+        assert await s.ledger_record(ledger_entry(4, 0.3), m=3, rho_budget=1.0) == pytest.approx(0.6)
+
+    f.run(body())
+
+
+def test_ledger_writes_need_the_owner_lock(store_factory: StoreFactory) -> None:
+    f = store_factory
+
+    async def body() -> None:
+        a = await f.make("n1")
+        with pytest.raises(FencedError):  # never acquired
+            await a.ledger_record(ledger_entry(1, 0.1), m=3, rho_budget=1.0)
+        await a.acquire()
+        await a.ledger_record(ledger_entry(1, 0.1), m=3, rho_budget=1.0)
+        await a.release()
+        b = await f.make("n1")
+        await b.acquire()
+        with pytest.raises(FencedError):  # another process owns the node now
+            await a.ledger_record(ledger_entry(2, 0.1), m=3, rho_budget=1.0)
+        assert (await b.ledger_read()).releases == 1
+        assert await b.ledger_record(ledger_entry(2, 0.1), m=3, rho_budget=1.0) == pytest.approx(0.2)
+
+    f.run(body())
+
+
+def test_ledger_outage_raises_store_unavailable_and_records_nothing(
+    store_factory: StoreFactory, request: pytest.FixtureRequest
+) -> None:
+    f = store_factory
+    server: RedisServer | None = request.getfixturevalue("own_redis") if f.kind == "redis" else None
+    url = None if server is None else server.url
+
+    def set_available(up: bool) -> None:
+        if server is not None:
+            server.start() if up else server.kill()
+        else:
+            assert f.backend is not None
+            f.backend.available = up
+
+    async def body() -> None:
+        s = await f.make("n1", url=url)
+        await s.acquire()
+        await s.ledger_record(ledger_entry(1, 0.1), m=3, rho_budget=1.0)
+        state = await s.ledger_read()
+        set_available(False)
+        with pytest.raises(StoreUnavailableError):
+            await s.ledger_record(ledger_entry(2, 0.1), m=3, rho_budget=1.0)
+        with pytest.raises(StoreUnavailableError):
+            await s.ledger_refused()
+        with pytest.raises(StoreUnavailableError):
+            await s.ledger_read()
+        set_available(True)
+        assert await s.ledger_read() == state
+        assert await s.ledger_record(ledger_entry(2, 0.1), m=3, rho_budget=1.0) == pytest.approx(0.2)
 
     f.run(body())

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from node.analytics import FixedBinHistogram, FixedBins, Windows
+from node.analytics.window import WindowSummary
 from node.core import Core, CoreConfig
 from node.errors import ValidationError
-from node.model import TaskSpec, WorkerSpec
+from node.model import Lease, Task, TaskSpec, TaskStatus, WorkerSpec
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S  # a multiple of 20 s
@@ -146,3 +149,305 @@ def test_the_runtime_s_counters_and_the_outbox_give_the_same_summary() -> None:
     a, b = by_outbox.current(T0 + 5 * S), by_runtime.current(T0 + 5 * S)
     assert a.types == b.types and a.completion_s == b.completion_s
     assert a.total("completed") == 21 and a.total("failed") == 8 and a.total("cancelled") == 1
+
+
+# ---------------------------------------------------------------------------- bounded counts (privacy horizon)
+#
+# With ``horizon=m`` a window also keeps bounded counts, the privacy pipeline's input: a task
+# counts there only in the windows [c, c + m - 1], c the window of its creation, and a task
+# requeued in a window does not count an ending there again. The sensitivity claim of the
+# release (federation.privacy.pipeline.CELLS_PER_TASK) rests on it.
+
+WS = 20  # window length, s (T0 is a multiple of it)
+W0 = T0 // (WS * S)  # the window index of T0
+ZERO = (0, 0, 0, 0, 0)
+
+
+def by_window(win: Windows, now_ns: int) -> dict[int, WindowSummary]:
+    """The closed windows by index relative to T0's window."""
+    return {w.start_ns // (WS * S) - W0: w for w in win.closed(now_ns)}
+
+
+def bounded_of(w: WindowSummary, ttype: str) -> tuple[int, int, int, int, int]:
+    assert w.bounded is not None
+    return w.bounded.counts.get(ttype, ZERO)
+
+
+def test_a_task_counts_in_bounded_windows_only_within_m_windows_of_its_creation() -> None:
+    core = make_core()
+    win = Windows("n", T0, window_s=WS, horizon=2, bins=FixedBins((1.0, 30.0)))
+    spec = TaskSpec("a", timeout_s=1000)
+    core.submit([spec, spec], T0 + S)  # created in window 0
+    leases = core.claim("w", 2, T0 + 2 * S)
+    win.record(core.drain(), T0 + 2 * S)
+    core.complete(leases[0], b"", T0 + 25 * S)  # window 1: within m = 2 windows of its creation
+    win.record(core.drain(), T0 + 25 * S)
+    core.complete(leases[1], b"", T0 + 45 * S)  # window 2: beyond
+    win.record(core.drain(), T0 + 45 * S)
+    ws = by_window(win, T0 + 65 * S)
+    assert [ws[i].types["a"].completed for i in (1, 2)] == [1, 1]  # the raw counts have both
+    assert bounded_of(ws[0], "a") == (2, 0, 0, 0, 0)
+    assert bounded_of(ws[1], "a") == (0, 1, 0, 0, 0)
+    assert bounded_of(ws[2], "a") == ZERO  # more than m - 1 windows after its creation
+    hist = [w.bounded.completion_counts for w in (ws[1], ws[2]) if w.bounded is not None]
+    assert hist == [(0, 1, 0), (0, 0, 0)] and ws[2].completion_s.counts == [0, 0, 1]
+
+
+def test_an_adopted_task_counts_by_its_creation_time_on_its_origin() -> None:
+    from node.core.transfer import HandoffRecord  # noqa: PLC0415 - only here
+
+    core = make_core()
+    win = Windows("n", T0, window_s=WS, horizon=3)
+    now = T0 + 65 * S  # window 3: the horizon is windows [1, 3]
+    old = HandoffRecord("t-old", TaskSpec("a", timeout_s=1000), "peer", T0 + S, 0, 0, 0)  # created in window 0
+    new = HandoffRecord("t-new", TaskSpec("a", timeout_s=1000), "peer", T0 + 45 * S, 0, 0, 0)  # window 2
+    res = core.adopt([old, new], "peer", now)
+    assert sorted(res.adopted) == ["t-new", "t-old"]
+    leases = core.claim("w", 2, now)
+    for lease in leases:
+        core.complete(lease, b"", now + S)
+    win.record(core.drain(), now + S)
+    w3 = win.current(now + 2 * S)
+    assert (w3.types["a"].handed_off_in, w3.types["a"].completed) == (2, 2)  # raw: both
+    assert w3.bounded is not None and w3.bounded.counts["a"] == (0, 1, 0, 1, 0)  # bounded: the new one only
+    assert sum(w3.bounded.completion_counts) == 1
+
+
+def test_a_requeued_task_counts_one_ending_per_window() -> None:
+    core = make_core()
+    win = Windows("n", T0, window_s=WS, horizon=3)
+
+    def submit(ttype: str, at_s: int) -> str:
+        (tid,) = core.submit([TaskSpec(ttype, max_retries=0, timeout_s=1000)], T0 + at_s * S)
+        win.record(core.drain(), T0 + at_s * S)
+        return tid
+
+    def fail(tid: str, at_s: int) -> Task:
+        (lease,) = core.claim("w", 1, T0 + at_s * S)
+        assert lease.task_id == tid
+        core.fail(lease, "boom", T0 + at_s * S, retry=False)
+        out = core.drain()
+        win.record(out, T0 + at_s * S)
+        assert out.finished[tid].status is TaskStatus.FAILED
+        return out.finished[tid]
+
+    def requeue(record: Task, at_s: int) -> None:
+        core.requeue(dataclasses.replace(record), T0 + at_s * S)
+        win.record(core.drain(), T0 + at_s * S)
+
+    def complete(tid: str, at_s: int) -> None:
+        (lease,) = core.claim("w", 1, T0 + at_s * S)
+        assert lease.task_id == tid
+        core.complete(lease, b"", T0 + at_s * S)
+        win.record(core.drain(), T0 + at_s * S)
+
+    a = submit("a", 1)
+    requeue(fail(a, 2), 3)  # window 0: failed, requeued,
+    requeue(fail(a, 4), 5)  # failed again, requeued again,
+    complete(a, 6)  # and completed: one ending in window 0
+    b = submit("b", 8)
+    record = fail(b, 10)  # window 0: failed
+    requeue(record, 25)  # window 1: requeued, no ending
+    complete(b, 45)  # window 2: its first ending there counts
+    ws = by_window(win, T0 + 61 * S)
+    assert (ws[0].types["a"].failed, ws[0].types["a"].completed) == (2, 1)  # raw: every ending
+    assert bounded_of(ws[0], "a") == (1, 0, 1, 0, 0)  # bounded: came, and one ending
+    assert bounded_of(ws[0], "b") == (1, 0, 1, 0, 0)
+    assert bounded_of(ws[1], "b") == ZERO
+    assert bounded_of(ws[2], "b") == (0, 1, 0, 0, 0)
+    assert [sum(ws[i].bounded.completion_counts) for i in range(3) if ws[i].bounded is not None] == [0, 0, 1]
+
+
+def test_cancelled_tasks_are_not_in_the_bounded_counts() -> None:
+    core = make_core()
+    win = Windows("n", T0, window_s=WS, horizon=3)
+    ids = core.submit([TaskSpec("a", timeout_s=1000) for _ in range(3)], T0 + S)
+    leases = core.claim("w", 1, T0 + 2 * S)
+    core.cancel(leases[0].task_id, T0 + 3 * S)  # leased
+    core.cancel(next(i for i in ids if i != leases[0].task_id), T0 + 3 * S)  # queued
+    win.record(core.drain(), T0 + 3 * S)
+    now = win.current(T0 + 4 * S)
+    assert now.types["a"].cancelled == 2
+    assert now.bounded is not None and now.bounded.counts["a"] == (3, 0, 0, 0, 0)
+
+
+def test_occupancy_counts_each_task_once_and_only_inside_the_horizon() -> None:
+    from node.runtime.privacy import occupancy  # noqa: PLC0415 - only here
+
+    core = make_core()
+    win = Windows("n", T0, window_s=WS, horizon=2)
+    spec = TaskSpec("a", timeout_s=1000)
+    core.submit([spec] * 3, T0 + S)  # window 0
+    core.submit([spec] * 2, T0 + 25 * S)  # window 1
+    core.submit([TaskSpec("a", delay_s=1000)], T0 + 25 * S)  # queued but not claimable yet
+    leases = core.claim("w", 2, T0 + 26 * S)  # leased: still occupied
+    lo, hi = win.horizon_ns(W0 + 1)
+    assert (lo, hi) == (T0, T0 + 2 * WS * S)
+    assert occupancy(core.tasks.values(), lo, hi, T0 + 40 * S) == 5
+    core.complete(leases[0], b"", T0 + 30 * S)
+    assert occupancy(core.tasks.values(), lo, hi, T0 + 40 * S) == 4
+    lo, hi = win.horizon_ns(W0 + 2)  # window 0's tasks are out of it
+    assert occupancy(core.tasks.values(), lo, hi, T0 + 60 * S) == 2 - (leases[0].task_id in core.tasks)
+
+
+# The sensitivity claim, as a property: tasks that cannot influence each other (each needs a
+# capability only its own worker has, ids given, no retry backoff), a random life for each, and
+# commits at random moments (a commit may land in a later window than what it carries). Removing
+# one task's events changes every window's bounded cells (5 counts per type and the histogram
+# bins) by at most 1 each, in at most CELLS_PER_TASK cells together with the occupancy counted
+# at the window's close, and only in the m windows from the task's creation.
+
+SLOTS = 10  # a window is 10 slots of 2 s
+SLOT_NS = WS * S // SLOTS
+# single steps; "run" (claim, complete), "die" (claim, fail for good) and "retry" (claim, fail,
+# requeue at once) to reach endings, and several in one window, often
+OPS = (
+    "claim",
+    "start",
+    "complete",
+    "fail",
+    "requeue",
+    "cancel",
+    "handoff",
+    "run",
+    "die",
+    "retry",
+    "run",
+    "die",
+    "retry",
+)
+BINS = FixedBins((1.0, 5.0, 30.0))
+
+task_plans = st.fixed_dictionaries(
+    {
+        "type": st.sampled_from(["a", "b"]),
+        "adopted_from": st.none() | st.integers(0, 3),  # None: submitted here; k: adopted, created k windows before
+        "arrives": st.integers(0, 4 * SLOTS),  # slot
+        # (slots later, op): often in the same window, sometimes windows later
+        "ops": st.lists(st.tuples(st.integers(1, 3) | st.integers(1, 2 * SLOTS), st.sampled_from(OPS)), max_size=7),
+    }
+)
+
+
+def simulate(
+    plans: list[dict[str, Any]], m: int, commits: set[int], skip: int | None
+) -> tuple[dict[int, list[int]], dict[int, int]]:
+    """Bounded cells and occupancy (counted at the window's close) per window index, without
+    task ``skip``."""
+    from node.core.transfer import HandoffRecord  # noqa: PLC0415 - only here
+    from node.runtime.privacy import occupancy  # noqa: PLC0415 - only here
+
+    core = Core(CoreConfig(node_id="n"), rng=random.Random(1))
+    for i in range(len(plans)):
+        core.register_worker(WorkerSpec(f"w{i}", capabilities=(f"c{i}",), concurrency=2), T0 - S)
+    win = Windows("n", T0, window_s=WS, bins=BINS, horizon=m, keep=64)
+    events: dict[int, list[tuple[int, str]]] = {}
+    for i, p in enumerate(plans):
+        slot = p["arrives"]
+        events.setdefault(slot, []).append((i, "arrive"))
+        for dt, op in p["ops"]:
+            slot += dt
+            events.setdefault(slot, []).append((i, op))
+    last = max(events) + SLOTS  # the same timeline (ticks, commits) with or without task `skip`
+    if skip is not None:
+        events = {slot: [e for e in evs if e[0] != skip] for slot, evs in events.items()}
+    leases: dict[int, Lease] = {}
+    finished: dict[str, Task] = {}
+    occupied: dict[int, int] = {}
+    for slot in range(last + 1):
+        now = T0 + slot * SLOT_NS
+        if slot % SLOTS == 0 and slot:  # a window closed: its occupancy, counted now
+            lo, hi = win.horizon_ns(W0 + slot // SLOTS - 1)
+            occupied[slot // SLOTS - 1] = occupancy(core.tasks.values(), lo, hi, now)
+        for i, op in events.get(slot, []):
+            tid = f"t{i}"
+            t = core.tasks.get(tid)
+            spec = TaskSpec(plans[i]["type"], required_capabilities=(f"c{i}",), max_retries=0, timeout_s=1e5)
+            ready = t is not None and t.status is TaskStatus.QUEUED and t.not_before_ns <= now
+            if op == "arrive" and plans[i]["adopted_from"] is None:
+                core.submit([spec._replace(id=tid)], now)
+            elif op == "arrive":
+                created = now - plans[i]["adopted_from"] * WS * S
+                core.adopt([HandoffRecord(tid, spec, "peer1", created, 0, 0, 0)], "peer1", now)
+            elif op in ("claim", "run", "die", "retry") and ready:
+                (leases[i],) = core.claim(f"w{i}", 1, now)
+                if op == "run":
+                    core.complete(leases.pop(i), b"", now + SLOT_NS // 2)
+                elif op != "claim":
+                    core.fail(leases.pop(i), "x", now, retry=False)
+                if op == "retry":
+                    core.requeue(dataclasses.replace(core.out.finished[tid]), now)
+            elif op in ("start", "complete", "fail") and i in leases and core.is_current(leases[i]):
+                if op == "start":
+                    core.start(leases[i], now)
+                elif op == "complete":
+                    core.complete(leases.pop(i), b"", now)
+                else:
+                    core.fail(leases.pop(i), "x", now, retry=False)
+            elif op == "requeue" and t is None and tid in finished and finished[tid].status is TaskStatus.FAILED:
+                core.requeue(dataclasses.replace(finished.pop(tid)), now)
+            elif op == "cancel" and t is not None and t.status is not TaskStatus.HANDING_OFF:
+                core.cancel(tid, now)
+                leases.pop(i, None)
+            elif op == "handoff" and ready and t is not None and t.hops < core.config.max_hops:
+                core.begin_handoff([tid], "peer2", now)
+                core.finish_handoff([tid], "peer2", now)
+            if tid in core.out.finished:
+                finished[tid] = core.out.finished[tid]
+        if slot in commits or slot == last:
+            win.record(core.drain(), now)
+    cells: dict[int, list[int]] = {}
+    for w in win.closed(T0 + (last + SLOTS) * SLOT_NS):
+        assert w.bounded is not None
+        idx = w.start_ns // (WS * S) - W0
+        cells[idx] = [v for ttype in ("a", "b") for v in w.bounded.counts.get(ttype, ZERO)]
+        cells[idx] += list(w.bounded.completion_counts)
+    return cells, occupied
+
+
+def plan(arrives: int, *ops: tuple[int, str], ttype: str = "a", adopted_from: int | None = None) -> dict[str, Any]:
+    return {"type": ttype, "adopted_from": adopted_from, "arrives": arrives, "ops": list(ops)}
+
+
+EVERY_SLOT = set(range(20 * SLOTS))
+
+
+@settings(max_examples=500, deadline=None)
+# the paths the claim depends on, always tried: endings after a requeue in the same window...
+@example(m=1, plans=[plan(0, (1, "die"), (1, "requeue"), (1, "run"))], commits=EVERY_SLOT)
+@example(m=2, plans=[plan(5, (1, "die"), (1, "requeue"), (1, "die"), (1, "requeue"))], commits=EVERY_SLOT)
+# ...came, failed, requeued and still waiting when the window closes (3 cells with the occupancy)...
+@example(m=2, plans=[plan(2, (1, "die"), (1, "requeue")), plan(3, (1, "run"), ttype="b")], commits=EVERY_SLOT)
+# ...adopted (old and recent creation), run, handed on...
+@example(m=3, plans=[plan(3, (1, "run"), adopted_from=1), plan(4, (2, "handoff"), adopted_from=3)], commits=EVERY_SLOT)
+# ...and a late commit: created in window 0, committed in window 1 (m = 1: counted nowhere)
+@example(m=1, plans=[plan(9, (2, "run")), plan(8, (9, "claim"))], commits={15})
+@given(
+    m=st.integers(1, 3),
+    plans=st.lists(task_plans, min_size=1, max_size=4),
+    commits=st.sets(st.integers(0, 16 * SLOTS)) | st.just(set(range(20 * SLOTS))),
+)
+def test_one_task_changes_at_most_3_cells_by_1_in_at_most_m_windows(
+    m: int, plans: list[dict[str, Any]], commits: set[int]
+) -> None:
+    from federation.privacy.pipeline import CELLS_PER_TASK  # noqa: PLC0415 - only here
+
+    cells, occupied = simulate(plans, m, commits, None)
+    for i, p in enumerate(plans):
+        created_slot = p["arrives"] - (0 if p["adopted_from"] is None else p["adopted_from"] * SLOTS)
+        c = created_slot // SLOTS  # the window of its creation (floor: adopted ones may predate T0's window)
+        without, occ_without = simulate(plans, m, commits, i)
+        touched = []
+        for w in set(cells) | set(without):
+            a, b = cells.get(w), without.get(w)
+            a = a if a is not None else [0] * len(b or ())
+            b = b if b is not None else [0] * len(a)
+            diff = [x - y for x, y in zip(a, b, strict=True)]
+            assert all(0 <= d <= 1 for d in diff), (w, diff)  # a task only adds, and 1 per cell
+            d_occ = occupied.get(w, 0) - occ_without.get(w, 0)
+            assert 0 <= d_occ <= 1
+            n = sum(diff) + d_occ
+            assert n <= CELLS_PER_TASK, (w, diff, d_occ)
+            if n:
+                touched.append(w)
+        assert all(c <= w <= c + m - 1 for w in touched), (c, touched)  # hence at most m windows
