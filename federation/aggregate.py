@@ -3,11 +3,13 @@
 Only released (noisy) numbers come in; every estimate goes out with the standard deviation the
 privacy noise gives it. Each node's :class:`~federation.privacy.schema.PrivacyCost` says the
 variance ``v_i`` its mechanism adds to *each* cell; that is public, so the view can say how sure
-it is. The cells were post-processed after the noise (negative values clamped to 0, values below
-``cost.suppress_below`` released as 0); the aggregation still takes ``v_i`` as the cell's
-variance. That is an approximation (clamping and suppression move the mean a little and shrink
-the spread of small cells), chosen because the post-processed variance depends on the true count,
-which nobody outside the node knows; for cells well above the suppression threshold it is exact.
+it is. The cells were post-processed after the noise (negative values clamped to 0, noisy values
+below ``cost.suppress_below`` released as 0, then the completed counts and the histogram scaled
+to one total, which can leave a cell of those two under the threshold); the aggregation still
+takes ``v_i`` as the cell's variance. That is an approximation (clamping and suppression move
+the mean a little and shrink the spread of small cells), chosen because the post-processed
+variance depends on the true count, which nobody outside the node knows; for cells well above
+the suppression threshold it is exact.
 
 With ``n`` nodes, ``V = sum_i v_i``, window length ``w`` seconds, ``T`` public types and ``B``
 histogram bins:

@@ -1099,6 +1099,9 @@ def test_ledger_records_within_budget_and_refuses_beyond(store_factory: StoreFac
         await s.ledger_refused()
         state = await s.ledger_read()
         assert (state.releases, state.refused, state.last_window) == (4, 2, 14)
+        assert state.last_end_us == 15 * WIN_US  # counting a refusal keeps where the last release ended ...
+        with pytest.raises(LedgerRefusedError, match="before the last released window ended"):
+            await s.ledger_record(ledger_entry(14, 0.01), m=3, rho_budget=1.0)  # ... so 14 is still refused
         # a restart (a new store on the same data) reads the same ledger
         again = await f.make("n1")
         assert await again.ledger_read() == state

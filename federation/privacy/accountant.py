@@ -23,6 +23,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import opendp.prelude as dp
+
 from federation.privacy.config import PrivacyConfig
 from federation.privacy.mechanism import Mechanism, calibrate_scale, epsilon_of, rho_for_epsilon
 from node.errors import ValidationError
@@ -58,10 +60,14 @@ class Accountant:
         rho = self.mechanism.rho
         if rho > self.rho_budget:
             least = calibrate_scale(cfg.mechanism, cells, cells_per_task, self.rho_budget)
+            try:
+                cost = f"epsilon {epsilon_of(rho, cfg.delta):.4g}"
+            except dp.OpenDPException:  # so large that OpenDP's conversion overflows
+                cost = f"rho {rho:.4g}"
             raise ValidationError(
                 "privacy.scale",
-                f"one release at scale {scale:g} costs epsilon {epsilon_of(rho, cfg.delta):.4g} per task, more "
-                f"than the whole budget (epsilon {cfg.epsilon:g} at delta {cfg.delta:g})",
+                f"one release at scale {scale:g} costs {cost} per task, more than the whole budget "
+                f"(epsilon {cfg.epsilon:g} at delta {cfg.delta:g})",
                 limit=f"scale >= {least:.4g}, or a larger epsilon",
             )
         # releases that fit in any m consecutive windows (m with the calibrated default)

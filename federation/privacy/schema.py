@@ -131,7 +131,9 @@ class PrivacyCost:
     epsilon: float  # per task at `delta`: the worst m consecutive releases, this one included
     epsilon_budget: float
     epsilon_left: float  # epsilon_budget - epsilon (>= 0: the ledger refuses a release over budget)
-    suppress_below: int  # cells whose noisy value was below this were released as 0
+    # cells whose noisy value was below this were released as 0 (the completed counts and the
+    # histogram are then scaled to one total, which may leave one of their cells under it)
+    suppress_below: int
 
     FIELDS = (
         "mechanism", "scale", "variance", "rho", "m", "delta", "epsilon", "epsilon_budget", "epsilon_left",

@@ -8,6 +8,7 @@ Expiry follows the injected clock.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -269,10 +270,7 @@ class MemoryStore(Store):
 
     async def ledger_refused(self) -> None:
         d = self._d
-        led = d.ledger
-        d.ledger = LedgerState(
-            led.entries, led.releases, led.refused + 1, led.rho_total, led.worst_rho, led.last_window
-        )
+        d.ledger = dataclasses.replace(d.ledger, refused=d.ledger.refused + 1)
 
     async def subscribers(self) -> int:
         _ = self._d  # unavailable like every other call during an outage
