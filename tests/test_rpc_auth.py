@@ -199,16 +199,17 @@ def test_roles_keep_workers_from_submitting_and_clients_from_transferring() -> N
     assert Role.CLIENT not in METHOD_ROLES[TRANSFER]
     assert Role.CLIENT in METHOD_ROLES[SUBMIT]
     assert METHOD_ROLES[WORK] == {Role.WORKER, Role.ADMIN}
-    assert METHOD_ROLES[STATS] == set(Role)
+    # raw stats stay with the node's own callers: not to peers, not to the federation
+    assert METHOD_ROLES[STATS] == {Role.CLIENT, Role.WORKER, Role.ADMIN}
     for name in ("Offer", "Transfer", "TaskStatus", "ReportResult"):
         assert METHOD_ROLES[f"/fedcoord.v1.HandoffService/{name}"] == {Role.PEER, Role.ADMIN}
 
 
-def test_the_federation_role_reads_summaries_applies_views_and_stats_only() -> None:
+def test_the_federation_role_takes_summaries_and_applies_views_only() -> None:
     assert METHOD_ROLES[SUMMARY] == METHOD_ROLES[APPLY_FEDERATION] == {Role.FEDERATION, Role.ADMIN}
-    assert Role.FEDERATION in METHOD_ROLES[STATS]
+    assert Role.FEDERATION not in METHOD_ROLES[STATS]  # raw stats would bypass the privacy filter
     federation = {m for m, roles in METHOD_ROLES.items() if Role.FEDERATION in roles}
-    assert federation == {SUMMARY, APPLY_FEDERATION, STATS}
+    assert federation == {SUMMARY, APPLY_FEDERATION}
 
 
 # -------------------------------------------------------------------------------------------- tokens

@@ -153,7 +153,7 @@ def test_summary_before_any_window_closed_answers_no_window(redis_url: str) -> N
             assert (reply.status, reply.HasField("summary")) == (ReleaseStatus.NO_WINDOW.value, False)
             assert "no complete window" in reply.reason
             outcome = cv.release_from_pb(reply)
-            assert outcome == ReleaseOutcome(ReleaseStatus.NO_WINDOW, None, reply.reason)
+            assert outcome == ReleaseOutcome(ReleaseStatus.NO_WINDOW, None, reply.reason, s.node.privacy_status())
             stats = await s.stub.Stats(npb.StatsRequest(), timeout=10)
             assert stats.privacy.releases == 0 and not stats.privacy.HasField("last_window")
 
@@ -318,7 +318,10 @@ def test_the_federation_role_may_ask_for_summaries_and_apply_views_a_client_may_
             await first_release(s, fed)
             reply = await stub.ApplyFederation(view, metadata=bearer_metadata(fed), timeout=10)
             assert reply.threshold == 0.8
-            stats = await stub.Stats(npb.StatsRequest(), metadata=bearer_metadata(fed), timeout=10)
+            # raw stats would bypass the privacy filter: the federation gets the budget with the summary
+            e = await error_of(stub.Stats(npb.StatsRequest(), metadata=bearer_metadata(fed), timeout=10))
+            assert e.code() is DENIED
+            stats = await stub.Stats(npb.StatsRequest(), metadata=bearer_metadata(client_token), timeout=10)
             assert stats.privacy.releases >= 1
             reply = await summary(s, tokens.admin[0])  # admin as always
             assert reply.status in (ReleaseStatus.REPEATED.value, ReleaseStatus.RELEASED.value)
@@ -327,7 +330,8 @@ def test_the_federation_role_may_ask_for_summaries_and_apply_views_a_client_may_
                 outcome = await c.summary()
                 assert outcome.released and outcome.summary is not None and outcome.summary.node_id == NODE
                 assert await c.apply_federation(view_with_shares(time.time_ns(), 1.0, 9.0)) == (0.5, "seed")
-                assert await c.privacy_status() == s.node.privacy_status()
+                again = await c.summary()
+                assert again.privacy == s.node.privacy_status()  # the budget comes with every answer
             async with AsyncNodeClient(s.server.address, insecure=True, token=client_token) as c:
                 with pytest.raises(NotAuthorizedError, match="PERMISSION_DENIED"):
                     await c.summary()
@@ -438,7 +442,7 @@ def test_fedcoord_privacy_status_prints_the_status(redis_url: str, tmp_path: Pat
     async def main() -> None:
         async with served(redis_url, tokens=tokens) as s:
             await first_release(s, tokens.federation[0])
-            conn = ["--connect", s.server.address, "--insecure", "--token", tokens.federation[0]]
+            conn = ["--connect", s.server.address, "--insecure", "--token", tokens.client[0]]
             code, out, err = await cli(*conn, "--json")
             assert (code, err) == (0, "")
             assert orjson.loads(out) == s.node.privacy_status().to_dict()

@@ -25,6 +25,7 @@ class ReleaseOutcome:
     status: ReleaseStatus
     summary: ReleasedSummary | None  # set for RELEASED and REPEATED only
     reason: str  # one line for logs and for the caller
+    privacy: PrivacyStatus | None = None  # the budget after this call (what the federation may know of it)
 
     @property
     def released(self) -> bool:

@@ -89,7 +89,9 @@ _ROLES: dict[str, dict[str, tuple[Role, ...]]] = {
         "GetTask": (_C,),
         "WaitTask": (_C,),
         "Watch": (_C,),
-        "Stats": (_C, _W, _P, _F),
+        # Raw stats (exact counts by type, quantiles, history) stay with the node's own callers:
+        # a peer sees offers and hand-offs only, the federation only the released summary.
+        "Stats": (_C, _W),
         "Work": (_W,),
         "RegisterWorker": (_W,),
         "DeregisterWorker": (_W,),

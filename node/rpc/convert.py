@@ -691,6 +691,8 @@ def release_to_pb(o: ReleaseOutcome) -> npb.SummaryReply:
     m = npb.SummaryReply(status=o.status.value, reason=o.reason)
     if o.summary is not None:
         m.summary.CopyFrom(summary_to_pb(o.summary))
+    if o.privacy is not None:
+        m.privacy.CopyFrom(privacy_status_to_pb(o.privacy))
     return m
 
 
@@ -705,7 +707,8 @@ def release_from_pb(m: npb.SummaryReply) -> ReleaseOutcome:
     has = m.HasField("summary")
     if has != (status in _WITH_SUMMARY):
         raise SchemaError(f"status {status.value} {'with' if has else 'without'} a summary")
-    return ReleaseOutcome(status, summary_from_pb(m.summary) if has else None, m.reason)
+    privacy = privacy_status_from_pb(m.privacy) if m.HasField("privacy") else None
+    return ReleaseOutcome(status, summary_from_pb(m.summary) if has else None, m.reason, privacy)
 
 
 def privacy_status_to_pb(p: PrivacyStatus) -> fpb.PrivacyStatus:

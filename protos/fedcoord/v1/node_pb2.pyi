@@ -340,14 +340,16 @@ class SummaryRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SummaryReply(_message.Message):
-    __slots__ = ("status", "reason", "summary")
+    __slots__ = ("status", "reason", "summary", "privacy")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_FIELD_NUMBER: _ClassVar[int]
     status: str
     reason: str
     summary: _federation_pb2.ReleasedSummary
-    def __init__(self, status: _Optional[str] = ..., reason: _Optional[str] = ..., summary: _Optional[_Union[_federation_pb2.ReleasedSummary, _Mapping]] = ...) -> None: ...
+    privacy: _federation_pb2.PrivacyStatus
+    def __init__(self, status: _Optional[str] = ..., reason: _Optional[str] = ..., summary: _Optional[_Union[_federation_pb2.ReleasedSummary, _Mapping]] = ..., privacy: _Optional[_Union[_federation_pb2.PrivacyStatus, _Mapping]] = ...) -> None: ...
 
 class ApplyFederationRequest(_message.Message):
     __slots__ = ("view",)
