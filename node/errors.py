@@ -163,11 +163,17 @@ class FencedError(StoreError):
 
 
 class LedgerRefusedError(FedcoordError):
-    """The privacy ledger refused a release (over budget, or its window was released already)."""
+    """The privacy ledger refused a release: ``kind`` is ``"budget"`` (a task would go over it,
+    or the ledger no longer holds the releases needed to tell) or ``"released"`` (its window
+    starts before the last released one ended)."""
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, kind: str = "budget"):
         self.reason = reason
+        self.kind = kind
         super().__init__(reason)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.reason, self.kind)
 
 
 class NodeOwnedError(FedcoordError):

@@ -47,7 +47,10 @@ def reference_measurement(kind: str, cells: int, scale: float) -> tuple[Any, flo
     """OpenDP's measurement over ``cells`` integer cells and the release's sensitivity ``d_in``."""
     dom = dp.vector_domain(dp.atom_domain(T="i64"), size=cells)
     if kind == "gaussian":
-        return dp.m.make_gaussian(dom, dp.l2_distance(T=float), scale=scale), math.sqrt(CELLS_PER_TASK)
+        # L2 sensitivity sqrt(3), taken one float step up (sqrt(3) squared is just under 3)
+        d_in = math.nextafter(math.sqrt(CELLS_PER_TASK), math.inf)
+        assert d_in * d_in >= CELLS_PER_TASK
+        return dp.m.make_gaussian(dom, dp.l2_distance(T=float), scale=scale), d_in
     return dp.c.make_pureDP_to_zCDP(dp.m.make_laplace(dom, dp.l1_distance(T=int), scale=scale)), CELLS_PER_TASK
 
 

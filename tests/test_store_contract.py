@@ -1127,21 +1127,33 @@ def test_ledger_budget_edge_m_1_and_kept_history(store_factory: StoreFactory) ->
         s = await f.make("n1")
         await s.acquire()
         await s.ledger_record(ledger_entry(0, 0.5), m=2, rho_budget=1.0)
-        with pytest.raises(LedgerRefusedError):  # over by a relative 1e-9: refused
-            await s.ledger_record(ledger_entry(1, 0.5 * (1 + 2e-9)), m=2, rho_budget=1.0)
-        await s.ledger_record(ledger_entry(1, 0.5 * (1 + 1e-13)), m=2, rho_budget=1.0)  # float rounding: allowed
+        with pytest.raises(LedgerRefusedError) as info:  # over by a hair (a relative 1e-15): refused
+            await s.ledger_record(ledger_entry(1, 0.5 * (1 + 1e-15)), m=2, rho_budget=1.0)
+        assert info.value.kind == "budget"
+        await s.ledger_record(ledger_entry(1, 0.5), m=2, rho_budget=1.0)  # the budget exactly: allowed
         # m = 1: only the release itself counts; a gap between windows is fine
         for w in (2, 3, 7):
             assert await s.ledger_record(ledger_entry(w, 0.9), m=1, rho_budget=1.0) == 0.9
         with pytest.raises(LedgerRefusedError, match="over budget"):
             await s.ledger_record(ledger_entry(8, 1.1), m=1, rho_budget=1.0)
-        # the history keeps the newest `keep` entries; the totals count every release
-        await s.ledger_record(ledger_entry(9, 0.1), m=1, rho_budget=1.0, keep=3)
+        # the history keeps `keep_s` (at least two horizons) back from the newest window's end;
+        # the totals count every release
+        await s.ledger_record(ledger_entry(9, 0.1), m=1, rho_budget=1.0, keep_s=7 * WIN_US / 1e6)
         state = await s.ledger_read()
-        assert [e.window for e in state.entries] == [3, 7, 9]
+        assert [e.window for e in state.entries] == [3, 7, 9]  # windows ending after 10 - 7 = 3
         assert (state.releases, state.last_window) == (6, 9)
-        assert state.rho_total == pytest.approx(0.5 + 0.5 * (1 + 1e-13) + 3 * 0.9 + 0.1)
+        assert state.rho_total == pytest.approx(0.5 + 0.5 + 3 * 0.9 + 0.1)
         assert state.worst_rho == pytest.approx(1.0)
+        # a release whose horizon reaches back before what was kept is refused: the ledger can no
+        # longer say what its tasks spent (m = 8 from window 10 reaches back to window 3, which is
+        # kept; m = 12 from window 11 to window 0, dropped)
+        assert await s.ledger_record(ledger_entry(10, 0.01), m=8, rho_budget=5.0) == pytest.approx(1.91)
+        with pytest.raises(LedgerRefusedError, match="no longer holds") as info:
+            await s.ledger_record(ledger_entry(11, 0.01), m=12, rho_budget=5.0)
+        assert info.value.kind == "budget"
+        with pytest.raises(LedgerRefusedError) as info:
+            await s.ledger_record(ledger_entry(10, 0.01), m=1, rho_budget=1.0)
+        assert info.value.kind == "released"
 
     f.run(body())
 

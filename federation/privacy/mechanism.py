@@ -40,7 +40,8 @@ def _measurement(kind: str, cells: int, scale: float) -> Any:
 
 
 def _d_in(kind: str, cells_per_task: int) -> float | int:
-    return math.sqrt(cells_per_task) if kind == "gaussian" else cells_per_task
+    # sqrt(3) rounds down in floats (its square is just under 3): one step up, never under
+    return math.nextafter(math.sqrt(cells_per_task), math.inf) if kind == "gaussian" else cells_per_task
 
 
 class Mechanism:

@@ -69,6 +69,8 @@ class NodeConfig:
             v = getattr(self, name)
             if not (isinstance(v, int | float) and v > 0):
                 raise ValidationError(name, f"{v!r} must be a positive number of seconds", limit="> 0")
+        if not 0.001 <= self.window_s <= 86400:  # a release's window is whole microseconds, at most a day
+            raise ValidationError("window_s", f"{self.window_s!r} seconds", limit="0.001 <= window_s <= 86400")
         if tuple(self.completion_bins.edges) != tuple(self.privacy.completion_edges_s):
             raise ValidationError(
                 "privacy.completion_edges_s",

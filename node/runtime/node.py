@@ -92,10 +92,7 @@ class LocalNode:
         self._hub = EventHub()
         self._redis_listeners = 0
         self._analytics = Analytics(self.node_id, self._now())
-        horizon = cfg.privacy.m if cfg.privacy.enabled else None
-        self._windows = Windows(
-            self.node_id, self._now(), window_s=cfg.window_s, bins=cfg.completion_bins, horizon=horizon
-        )
+        self._windows = self._new_windows()
         self._privacy = NodePrivacy(self.node_id, cfg.privacy, store, window_s=cfg.window_s)
         self.admission = Admission(cfg.admission)
         self._history = History(self.node_id, self._analytics, store, enabled=cfg.history)
@@ -120,6 +117,11 @@ class LocalNode:
             self.handoff = HandoffAgent(self, transport, cfg.handoff, step_hook=step_hook)
             agent = self.handoff
             c.add_hook("handoff", lambda out, batch, now: agent.after_commit(bool(out.reports)))
+
+    def _new_windows(self) -> Windows:
+        cfg = self.config
+        horizon = cfg.privacy.m if cfg.privacy.enabled else None
+        return Windows(self.node_id, self._now(), window_s=cfg.window_s, bins=cfg.completion_bins, horizon=horizon)
 
     # ------------------------------------------------------------------ opening and closing
 
@@ -404,6 +406,7 @@ class LocalNode:
                 await self._store.reconnect()
                 await self._store.refresh()
                 await self._reload()
+                await self._privacy.load()
             except FencedError as e:
                 self._cause = e
                 self._state = NodeState.FENCED
@@ -420,6 +423,11 @@ class LocalNode:
                 if await self._loops.pause(2.0):
                     return
                 continue
+            # The store may have come back older than what was counted (a restart from a snapshot,
+            # the last second of an AOF lost): the windows counted before are thrown away, as on
+            # a restart, so a task the reload brings back is never counted twice in a release.
+            self._windows = self._new_windows()
+            self._privacy.reset_windows()
             self._state = NodeState.SERVING
             self._cause = None
             if self.handoff is not None:

@@ -139,20 +139,49 @@ class NodePrivacy:
             try:
                 total = await self._store.ledger_record(entry, m=cfg.m, rho_budget=acc.rho_budget)
             except LedgerRefusedError as e:
+                # The store knows better than this copy (a write whose reply was lost landed after all)
+                await self._reread()
                 reason = f"privacy ledger refused the release of window {w}: {e.reason}"
+                if e.kind == "released":
+                    return self._outcome(ReleaseStatus.NO_WINDOW, reason)
                 await self._refused(w, reason)
                 return self._outcome(ReleaseStatus.BUDGET_EXHAUSTED, reason)
             except StoreError as e:
                 log.warning(
                     "node %s: release of window %d not made: the ledger could not record it: %s", self.node_id, w, e
                 )
+                await self._reread()  # the script may have run with its reply lost
                 return self._outcome(ReleaseStatus.UNAVAILABLE, f"the ledger could not record the release: {e}")
-            keep = (*(x for x in led.entries if x.end_us > entry.horizon_start_us(cfg.m)), entry)
-            self._ledger = LedgerState(
-                keep, led.releases + 1, led.refused, led.rho_total + entry.rho, max(led.worst_rho, total), w, end_us
-            )
+            if total != decision.rho_total:  # this copy was behind the store: say what was really spent
+                log.warning(
+                    "node %s: the ledger's copy was behind (rho %.6g here, %.6g in the store); read again",
+                    self.node_id,
+                    decision.rho_total,
+                    total,
+                )
+                eps = acc.epsilon(total)
+                cost = dataclasses.replace(summary.cost, epsilon=eps, epsilon_left=max(0.0, float(cfg.epsilon) - eps))
+                summary = dataclasses.replace(summary, cost=cost)
+                await self._reread()
+            else:
+                keep = (*(x for x in led.entries if x.end_us > entry.horizon_start_us(cfg.m)), entry)
+                self._ledger = LedgerState(
+                    keep, led.releases + 1, led.refused, led.rho_total + entry.rho, max(led.worst_rho, total), w, end_us
+                )
             self._last = summary
             return self._outcome(ReleaseStatus.RELEASED, f"window {w} released", summary)
+
+    async def _reread(self) -> None:
+        """Read the ledger again from the store (after an error: the store is the authority)."""
+        try:
+            self._ledger = await self._store.ledger_read()
+        except StoreError as e:
+            log.warning("node %s: could not read the privacy ledger again: %s", self.node_id, e)
+
+    def reset_windows(self) -> None:
+        """The node's window counts were thrown away (a reload after the store came back): forget
+        the occupancy taken for them too."""
+        self._snap = None
 
     async def _refused(self, window: int, reason: str) -> None:
         if self._refused_window == window:

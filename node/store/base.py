@@ -20,7 +20,7 @@ import orjson
 from node.store.codec import WriteBatch
 
 __all__ = [
-    "LEDGER_KEEP",
+    "LEDGER_KEEP_S",
     "REFUSED_KEEP_S",
     "HistoryRow",
     "LedgerEntry",
@@ -104,7 +104,10 @@ def buckets_to_search(now_s: float, retention_s: float, width_s: int) -> list[in
     return [newest - i * width_s for i in range(n + 1)]
 
 
-LEDGER_KEEP = 4320  # releases kept in the ledger's history (a day of 20 s windows); totals are kept forever
+# The ledger's history of releases is kept this long, and at least twice the horizon (m windows):
+# enough to check any release; a release whose horizon reaches further back than what was kept
+# (the window length or m grew a lot since) is refused. The totals are kept for ever.
+LEDGER_KEEP_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +143,10 @@ class LedgerEntry:
     def horizon_start_us(self, m: int) -> int:
         """The oldest creation time (us) of a task that may count in this release: ``m`` windows back."""
         return self.start_us - (m - 1) * (self.end_us - self.start_us)
+
+    def keep_us(self, m: int, keep_s: float) -> int:
+        """How far back from its end the history must reach after this release."""
+        return max(int(keep_s * 1e6), 2 * m * (self.end_us - self.start_us))
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,11 +235,14 @@ class Store(abc.ABC):
     async def ledger_read(self) -> LedgerState: ...
 
     @abc.abstractmethod
-    async def ledger_record(self, entry: LedgerEntry, *, m: int, rho_budget: float, keep: int = LEDGER_KEEP) -> float:
+    async def ledger_record(
+        self, entry: LedgerEntry, *, m: int, rho_budget: float, keep_s: float = LEDGER_KEEP_S
+    ) -> float:
         """Record a release, atomically and only if it keeps every task within ``rho_budget``: its
         rho plus that of every recorded release whose window ends after
-        ``entry.horizon_start_us(m)`` must not exceed it, and its window must start where the last
-        released one ended or later. Returns that sum. Raises
+        ``entry.horizon_start_us(m)`` must not exceed it, its window must start where the last
+        released one ended or later, and the history must still reach back to that horizon
+        (entries older than ``keep_s``, and than twice the horizon, are dropped). Returns that sum. Raises
         :class:`~node.errors.LedgerRefusedError` (nothing written) otherwise, and
         :class:`~node.errors.FencedError` from a process that no longer owns the node."""
 

@@ -162,9 +162,10 @@ return 1
 # The privacy ledger: record one release if it keeps every task within budget.
 # KEYS: owner, epoch, totals hash, releases zset (score: window end, us). ARGV: token, epoch, ttl
 # ms, window, window start us, window end us, horizon start us, rho, rho budget, entry JSON,
-# entries kept. Returns {1, sum} or {0, reason}. The sum of rho of the releases whose window ends
-# after the horizon start, this one included, must stay within the budget (a relative 1e-12 for
-# the rounding of the sum), and the window must not start before the last released one ended.
+# history kept (us before the window end). Returns {1, sum} or {0, kind, reason}: kind
+# "released" when the window starts before the last released one ended, "budget" when the sum of
+# rho of the releases whose window ends after the horizon start, this one included, is over the
+# budget, or when the history no longer reaches back to the horizon start.
 LEDGER = """
 local v = redis.call('GET', KEYS[1])
 if v ~= ARGV[1] then
@@ -176,25 +177,36 @@ if v ~= ARGV[1] then
 end
 local w = ARGV[4]
 local start_us = tonumber(ARGV[5])
+local lo_us = tonumber(ARGV[7])
 local rho = tonumber(ARGV[8])
 local cap = tonumber(ARGV[9])
 local last = redis.call('HGET', KEYS[3], 'last_end_us')
 if last and tonumber(last) > start_us then
-  return {0, 'window ' .. w .. ' starts before the last released window ended (window ' ..
+  return {0, 'released', 'window ' .. w .. ' starts before the last released window ended (window ' ..
     tostring(redis.call('HGET', KEYS[3], 'last_window')) .. ')'}
+end
+local trimmed = redis.call('HGET', KEYS[3], 'trimmed_until_us')
+if trimmed and lo_us < tonumber(trimmed) then
+  return {0, 'budget', 'the ledger no longer holds the releases a task counting in window ' .. w ..
+    ' may be in (history kept from ' .. trimmed .. ' us)'}
 end
 local sum = rho
 for _, e in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '(' .. ARGV[7], '+inf')) do
   sum = sum + cjson.decode(e)['rho']
 end
-if sum > cap * (1 + 1e-12) then
-  return {0, string.format('over budget: rho %.17g for a task counting in window %s, budget %.17g', sum, w, cap)}
+if sum > cap then
+  return {0, 'budget', string.format('over budget: rho %.17g for a task counting in window %s, budget %.17g',
+    sum, w, cap)}
 end
 redis.call('ZADD', KEYS[4], ARGV[6], ARGV[10])
-redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -(tonumber(ARGV[11]) + 1))
+local cutoff = tonumber(ARGV[6]) - tonumber(ARGV[11])
+if redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', cutoff) > 0 then
+  redis.call('HSET', KEYS[3], 'trimmed_until_us', string.format('%d', cutoff))
+end
 redis.call('HSET', KEYS[3], 'last_window', w, 'last_end_us', ARGV[6])
 redis.call('HINCRBY', KEYS[3], 'releases', 1)
-redis.call('HINCRBYFLOAT', KEYS[3], 'rho_total', ARGV[8])
+local total = tonumber(redis.call('HGET', KEYS[3], 'rho_total') or '0') + rho  -- a double, kept exactly
+redis.call('HSET', KEYS[3], 'rho_total', string.format('%.17g', total))
 local worst = tonumber(redis.call('HGET', KEYS[3], 'worst_rho') or '0')
 if sum > worst then redis.call('HSET', KEYS[3], 'worst_rho', string.format('%.17g', sum)) end
 return {1, string.format('%.17g', sum)}

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from node.errors import FencedError, LedgerRefusedError, NodeOwnedError, StoreUnavailableError
 from node.store.base import (
-    LEDGER_KEEP,
+    LEDGER_KEEP_S,
     REFUSED_KEEP_S,
     HistoryRow,
     LedgerEntry,
@@ -49,6 +49,7 @@ class _NodeData:
     reports: dict[str, bytes] = field(default_factory=dict)
     refused: dict[str, int] = field(default_factory=dict)
     ledger: LedgerState = field(default_factory=LedgerState)
+    ledger_trimmed_until_us: int | None = None
 
 
 class MemoryBackend:
@@ -249,19 +250,31 @@ class MemoryStore(Store):
     async def ledger_read(self) -> LedgerState:
         return self._d.ledger
 
-    async def ledger_record(self, entry: LedgerEntry, *, m: int, rho_budget: float, keep: int = LEDGER_KEEP) -> float:
+    async def ledger_record(
+        self, entry: LedgerEntry, *, m: int, rho_budget: float, keep_s: float = LEDGER_KEEP_S
+    ) -> float:
         d = self._check_owner()
         led = d.ledger
         if led.last_end_us is not None and led.last_end_us > entry.start_us:
             raise LedgerRefusedError(
-                f"window {entry.window} starts before the last released window ended (window {led.last_window})"
+                f"window {entry.window} starts before the last released window ended (window {led.last_window})",
+                "released",
             )
-        total = spent_since(led.entries, entry.horizon_start_us(m)) + entry.rho
-        if total > rho_budget * (1 + 1e-12):
+        lo = entry.horizon_start_us(m)
+        if d.ledger_trimmed_until_us is not None and lo < d.ledger_trimmed_until_us:
+            raise LedgerRefusedError(
+                f"the ledger no longer holds the releases a task counting in window {entry.window} may be in "
+                f"(history kept from {d.ledger_trimmed_until_us} us)"
+            )
+        total = spent_since(led.entries, lo) + entry.rho
+        if total > rho_budget:
             raise LedgerRefusedError(
                 f"over budget: rho {total!r} for a task counting in window {entry.window}, budget {rho_budget!r}"
             )
-        entries = (*led.entries, entry)[-keep:]
+        cutoff = entry.end_us - entry.keep_us(m, keep_s)
+        entries = tuple(e for e in (*led.entries, entry) if e.end_us > cutoff)
+        if len(entries) < len(led.entries) + 1:
+            d.ledger_trimmed_until_us = cutoff
         d.ledger = LedgerState(
             entries, led.releases + 1, led.refused, led.rho_total + entry.rho, max(led.worst_rho, total),
             entry.window, entry.end_us,

@@ -32,7 +32,7 @@ from redis.retry import Retry
 from node.errors import FencedError, LedgerRefusedError, NodeOwnedError, StoreUnavailableError, ValidationError
 from node.store import lua
 from node.store.base import (
-    LEDGER_KEEP,
+    LEDGER_KEEP_S,
     REFUSED_KEEP_S,
     HistoryRow,
     LedgerEntry,
@@ -389,7 +389,10 @@ class RedisStore(Store):
         pipe = self._aio.pipeline(transaction=True)
         pipe.hgetall(k.privacy)
         pipe.zrange(k.privacy_releases, 0, -1)
-        totals, raw = await self._call(pipe.execute())
+        try:
+            totals, raw = await self._call(pipe.execute())
+        except ResponseError as e:  # MISCONF, OOM, LOADING...: the ledger cannot be read now
+            raise StoreUnavailableError(f"{self.description}: ledger not readable: {e}") from e
         t = {key.decode(): val.decode() for key, val in totals.items()}
         last, end = t.get("last_window"), t.get("last_end_us")
         return LedgerState(
@@ -402,26 +405,31 @@ class RedisStore(Store):
             last_end_us=None if end is None else int(end),
         )
 
-    async def ledger_record(self, entry: LedgerEntry, *, m: int, rho_budget: float, keep: int = LEDGER_KEEP) -> float:
+    async def ledger_record(
+        self, entry: LedgerEntry, *, m: int, rho_budget: float, keep_s: float = LEDGER_KEEP_S
+    ) -> float:
         tok = self._require_token()
         k = self.keys
         args = [
             tok.encode(), tok.epoch, self._lock_ttl_ms, entry.window, entry.start_us, entry.end_us,
-            entry.horizon_start_us(m), repr(entry.rho), repr(rho_budget), entry.encode(), keep,
+            entry.horizon_start_us(m), repr(entry.rho), repr(rho_budget), entry.encode(), entry.keep_us(m, keep_s),
         ]  # fmt: skip
         try:
-            ok, detail = await self._script("LEDGER", [k.owner, k.epoch, k.privacy, k.privacy_releases], args)
+            reply = await self._script("LEDGER", [k.owner, k.epoch, k.privacy, k.privacy_releases], args)
         except ResponseError as e:
             if str(e).startswith("FENCED"):
                 raise FencedError(f"node {self.node_id!r}: ledger write refused, {e}") from e
-            raise
-        text = detail.decode() if isinstance(detail, bytes) else str(detail)
-        if not ok:
-            raise LedgerRefusedError(text)
-        return float(text)
+            raise StoreUnavailableError(f"{self.description}: ledger not written: {e}") from e
+        text = [x.decode() if isinstance(x, bytes) else str(x) for x in reply[1:]]
+        if not reply[0]:
+            raise LedgerRefusedError(text[1], text[0])
+        return float(text[0])
 
     async def ledger_refused(self) -> None:
-        await self._call(self._aio.hincrby(self.keys.privacy, "refused", 1))
+        try:
+            await self._call(self._aio.hincrby(self.keys.privacy, "refused", 1))
+        except ResponseError as e:
+            raise StoreUnavailableError(f"{self.description}: ledger not written: {e}") from e
 
     async def subscribers(self) -> int:
         res = await self._call(self._aio.pubsub_numsub(self.keys.events))
