@@ -532,3 +532,25 @@ def test_decision_type_is_what_the_pipeline_reports() -> None:
     d = Decision(window=7, allowed=True, rho_total=acc.rho, epsilon=0.25, epsilon_left=0.75)
     cost = build_release("n", empty_input(cfg), cfg, acc, d).cost
     assert (cost.epsilon, cost.epsilon_left) == (0.25, 0.75)
+
+
+def test_a_cost_whose_numbers_disagree_is_refused() -> None:
+    """The aggregation trusts a release's variance for every sd it reports: the cost's numbers
+    must agree with each other (variance with mechanism and scale, epsilon within the budget,
+    what is left with both, delta under 1)."""
+    good = {
+        "mechanism": "gaussian", "scale": 3.0, "variance": 9.0, "rho": 0.1, "m": 3, "delta": 1e-6, "epsilon": 0.4,
+        "epsilon_budget": 1.0, "epsilon_left": 0.6, "suppress_below": 3,
+    }  # fmt: skip
+    PrivacyCost.from_record(good)
+    q = math.exp(-1 / 3.0)
+    PrivacyCost.from_record({**good, "mechanism": "laplace", "variance": 2 * q / (1 - q) ** 2})
+    for bad, says in (
+        ({"variance": 1e-6}, "variance"),
+        ({"mechanism": "laplace"}, "variance"),
+        ({"epsilon": 1.5, "epsilon_left": 0.0}, "over the budget"),
+        ({"epsilon_left": 0.9}, "epsilon_left"),
+        ({"delta": 1.0}, "delta"),
+    ):
+        with pytest.raises(SchemaError, match=says):
+            PrivacyCost.from_record({**good, **bad})

@@ -416,6 +416,11 @@ scale = 40.0
         ("m = 0", "privacy.m", "at least 1"),
         ('mechanism = "uniform"', "privacy.mechanism", "uniform"),
         ("m = 1.5", "privacy.m", "expected an integer"),
+        ("epsilon = 1e5", "privacy.epsilon", "too large"),
+        ("scale = 1e300", "privacy.scale", "0 < scale <= 1e+09"),
+        # a budget smaller than one release: refused before anything starts (OpenDP says what it costs)
+        ("scale = 0.5", "privacy.scale", "more than the whole budget"),
+        ('vocabulary = ["a", "b", "a"]', "privacy.vocabulary", "lists 'a' twice"),
     ],
 )
 def test_bad_privacy_settings_are_refused_naming_the_setting_and_the_file(

@@ -368,7 +368,7 @@ def test_stats_carries_the_privacy_status(redis_url: str) -> None:
 
 
 def a_summary() -> ReleasedSummary:
-    cost = PrivacyCost("gaussian", 2.5, 6.0, 0.1, 3, 1e-6, 0.9, 1.0, 0.1, 3)
+    cost = PrivacyCost("gaussian", 2.5, 6.25, 0.1, 3, 1e-6, 0.9, 1.0, 0.1, 3)
     return ReleasedSummary(
         1, NODE, 7, 20.0, ("coding", "other"), (1, 2), (0, 0), (1, 1), (0, 0), (3, 0), (1.0, 2.0), (1, 2, 3), 4, 8, cost
     )
@@ -469,3 +469,19 @@ def test_fedcoord_privacy_help_says_what_per_task_means() -> None:
     ).stdout
     assert "Per task: the privacy unit is one task" in " ".join(out.split())
     assert "--connect" in out and "--json" in out and "--token" in out
+
+
+def test_a_summary_carrying_a_field_the_schema_does_not_have_is_refused_on_the_wire() -> None:
+    """Nothing but the schema's fields may travel in a release: a protobuf summary with a field
+    number the schema does not have (kept by the parser as an unknown field) is refused."""
+    good = cv.summary_to_pb(a_summary())
+    assert cv.summary_from_pb(fpb.ReleasedSummary.FromString(good.SerializeToString())) == a_summary()
+    extra = bytes([0xF8, 0x06, 0x2A])  # field 111, varint 42
+    with pytest.raises(SchemaError, match="summary: 1 field"):
+        cv.summary_from_pb(fpb.ReleasedSummary.FromString(good.SerializeToString() + extra))
+    cost = good.cost.SerializeToString() + extra
+    tampered = fpb.ReleasedSummary()
+    tampered.CopyFrom(good)
+    tampered.cost.MergeFromString(cost)
+    with pytest.raises(SchemaError, match="cost: 1 field"):
+        cv.summary_from_pb(tampered)

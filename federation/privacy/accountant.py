@@ -49,7 +49,10 @@ class Accountant:
 
     def __init__(self, cfg: PrivacyConfig, cells: int, cells_per_task: int):
         self.cfg = cfg
-        self.rho_budget = rho_for_epsilon(float(cfg.epsilon), float(cfg.delta))
+        try:
+            self.rho_budget = rho_for_epsilon(float(cfg.epsilon), float(cfg.delta))
+        except (dp.OpenDPException, OverflowError) as e:
+            raise ValidationError("privacy.epsilon", f"{cfg.epsilon!r} at delta {cfg.delta!r}: OpenDP: {e}") from None
         if cfg.scale is None:
             # a hair under budget / m, so that m releases sum to no more than the budget in floats
             target = self.rho_budget / cfg.m * (1.0 - 1e-9)

@@ -30,7 +30,9 @@ OTHER = "other"  # every task type outside the vocabulary is counted under this 
 DEFAULT_VOCABULARY: tuple[str, ...] = ("simple_qa", "quick_analysis", "analysis", "coding", "reasoning")
 # Healthy worker slots are released as the lower edge of one of these buckets (0 below the first).
 DEFAULT_CAPACITY_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
-MECHANISMS = ("gaussian", "laplace")  # OpenDP's discrete Gaussian (zCDP) or discrete Laplace (pure DP)
+MECHANISMS = ("gaussian", "laplace")
+MAX_EPSILON = 100.0
+MAX_SCALE = 1e9  # OpenDP's discrete Gaussian (zCDP) or discrete Laplace (pure DP)
 
 
 def _finite(name: str, v: object) -> float:
@@ -67,6 +69,9 @@ class PrivacyConfig:
         eps = _finite("epsilon", self.epsilon)
         if eps <= 0:
             raise ValidationError("privacy.epsilon", f"{self.epsilon!r} must be positive", limit="> 0")
+        if eps > MAX_EPSILON:  # beyond it the guarantee means nothing (and OpenDP's conversions overflow)
+            raise ValidationError("privacy.epsilon", f"{self.epsilon!r} is too large to protect anything",
+                                  limit=f"<= {MAX_EPSILON:g}")  # fmt: skip
         d = _finite("delta", self.delta)
         if not 0 < d < 1:
             raise ValidationError("privacy.delta", f"{self.delta!r} is outside (0, 1)", limit="0 < delta < 1")
@@ -87,8 +92,8 @@ class PrivacyConfig:
             raise ValidationError("privacy.mechanism", f"{self.mechanism!r}", limit=" or ".join(MECHANISMS))
         if self.scale is not None:
             s = _finite("scale", self.scale)
-            if s <= 0:
-                raise ValidationError("privacy.scale", f"{self.scale!r} must be positive", limit="> 0")
+            if not 0 < s <= MAX_SCALE:  # noise beyond it would not fit the released integers
+                raise ValidationError("privacy.scale", f"{self.scale!r}", limit=f"0 < scale <= {MAX_SCALE:g}")
         sd = _finite("suppress_sd", self.suppress_sd)
         if sd < 0 or sd > 100:
             raise ValidationError("privacy.suppress_sd", f"{self.suppress_sd!r}", limit="0 <= suppress_sd <= 100")
@@ -117,8 +122,9 @@ class PrivacyConfig:
                 raise ValidationError("privacy.vocabulary", f"entry {i}: {e.detail}") from None
         if OTHER in names:
             raise ValidationError("privacy.vocabulary", f"{OTHER!r} is reserved (every type outside the list)")
-        if len(set(names)) != len(names):
-            raise ValidationError("privacy.vocabulary", "lists a type twice")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValidationError("privacy.vocabulary", f"lists {', '.join(map(repr, twice))} twice")
         if len(names) > 256:
             raise ValidationError("privacy.vocabulary", f"{len(names)} types", limit="<= 256")
 

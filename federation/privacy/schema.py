@@ -110,7 +110,9 @@ _checked_edges: dict[tuple[float, ...], tuple[float, ...]] = {}
 def _strict_keys(where: str, d: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
     extra = set(d) - set(allowed)
     if extra:
-        raise SchemaError(f"{where}: unknown field(s) {sorted(map(str, extra))} (schema {SCHEMA_VERSION})")
+        names = sorted(map(str, extra))
+        shown = ", ".join(map(_show, names[:5])) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise SchemaError(f"{where}: unknown field(s) {shown} (schema {SCHEMA_VERSION})")
     missing = [k for k in allowed if k not in d]
     if missing:
         raise SchemaError(f"{where}: missing field(s) {missing}")
@@ -149,10 +151,26 @@ class PrivacyCost:
         put(self, "rho", _float("cost.rho", self.rho, open_lo=True))
         _int("cost.m", self.m, 1, 1000)
         put(self, "delta", _float("cost.delta", self.delta, hi=1.0, open_lo=True))
+        if self.delta >= 1.0:
+            raise SchemaError(f"cost.delta: {self.delta!r} is not under 1")
         put(self, "epsilon", _float("cost.epsilon", self.epsilon, open_lo=True))
         put(self, "epsilon_budget", _float("cost.epsilon_budget", self.epsilon_budget, open_lo=True))
         put(self, "epsilon_left", _float("cost.epsilon_left", self.epsilon_left))
         _int("cost.suppress_below", self.suppress_below)
+        # What the numbers say must agree (the aggregation trusts the variance for every sd)
+        if self.epsilon > self.epsilon_budget * (1 + 1e-9):
+            raise SchemaError(f"cost.epsilon: {self.epsilon!r} over the budget {self.epsilon_budget!r}")
+        if abs(self.epsilon_left - max(0.0, self.epsilon_budget - self.epsilon)) > 1e-9 * self.epsilon_budget:
+            raise SchemaError(f"cost.epsilon_left: {self.epsilon_left!r} is not the budget minus epsilon")
+        if self.mechanism == "gaussian":
+            expected = self.scale * self.scale
+        else:
+            q = math.exp(-1.0 / self.scale)
+            expected = 2.0 * q / (1.0 - q) ** 2
+        if not math.isclose(self.variance, expected, rel_tol=1e-9):
+            raise SchemaError(
+                f"cost.variance: {self.variance!r} is not the {self.mechanism} variance at scale {self.scale!r}"
+            )
 
     def to_record(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.FIELDS}

@@ -465,9 +465,26 @@ def _build(values: Mapping[str, Any], origin: Mapping[str, str]) -> ServerConfig
             key = "privacy.completion_edges_s"
             raise ConfigError(key, f"{key}: {e.detail}", source=origin.get(key), limit=e.limit) from None
     core = make("core.", limits=make("core.limits."))
-    node = make("node.", core=core, admission=make("admission."), handoff=make("handoff."), privacy=make("privacy."))
+    privacy = make("privacy.")
+    _check_affordable(privacy, origin)
+    node = make("node.", core=core, admission=make("admission."), handoff=make("handoff."), privacy=privacy)
     tls, tokens, limits = make("tls."), make("tokens."), make("limits.")
     return make("", tls=tls, tokens=tokens, limits=limits, node=node)  # type: ignore[no-any-return]
+
+
+def _check_affordable(privacy: PrivacyConfig, origin: Mapping[str, str]) -> None:
+    """Refuse, before anything starts, a budget smaller than one release (OpenDP says what a
+    release costs: the same check the node makes when it starts)."""
+    if not privacy.enabled or privacy.scale is None:
+        return  # the calibrated default spends budget / m per release
+    from federation.privacy.accountant import Accountant  # noqa: PLC0415 - OpenDP, only when it is needed
+    from federation.privacy.pipeline import CELLS_PER_TASK, cells_of  # noqa: PLC0415
+
+    try:
+        Accountant(privacy, cells_of(privacy), CELLS_PER_TASK)
+    except ValidationError as e:
+        src = origin.get(e.field) or origin.get("privacy.epsilon")
+        raise ConfigError(e.field, f"{e.field}: {e.detail}", source=src, limit=e.limit) from None
 
 
 def load_config(

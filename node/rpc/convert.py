@@ -15,8 +15,9 @@ from typing import Any, cast
 
 import grpc
 import orjson
+from google.protobuf import unknown_fields  # type: ignore[attr-defined]  # not in types-protobuf
 
-from federation.privacy.schema import PrivacyCost, ReleasedSummary, SchemaError
+from federation.privacy.schema import SCHEMA_VERSION, PrivacyCost, ReleasedSummary, SchemaError
 from federation.privacy.status import PrivacyStatus, ReleaseOutcome, ReleaseStatus
 from federation.view import Estimate, GlobalView, NodeEstimate, QuantileEstimate
 from node.analytics import NodeStats, PerformanceReport
@@ -677,6 +678,10 @@ def summary_from_pb(m: fpb.ReleasedSummary) -> ReleasedSummary:
     """The summary in ``m``, checked by the schema field by field (:class:`SchemaError`)."""
     if not m.HasField("cost"):
         raise SchemaError("cost: missing")
+    for part, msg in (("summary", m), ("cost", m.cost)):
+        n = len(unknown_fields.UnknownFieldSet(msg))
+        if n:  # a field this schema does not have: nothing else may travel in a release
+            raise SchemaError(f"{part}: {n} field(s) that schema {SCHEMA_VERSION} does not have")
     kw: dict[str, Any] = {k: getattr(m, k) for k in ReleasedSummary.FIELDS if k != "cost"}
     for k, v in kw.items():
         if not isinstance(v, int | float | str):  # repeated fields: lists for the schema's checks
