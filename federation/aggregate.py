@@ -243,6 +243,11 @@ class Aggregator:
             log.warning("summary from node %s dropped: %s", node, reason)
             return None
 
+    def _take_drops(self, other: Aggregator) -> Aggregator:
+        """This aggregator with the drops ``other`` recorded (the lenient path's first pass)."""
+        self._dropped.extend(other._dropped)
+        return self
+
     def clear(self) -> None:
         """Start the next round: forget the summaries and drops, keep the reference (given or
         learned: the federation's vocabulary, bins and window length do not change per round)."""
@@ -394,9 +399,53 @@ def aggregate(
 ) -> GlobalView:
     """The view of the good ``items`` (summaries, records or bytes, as :meth:`Aggregator.add`
     takes them). A bad one does not spoil the round: it is logged (WARNING), listed in
-    ``view.dropped`` and left out, so the view is exactly that of the good items alone. With the
-    reference left None the first good item sets it; a duplicate node keeps its first summary."""
+    ``view.dropped`` and left out, so the view is exactly that of the good items alone.
+
+    The same items in any order give the same view: a reference left None (vocabulary, bins,
+    window length) is the one most of the valid summaries share (ties: the smallest), and a node
+    that sent different summaries in one round has all of them dropped (which one is real cannot
+    be told here; the Flower round binds a summary to its sender)."""
+    parsed: list[ReleasedSummary] = []
     agg = Aggregator(types=types, completion_edges_s=completion_edges_s, window_s=window_s, quantiles=quantiles)
     for item in items:
-        agg.offer(item)
+        try:
+            parsed.append(item if type(item) is ReleasedSummary else _parse(item))
+        except SchemaError:
+            agg.offer(item)  # refused again there: logged and listed with its reason
+    by_node: dict[str, list[ReleasedSummary]] = {}
+    for sm in parsed:
+        got = by_node.get(sm.node_id)
+        if got is None:
+            by_node[sm.node_id] = [sm]
+        elif sm not in got:  # the same summary twice counts once
+            got.append(sm)
+    for node, versions in by_node.items():
+        if len(versions) > 1:
+            reason = f"node {node!r} sent {len(versions)} different summaries this round: all dropped"
+            agg._dropped.append((_node_hint({"node_id": node}), reason))
+            log.warning("summaries from node %s dropped: %s", _node_hint({"node_id": node}), reason)
+    unique = [v[0] for v in by_node.values() if len(v) == 1]
+    if unique and (types is None or completion_edges_s is None or window_s is None):
+        # counted by object first (the schema hands out one tuple per vocabulary and bins seen),
+        # then merged by value: hashing every summary's tuples would cost more than the merge
+        by_id: dict[tuple[int, int, float], list[Any]] = {}
+        for sm in unique:
+            k = (id(sm.types), id(sm.completion_edges_s), sm.window_s)
+            tally = by_id.get(k)
+            if tally is None:
+                by_id[k] = [(sm.types, sm.completion_edges_s, sm.window_s), 1]
+            else:
+                tally[1] += 1
+        votes: dict[tuple[Any, ...], int] = {}
+        for key, n in by_id.values():
+            votes[key] = votes.get(key, 0) + n
+        top_t, top_e, top_w = min(votes, key=lambda k: (-votes[k], repr(k)))
+        agg = Aggregator(
+            types=types or top_t,
+            completion_edges_s=completion_edges_s or top_e,
+            window_s=window_s or top_w,
+            quantiles=quantiles,
+        )._take_drops(agg)
+    for sm in sorted(unique, key=attrgetter("node_id")):
+        agg.offer(sm)
     return agg.view(round=round, now_ns=now_ns, expected=expected)
