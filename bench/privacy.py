@@ -209,7 +209,8 @@ def run_aggregate(args: argparse.Namespace, res: Result) -> None:
     }
     res.row(f"aggregate {args.summaries:,} summaries, median ms", med)
     res.row("decode one summary from its record us", decode_us)
-    res.target(f"aggregating {args.summaries:,} summaries", "<=", AGGREGATE_TARGET_MS, med, "ms")
+    if args.summaries >= 10_000:  # the target is for 10,000: a smaller run says nothing of it
+        res.target(f"aggregating {args.summaries:,} decoded summaries", "<=", AGGREGATE_TARGET_MS, med, "ms")
 
 
 def main(argv: list[str] | None = None) -> int:

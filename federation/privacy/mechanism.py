@@ -4,8 +4,8 @@ Nothing here draws noise or computes a privacy loss by itself: the discrete Gaus
 (zero-concentrated DP) and discrete Laplace (pure DP, converted to zCDP) are OpenDP's
 measurements, a release's rho is the measurement's own privacy map at the release's
 sensitivity, and rho is turned into epsilon at a delta by OpenDP's zCDP-to-approximate-DP
-conversion. Building a measurement costs ~0.1 ms, calibrating a scale ~50 ms and a conversion
-~3 ms, so all three are cached.
+conversion. Building a measurement costs ~0.1 ms, calibrating a scale 30-50 ms and a
+conversion ~3 ms, so all three are cached.
 
 Sensitivity: one task changes at most ``cells_per_task`` cells of a release by 1 each (see
 :mod:`federation.privacy.pipeline`), so the L2 sensitivity is ``sqrt(cells_per_task)`` and the

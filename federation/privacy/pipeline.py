@@ -10,9 +10,10 @@ Steps, in order:
    cells of a release, each by 1: the cells of a window are *submitted* or *handed off in* (how
    it came), at most one of *completed*, *failed* or *handed off out* (how it left; a requeued
    task's second ending in the same window is not counted), the completion-time bin of a
-   completion, and the *occupied slots* count if it is leased or ready when the release is made
-   -- which excludes having left. The worst cases are "came, completed, its bin" and "came and
-   is still here": 3 and 2 cells.
+   completion, and the *occupied slots* count if it is leased or ready when the occupancy is
+   counted (at the first tick after the window closed) -- which excludes having left unless it
+   was requeued. The worst cases are "came, completed, its bin", "came, failed, requeued and
+   waiting" and "came and is still here": 3, 3 and 2 cells.
 3. **Noise** from OpenDP over all cells at once (:class:`~federation.privacy.mechanism.Mechanism`).
 4. **Suppression**: a count or histogram cell whose noisy value is under ``suppress_sd`` noise
    standard deviations is released as 0 (the occupied-slot count is not suppressed: it is the
