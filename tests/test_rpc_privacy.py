@@ -485,3 +485,22 @@ def test_a_summary_carrying_a_field_the_schema_does_not_have_is_refused_on_the_w
     tampered.cost.MergeFromString(cost)
     with pytest.raises(SchemaError, match="cost: 1 field"):
         cv.summary_from_pb(tampered)
+
+
+def test_a_view_with_a_negative_rate_load_or_time_is_refused_naming_it() -> None:
+    """Everything in a view is a sum of non-negative released cells: a negative value is a
+    forged or broken view, refused by name before admission reads it."""
+    v = view_with_shares(time.time_ns(), 3.0, 1.0)
+    cases = [
+        (dataclasses.replace(v, federation_load=Estimate(-0.5, 0.1)), "view.federation_load.value"),
+        (dataclasses.replace(v, occupied=Estimate(-1.0, 1.0)), "view.occupied.value"),
+        (dataclasses.replace(v, submitted_per_s={"coding": Estimate(-2.0, 0.5)}), "view.submitted_per_s"),
+        (
+            dataclasses.replace(v, completion_quantiles_s=(QuantileEstimate(0.5, 1.0, -1.0, 2.0),)),
+            "view.completion_quantiles_s[0].low",
+        ),
+    ]
+    for bad, field in cases:
+        with pytest.raises(ValidationError) as info:
+            cv.view_from_pb(cv.view_to_pb(bad))
+        assert info.value.field == field

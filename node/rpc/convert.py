@@ -794,7 +794,7 @@ def _finite(field: str, v: float) -> float:
 
 
 def _estimate(field: str, m: fpb.Estimate, entry: str | None = None) -> Estimate:
-    """An estimate: a finite value, a finite non-negative sd. In a map (``entry``: the key and
+    """An estimate: a finite non-negative value and sd. In a map (``entry``: the key and
     the path within its value) the error names the map field and says which entry."""
 
     def bad(name: str, text: str, limit: str | None = None) -> ValidationError:
@@ -802,8 +802,8 @@ def _estimate(field: str, m: fpb.Estimate, entry: str | None = None) -> Estimate
             return ValidationError(f"{field}.{name}", text, limit=limit)
         return ValidationError(field, f"{entry}{name}: {text}", limit=limit)
 
-    if not math.isfinite(m.value):
-        raise bad("value", f"{m.value!r} is not a finite number")
+    if not (math.isfinite(m.value) and m.value >= 0):  # rates, slots, loads: sums of non-negative cells
+        raise bad("value", f"{m.value!r} is not a finite number >= 0", "0 <= value < inf")
     if not (math.isfinite(m.sd) and m.sd >= 0):
         raise bad("sd", f"{m.sd!r} is not a finite number >= 0", "0 <= sd < inf")
     return Estimate(m.value, m.sd)
@@ -845,6 +845,8 @@ def _quantile(field: str, m: fpb.QuantileEstimate) -> QuantileEstimate:
         raise ValidationError(f"{field}.q", f"{m.q!r} out of range", limit="0..1")
     for name in ("value", "low", "high"):
         _finite(f"{field}.{name}", getattr(m, name))
+    if m.low < 0:
+        raise ValidationError(f"{field}.low", f"{m.low!r} seconds", limit=">= 0")
     if not m.low <= m.value <= m.high:
         raise ValidationError(field, f"value {m.value!r} is not within [low {m.low!r}, high {m.high!r}]")
     return QuantileEstimate(m.q, m.value, m.low, m.high)
