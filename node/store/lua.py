@@ -10,6 +10,20 @@ from __future__ import annotations
 
 __all__ = ["ACQUIRE", "FIND_FINISHED", "FLUSH", "LEDGER", "REFRESH", "RELEASE", "TAKEOVER"]
 
+# The writes' fencing (FLUSH, LEDGER). KEYS: owner, epoch; ARGV: token, epoch, ttl ms. Only the
+# owner writes; a lock that vanished is taken back only if nobody acquired the node since (the
+# epoch counter is still ours).
+_OWNED = """
+local v = redis.call('GET', KEYS[1])
+if v ~= ARGV[1] then
+  if v == false and redis.call('GET', KEYS[2]) == ARGV[2] then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+  else
+    return redis.error_reply('FENCED node owned by ' .. tostring(v))
+  end
+end
+"""
+
 # KEYS: owner, epoch. ARGV: "|host|pid|nonce" suffix, ttl ms. Returns the new epoch, or false.
 ACQUIRE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
@@ -86,15 +100,9 @@ return out
 #       one task id per idempotency key.
 # (Every argument costs the client packing time on every commit: sizes travel as one string, and
 # the hand-off keys only when used.)
-FLUSH = """
-local v = redis.call('GET', KEYS[1])
-if v ~= ARGV[1] then
-  if v == false and redis.call('GET', KEYS[2]) == ARGV[2] then
-    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-  else
-    return redis.error_reply('FENCED node owned by ' .. tostring(v))
-  end
-end
+FLUSH = (
+    _OWNED
+    + """
 local n = {}
 for x in string.gmatch(ARGV[4], '%d+') do n[#n + 1] = tonumber(x) end
 local nu, nf, nw, nd, nc, nr, nrd, nref, ni, nid = n[1], n[2], n[3], n[4], n[5], n[6], n[7], n[8], n[9], n[10]
@@ -158,6 +166,7 @@ if ARGV[7] ~= '' then
 end
 return 1
 """
+)
 
 # The privacy ledger: record one release if it keeps every task within budget.
 # KEYS: owner, epoch, totals hash, releases zset (score: window end, us). ARGV: token, epoch, ttl
@@ -166,15 +175,9 @@ return 1
 # "released" when the window starts before the last released one ended, "budget" when the sum of
 # rho of the releases whose window ends after the horizon start, this one included, is over the
 # budget, or when the history no longer reaches back to the horizon start.
-LEDGER = """
-local v = redis.call('GET', KEYS[1])
-if v ~= ARGV[1] then
-  if v == false and redis.call('GET', KEYS[2]) == ARGV[2] then
-    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-  else
-    return redis.error_reply('FENCED node owned by ' .. tostring(v))
-  end
-end
+LEDGER = (
+    _OWNED
+    + """
 local w = ARGV[4]
 local start_us = tonumber(ARGV[5])
 local lo_us = tonumber(ARGV[7])
@@ -211,3 +214,4 @@ local worst = tonumber(redis.call('HGET', KEYS[3], 'worst_rho') or '0')
 if sum > worst then redis.call('HSET', KEYS[3], 'worst_rho', string.format('%.17g', sum)) end
 return {1, string.format('%.17g', sum)}
 """
+)
