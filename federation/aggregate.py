@@ -211,9 +211,10 @@ class Aggregator:
         """
         s = item if type(item) is ReleasedSummary else _parse(item)
         # Compared before anything is stored, so a refusal leaves no trace.
-        if self._types is not None and s.types != self._types:
+        # (identity first: the schema hands out one tuple per vocabulary and bins it has seen)
+        if self._types is not None and s.types is not self._types and s.types != self._types:
             raise IncompatibleSummaryError(f"types {_short(s.types)} are not the federation's {_short(self._types)}")
-        if self._edges is not None and s.completion_edges_s != self._edges:
+        if self._edges is not None and s.completion_edges_s is not self._edges and s.completion_edges_s != self._edges:
             raise IncompatibleSummaryError(
                 f"completion_edges_s {_short(s.completion_edges_s)} are not the federation's {_short(self._edges)}"
             )
