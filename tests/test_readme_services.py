@@ -44,6 +44,7 @@ def test_readme_two_node_example_runs_and_hands_off(tmp_path: Path) -> None:
     handed = re.search(r'fedcoord_handoffs_total\{event="handed_off"\} (\d+)', r.stdout)
     assert handed is not None and int(handed[1]) > 0, r.stdout
     assert "handed_off" in r.stdout and "adopted" in r.stdout  # n1's and n2's status views
+    assert "epsilon 1, delta 1e-06, m 3" in r.stdout  # n1's privacy budget
     for name, text in logs.items():
         assert "Traceback" not in text, f"{name}: {text}"
 
