@@ -121,7 +121,10 @@ class GlobalView:
         peers = {k: max(0.0, n.load.value) for k, n in self.nodes.items() if k != node_id}
         if fed is not None and not math.isfinite(fed):
             fed = None
-        return FederationView(at_ns=self.at_ns, load_share=share, federation_load=fed, peer_loads=peers)
+        fed_sd = self.federation_load.sd if fed is not None else None
+        return FederationView(
+            at_ns=self.at_ns, load_share=share, federation_load=fed, peer_loads=peers, federation_load_sd=fed_sd
+        )
 
     def to_record(self) -> dict[str, Any]:
         return {

@@ -16,6 +16,8 @@ Policies (pure; the federation will drive them with its views):
 * ``seed``: seed 000's rule: while this node's share of the federation's load is above 0.4 the
   threshold is 0.8, else 0.5; with hysteresis (the share must cross ``0.4 +- hysteresis`` to
   switch), so a share that hovers at 0.4 does not flap.
+* ``adaptive``: ours (:class:`AdaptivePolicy`): the federation's smoothed load plus slack,
+  weighted by how sure the view is, with hysteresis.
 
 A view older than ``stale_after_s`` loses weight linearly over ``decay_s``: the threshold moves
 from the policy's answer to the local one and never freezes on old data. With no view at all
@@ -34,6 +36,7 @@ from node.errors import ValidationError
 
 __all__ = [
     "POLICIES",
+    "AdaptivePolicy",
     "Admission",
     "AdmissionConfig",
     "AdmissionPolicy",
@@ -58,6 +61,7 @@ class FederationView:
     load_share: float | None = None
     federation_load: float | None = None
     peer_loads: Mapping[str, float] = field(default_factory=dict)
+    federation_load_sd: float | None = None  # the privacy noise's sd on federation_load (None: exact)
 
 
 class AdmissionPolicy(Protocol):
@@ -80,7 +84,7 @@ def _check_non_negative(name: str, v: object) -> float:
     return float(v)
 
 
-POLICIES = ("local", "seed")
+POLICIES = ("local", "seed", "adaptive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +101,13 @@ class AdmissionConfig:
     hysteresis: float = 0.05  # the seed rule switches only once the share is this far past seed_share
     stale_after_s: float = 60.0  # a federation view older than this starts losing weight ...
     decay_s: float = 60.0  # ... and counts for nothing this much later (the local threshold rules)
+    # adaptive: the threshold follows the federation's smoothed load (plus slack), between low and
+    # high; a view whose load sd is `adaptive_noise_sd` counts half, a noisier one less
+    adaptive_alpha: float = 0.3  # weight of each new view in the smoothed load
+    adaptive_slack: float = 0.1  # accept up to this much above the federation's load
+    adaptive_low: float = 0.5
+    adaptive_high: float = 0.95
+    adaptive_noise_sd: float = 0.1
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -104,8 +115,14 @@ class AdmissionConfig:
         for name in ("threshold", "seed_high", "seed_low"):
             _check_unit(f"admission.{name}", getattr(self, name))
         _check_unit("admission.seed_share", self.seed_share)
-        for name in ("margin", "hysteresis", "stale_after_s", "decay_s"):
+        for name in ("margin", "hysteresis", "stale_after_s", "decay_s", "adaptive_slack"):
             _check_non_negative(f"admission.{name}", getattr(self, name))
+        for name in ("adaptive_alpha", "adaptive_low", "adaptive_high", "adaptive_noise_sd"):
+            _check_unit(f"admission.{name}", getattr(self, name))
+        if self.adaptive_low > self.adaptive_high:
+            raise ValidationError(
+                "admission.adaptive_low", f"{self.adaptive_low!r} is above adaptive_high {self.adaptive_high!r}"
+            )
         if self.hysteresis >= min(self.seed_share, 1 - self.seed_share) and self.seed_share < 1:
             raise ValidationError(
                 "admission.hysteresis", f"{self.hysteresis!r} leaves no room around seed_share {self.seed_share}"
@@ -143,9 +160,57 @@ class SeedPolicy:
         return cfg.seed_high if self._high else cfg.seed_low
 
 
+class AdaptivePolicy:
+    """Ours, a first version (the simulator tunes it): the threshold follows the federation's
+    load, so that a node takes work while it is under the federation's level and sheds it when
+    above, instead of a fixed cut.
+
+    * **Smoothed**: an exponential average of the federation load over the views received
+      (``adaptive_alpha`` per new view), so one noisy round does not swing it.
+    * **Noise-aware**: a view counts by how sure it is: weight ``1 / (1 + (sd / noise_sd)^2)``
+      of the view's load sd, the rest goes to the local threshold. A federation of few, small
+      nodes (where noise dominates) stays near its local policy.
+    * **Hysteresis**: the threshold moves only when its target moved by more than
+      ``hysteresis``, so it does not flap on noise.
+
+    ``target = clamp(smoothed load + slack, low, high)``; ``threshold = w * target + (1 - w) * local``.
+    """
+
+    name = "adaptive"
+
+    def __init__(self, cfg: AdmissionConfig):
+        self._cfg = cfg
+        self._smoothed: float | None = None
+        self._seen_at: int | None = None
+        self._current: float | None = None
+
+    def threshold(self, load: Load, view: FederationView | None) -> float:
+        cfg = self._cfg
+        fed = None if view is None else view.federation_load
+        if view is None or fed is None or not math.isfinite(fed):
+            return cfg.threshold
+        if self._seen_at != view.at_ns:  # a new view: fold it in once
+            self._seen_at = view.at_ns
+            self._smoothed = (
+                fed
+                if self._smoothed is None
+                else (1 - cfg.adaptive_alpha) * self._smoothed + (cfg.adaptive_alpha * fed)
+            )
+        assert self._smoothed is not None
+        sd = view.federation_load_sd or 0.0
+        w = 1.0 / (1.0 + (sd / cfg.adaptive_noise_sd) ** 2)
+        target = min(cfg.adaptive_high, max(cfg.adaptive_low, self._smoothed + cfg.adaptive_slack))
+        wanted = w * target + (1.0 - w) * cfg.threshold
+        if self._current is None or abs(wanted - self._current) > cfg.hysteresis:
+            self._current = wanted
+        return self._current
+
+
 def make_policy(cfg: AdmissionConfig) -> AdmissionPolicy:
     if cfg.policy == "seed":
         return SeedPolicy(cfg)
+    if cfg.policy == "adaptive":
+        return AdaptivePolicy(cfg)
     return LocalPolicy(cfg.threshold)
 
 

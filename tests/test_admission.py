@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from node.admission import Admission, AdmissionConfig, FederationView
+from node.admission import AdaptivePolicy, Admission, AdmissionConfig, FederationView
 from node.core import Load
 from node.errors import ValidationError
 
@@ -84,3 +84,68 @@ def test_settings_out_of_range_are_refused_naming_the_setting(settings: dict[str
     with pytest.raises(ValidationError) as ei:
         AdmissionConfig(**settings)
     assert ei.value.field == name and str(ei.value).startswith(name)
+
+
+# ---------------------------------------------------------------------------------- adaptive
+
+
+def _load(ratio: float = 0.5) -> Load:
+    return Load(0, 0, 0, 0, 0, 10, ratio)
+
+
+def test_adaptive_follows_the_smoothed_federation_load_within_its_bounds() -> None:
+    cfg = AdmissionConfig(policy="adaptive", threshold=0.8, adaptive_alpha=0.5, adaptive_slack=0.1, hysteresis=0.0)
+    p = AdaptivePolicy(cfg)
+    assert p.threshold(_load(), None) == 0.8  # no view: local
+    assert p.threshold(_load(), FederationView(at_ns=1, federation_load=0.5, federation_load_sd=0.0)) == pytest.approx(
+        0.6
+    )
+    # a second view: smoothed half way (0.5 -> 0.7), plus slack
+    assert p.threshold(_load(), FederationView(at_ns=2, federation_load=0.9, federation_load_sd=0.0)) == pytest.approx(
+        0.8
+    )
+    # the same view again does not move the average
+    assert p.threshold(_load(), FederationView(at_ns=2, federation_load=0.9, federation_load_sd=0.0)) == pytest.approx(
+        0.8
+    )
+    for t in range(3, 20):  # a long overload: bounded by adaptive_high
+        v = p.threshold(_load(), FederationView(at_ns=t, federation_load=3.0, federation_load_sd=0.0))
+    assert v == cfg.adaptive_high
+    low = AdaptivePolicy(cfg)
+    assert (
+        low.threshold(_load(), FederationView(at_ns=1, federation_load=0.0, federation_load_sd=0.0)) == cfg.adaptive_low
+    )
+
+
+def test_adaptive_discounts_a_noisy_view_toward_the_local_threshold() -> None:
+    cfg = AdmissionConfig(policy="adaptive", threshold=0.8, adaptive_noise_sd=0.1, hysteresis=0.0)
+    sure = AdaptivePolicy(cfg).threshold(_load(), FederationView(at_ns=1, federation_load=0.4, federation_load_sd=0.0))
+    half = AdaptivePolicy(cfg).threshold(_load(), FederationView(at_ns=1, federation_load=0.4, federation_load_sd=0.1))
+    noise = AdaptivePolicy(cfg).threshold(_load(), FederationView(at_ns=1, federation_load=0.4, federation_load_sd=5.0))
+    assert sure == pytest.approx(0.5)
+    assert half == pytest.approx((0.5 + 0.8) / 2)  # sd = noise_sd: counts half
+    assert abs(noise - 0.8) < 0.01  # mostly noise: the local threshold
+
+
+def test_adaptive_has_hysteresis_and_the_admission_decays_a_stale_view() -> None:
+    cfg = AdmissionConfig(policy="adaptive", threshold=0.8, adaptive_alpha=1.0, hysteresis=0.05)
+    p = AdaptivePolicy(cfg)
+    first = p.threshold(_load(), FederationView(at_ns=1, federation_load=0.5, federation_load_sd=0.0))
+    assert p.threshold(_load(), FederationView(at_ns=2, federation_load=0.53, federation_load_sd=0.0)) == first
+    assert p.threshold(_load(), FederationView(at_ns=3, federation_load=0.6, federation_load_sd=0.0)) != first
+    adm = Admission(cfg)
+    adm.update(FederationView(at_ns=0, federation_load=0.3, federation_load_sd=0.0))
+    assert adm.threshold(_load(), 0) == pytest.approx(0.5)
+    assert adm.threshold(_load(), int((cfg.stale_after_s + cfg.decay_s) * S)) == 0.8  # stale: local again
+
+
+def test_adaptive_settings_out_of_range_are_refused_by_name() -> None:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"adaptive_alpha": 0.0}, "admission.adaptive_alpha"),
+        ({"adaptive_low": 0.9, "adaptive_high": 0.6}, "admission.adaptive_low"),
+        ({"adaptive_slack": -0.1}, "admission.adaptive_slack"),
+    ]
+    for kw, field in cases:
+        with pytest.raises(ValidationError) as e:
+            AdmissionConfig(policy="adaptive", **kw)
+        assert e.value.field == field

@@ -153,7 +153,7 @@ def test_summary_before_any_window_closed_answers_no_window(redis_url: str) -> N
             assert (reply.status, reply.HasField("summary")) == (ReleaseStatus.NO_WINDOW.value, False)
             assert "no complete window" in reply.reason
             outcome = cv.release_from_pb(reply)
-            assert outcome == ReleaseOutcome(ReleaseStatus.NO_WINDOW, None, reply.reason, s.node.privacy_status())
+            assert outcome == ReleaseOutcome(ReleaseStatus.NO_WINDOW, None, reply.reason, s.node.privacy_status(), NODE)
             stats = await s.stub.Stats(npb.StatsRequest(), timeout=10)
             assert stats.privacy.releases == 0 and not stats.privacy.HasField("last_window")
 

@@ -26,6 +26,7 @@ class ReleaseOutcome:
     summary: ReleasedSummary | None  # set for RELEASED and REPEATED only
     reason: str  # one line for logs and for the caller
     privacy: PrivacyStatus | None = None  # the budget after this call (what the federation may know of it)
+    node_id: str = ""  # the node that answered (public: the federation names its members)
 
     @property
     def released(self) -> bool:

@@ -693,7 +693,7 @@ _WITH_SUMMARY = frozenset((ReleaseStatus.RELEASED, ReleaseStatus.REPEATED))
 
 
 def release_to_pb(o: ReleaseOutcome) -> npb.SummaryReply:
-    m = npb.SummaryReply(status=o.status.value, reason=o.reason)
+    m = npb.SummaryReply(status=o.status.value, reason=o.reason, node_id=o.node_id)
     if o.summary is not None:
         m.summary.CopyFrom(summary_to_pb(o.summary))
     if o.privacy is not None:
@@ -713,7 +713,10 @@ def release_from_pb(m: npb.SummaryReply) -> ReleaseOutcome:
     if has != (status in _WITH_SUMMARY):
         raise SchemaError(f"status {status.value} {'with' if has else 'without'} a summary")
     privacy = privacy_status_from_pb(m.privacy) if m.HasField("privacy") else None
-    return ReleaseOutcome(status, summary_from_pb(m.summary) if has else None, m.reason, privacy)
+    summary = summary_from_pb(m.summary) if has else None
+    if summary is not None and m.node_id and summary.node_id != m.node_id:
+        raise SchemaError(f"node_id: {m.node_id!r} answered with a summary of {summary.node_id!r}")
+    return ReleaseOutcome(status, summary, m.reason, privacy, m.node_id)
 
 
 def privacy_status_to_pb(p: PrivacyStatus) -> fpb.PrivacyStatus:

@@ -93,7 +93,7 @@ class NodePrivacy:
         self._ledger = await self._store.ledger_read()
 
     def _outcome(self, status: ReleaseStatus, reason: str, summary: ReleasedSummary | None = None) -> ReleaseOutcome:
-        return ReleaseOutcome(status, summary, reason, self.status())
+        return ReleaseOutcome(status, summary, reason, self.status(), self.node_id)
 
     async def release(self, windows: Windows, core: Core, now_ns: int) -> ReleaseOutcome:
         acc = self.accountant

@@ -340,16 +340,18 @@ class SummaryRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SummaryReply(_message.Message):
-    __slots__ = ("status", "reason", "summary", "privacy")
+    __slots__ = ("status", "reason", "summary", "privacy", "node_id")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     PRIVACY_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
     status: str
     reason: str
     summary: _federation_pb2.ReleasedSummary
     privacy: _federation_pb2.PrivacyStatus
-    def __init__(self, status: _Optional[str] = ..., reason: _Optional[str] = ..., summary: _Optional[_Union[_federation_pb2.ReleasedSummary, _Mapping]] = ..., privacy: _Optional[_Union[_federation_pb2.PrivacyStatus, _Mapping]] = ...) -> None: ...
+    node_id: str
+    def __init__(self, status: _Optional[str] = ..., reason: _Optional[str] = ..., summary: _Optional[_Union[_federation_pb2.ReleasedSummary, _Mapping]] = ..., privacy: _Optional[_Union[_federation_pb2.PrivacyStatus, _Mapping]] = ..., node_id: _Optional[str] = ...) -> None: ...
 
 class ApplyFederationRequest(_message.Message):
     __slots__ = ("view",)
