@@ -220,8 +220,10 @@ def _register_services() -> None:
     from fedcoord.cmd_client import status, submit  # noqa: PLC0415
     from fedcoord.cmd_node import NODE_HELP, node  # noqa: PLC0415
     from fedcoord.cmd_privacy import privacy  # noqa: PLC0415
+    from fedcoord.cmd_up import UP_HELP, up  # noqa: PLC0415
     from fedcoord.cmd_worker import worker  # noqa: PLC0415
 
+    app.command("up", help=UP_HELP)(up)
     app.command("node", help=NODE_HELP)(node)
     app.command("worker")(worker)
     app.command("submit")(submit)

@@ -167,9 +167,11 @@ class AdaptivePolicy:
 
     * **Smoothed**: an exponential average of the federation load over the views received
       (``adaptive_alpha`` per new view), so one noisy round does not swing it.
-    * **Noise-aware**: a view counts by how sure it is: weight ``1 / (1 + (sd / noise_sd)^2)``
-      of the view's load sd, the rest goes to the local threshold. A federation of few, small
-      nodes (where noise dominates) stays near its local policy.
+    * **Noise-aware**: a view counts by how sure its target is: weight ``1 / (1 + (sd /
+      noise_sd)^2)`` of the view's load sd, the rest goes to the local threshold, unless the load
+      is 2 sd clear of a bound (then the target is that bound whatever the noise: weight 1). A
+      federation of few, small nodes (where noise dominates) stays near its local policy; one
+      surely overloaded is surely at ``high``.
     * **Hysteresis**: the threshold moves only when its target moved by more than
       ``hysteresis``, so it does not flap on noise.
 
@@ -197,9 +199,17 @@ class AdaptivePolicy:
                 else (1 - cfg.adaptive_alpha) * self._smoothed + (cfg.adaptive_alpha * fed)
             )
         assert self._smoothed is not None
+
+        def target_at(load: float) -> float:
+            return min(cfg.adaptive_high, max(cfg.adaptive_low, load + cfg.adaptive_slack))
+
+        # How unsure the *target* is: a federation surely (2 sd) above the bounds is surely at
+        # `high`, one surely below at `low`; in between, the load's sd is the target's.
         sd = view.federation_load_sd or 0.0
-        w = 1.0 / (1.0 + (sd / cfg.adaptive_noise_sd) ** 2)
-        target = min(cfg.adaptive_high, max(cfg.adaptive_low, self._smoothed + cfg.adaptive_slack))
+        lo, hi = target_at(self._smoothed - 2 * sd), target_at(self._smoothed + 2 * sd)
+        sure = lo == hi  # both ends clamped to the same bound (or no noise)
+        w = 1.0 if sure else 1.0 / (1.0 + (sd / cfg.adaptive_noise_sd) ** 2)
+        target = target_at(self._smoothed)
         wanted = w * target + (1.0 - w) * cfg.threshold
         if self._current is None or abs(wanted - self._current) > cfg.hysteresis:
             self._current = wanted

@@ -119,12 +119,16 @@ def test_adaptive_follows_the_smoothed_federation_load_within_its_bounds() -> No
 
 def test_adaptive_discounts_a_noisy_view_toward_the_local_threshold() -> None:
     cfg = AdmissionConfig(policy="adaptive", threshold=0.8, adaptive_noise_sd=0.1, hysteresis=0.0)
-    sure = AdaptivePolicy(cfg).threshold(_load(), FederationView(at_ns=1, federation_load=0.4, federation_load_sd=0.0))
-    half = AdaptivePolicy(cfg).threshold(_load(), FederationView(at_ns=1, federation_load=0.4, federation_load_sd=0.1))
-    noise = AdaptivePolicy(cfg).threshold(_load(), FederationView(at_ns=1, federation_load=0.4, federation_load_sd=5.0))
-    assert sure == pytest.approx(0.5)
-    assert half == pytest.approx((0.5 + 0.8) / 2)  # sd = noise_sd: counts half
-    assert abs(noise - 0.8) < 0.01  # mostly noise: the local threshold
+
+    def at(load: float, sd: float) -> float:
+        return AdaptivePolicy(cfg).threshold(
+            _load(), FederationView(at_ns=1, federation_load=load, federation_load_sd=sd)
+        )
+
+    assert at(0.6, 0.0) == pytest.approx(0.7)
+    assert at(0.6, 0.1) == pytest.approx((0.7 + 0.8) / 2)  # within the bounds, sd = noise_sd: counts half
+    assert abs(at(0.6, 5.0) - 0.8) < 0.01  # mostly noise: the local threshold
+    assert at(20.0, 1.7) == pytest.approx(cfg.adaptive_high)  # surely overloaded, whatever the noise
 
 
 def test_adaptive_has_hysteresis_and_the_admission_decays_a_stale_view() -> None:

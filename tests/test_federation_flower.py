@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 
-from federation.launch import FlowerHome, Proc, wait_listening
+from federation.launch import FLOWER_ENV, FlowerHome, Proc, wait_listening
 from tests.conftest import free_port, wait_until
 
 pytestmark = pytest.mark.slow
+
+FLOWER_ENV_OK = dict(os.environ, **FLOWER_ENV)  # what every Flower process here runs with
 
 
 class Federation:

@@ -1,0 +1,57 @@
+"""``fedcoord up`` as a user runs it: a federation on this machine (nodes on embedded Redis, a
+SuperLink, SuperNodes, the rounds, demo workers and workload) for a while, a JSON report at the
+end, and no process left behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_federation_flower import FLOWER_ENV_OK
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+
+
+def _left_behind(path: Path) -> str:
+    r = subprocess.run(["pgrep", "-af", str(path)], capture_output=True, text=True, check=False)
+    return r.stdout.strip()
+
+
+def test_up_runs_a_federation_that_rounds_and_hands_off_then_stops_clean(tmp_path: Path) -> None:
+    root = tmp_path / "up"
+    err = tmp_path / "stderr.txt"
+    with open(err, "w") as e:
+        argv = [str(BIN / "fedcoord"), "up", "--nodes", "2", "--duration", "55", "--period-s", "5", "--json"]
+        r = subprocess.run(
+            [*argv, "--dir", str(root)],
+            stdout=subprocess.PIPE,
+            stderr=e,
+            text=True,
+            timeout=240,
+            check=False,
+            env=FLOWER_ENV_OK,
+        )
+    assert r.returncode == 0, err.read_text()[-3000:]
+    report = json.loads(r.stdout)
+    assert report["rounds"] >= 2, report
+    assert report["first_round_s"] is not None and report["first_round_s"] < 60
+    assert sorted(report["nodes"]) == ["n1", "n2"] and all(n["up"] for n in report["nodes"].values())
+    last = report["last_round"]
+    assert sorted(last["participants"]) == ["n1", "n2"] and last["missing"] == []
+    assert set(last["policies"].values()) == {"adaptive"}
+    assert report["submitted"] > 0 and report["nodes"]["n1"]["handed_off_out"] > 0  # the skew moved work
+    assert report["nodes"]["n2"]["handed_off_in"] > 0
+    assert _left_behind(root) == ""
+
+
+def test_up_refuses_an_unknown_policy_by_name(tmp_path: Path) -> None:
+    argv = [str(BIN / "fedcoord"), "up", "--policy", "bogus", "--dir", str(tmp_path / "up")]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2 and "--policy" in r.stderr and "bogus" in r.stderr
+    assert _left_behind(tmp_path) == ""
