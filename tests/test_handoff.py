@@ -351,3 +351,31 @@ def test_a_crash_at_any_step_loses_nothing_and_runs_nothing_twice(
 
     run(main())
     r.close()
+
+
+def test_peers_are_chosen_from_the_federation_view_until_it_goes_stale(redis_url: str) -> None:
+    """Hand-off peers come from the federated view while it counts; a stale view decays to
+    nothing as the threshold does (it never freezes the choice): then the loads the peers
+    themselves last answered with are used."""
+    from node.admission import FederationView  # noqa: PLC0415
+
+    clock = [1_800_000_000 * 10**9]
+    transport = MemoryTransport()
+
+    async def main() -> None:
+        async with (
+            LocalNode.open(
+                "a", redis_url, config=cfg(peers=("b", "c")), transport=transport, clock_ns=lambda: clock[0]
+            ) as a,
+            LocalNode.open("b", redis_url, config=cfg(), transport=transport) as b,
+        ):
+            assert a.handoff is not None and b is not None
+            a.apply_federation(FederationView(at_ns=clock[0], peer_loads={"b": 5.0, "c": 0.0}))
+            assert dict(a.handoff.peer_loads(clock[0])) == {"b": 5.0, "c": 0.0}
+            adm = a.admission.cfg
+            clock[0] += int((adm.stale_after_s + adm.decay_s / 2) * 1e9)  # losing weight, still counts
+            assert dict(a.handoff.peer_loads(clock[0])) == {"b": 5.0, "c": 0.0}
+            clock[0] += int(adm.decay_s * 1e9)  # stale: counts for nothing
+            assert a.handoff.peer_loads(clock[0]) == transport.peer_loads()
+
+    run(main())

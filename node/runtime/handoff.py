@@ -190,6 +190,16 @@ class HandoffAgent:
             if any((t := core.tasks.get(tid)) is not None and t.status is TaskStatus.HANDING_OFF for tid in chosen):
                 self.wake()  # cut short (store outage, a bad answer...): settled by asking the peer
 
+    def peer_loads(self, now_ns: int) -> Mapping[str, float]:
+        """The peers' loads to choose from: the federation's while its view still counts (a stale
+        view decays to nothing, as the threshold does: it never freezes the choice), else the
+        ones the transport last heard from the peers themselves."""
+        admission = self.node.admission
+        view = admission.view
+        if view is not None and view.peer_loads and admission.view_weight(now_ns) > 0:
+            return view.peer_loads
+        return self.transport.peer_loads()
+
     async def _choose_offer_begin(
         self, peer: str | None, max_tasks: int | None, res: HandoffResult, chosen: list[str]
     ) -> str | None:
@@ -202,9 +212,7 @@ class HandoffAgent:
         n = node.admission.offload_count(core.load(), now) - len(self._offered) if max_tasks is None else max_tasks
         n = min(n, self.cfg.batch)
         if peer is None:
-            view = node.admission.view  # the federation's loads, else the ones the transport last heard
-            loads = view.peer_loads if view is not None and view.peer_loads else self.transport.peer_loads()
-            peer = choose_peer(self.cfg.peers, loads, self._rng)
+            peer = choose_peer(self.cfg.peers, self.peer_loads(now), self._rng)
         res.peer = peer
         if peer is None or n <= 0:
             res.reason = "no peer" if peer is None else "nothing to hand off"
