@@ -216,6 +216,7 @@ def _setup_logging(verbose: int) -> None:
 
 def _register_services() -> None:
     """The service commands live in their own modules (they import gRPC only when they run)."""
+    from fedcoord.cmd_aggregator import AGGREGATOR_HELP, aggregator  # noqa: PLC0415
     from fedcoord.cmd_certs import certs  # noqa: PLC0415
     from fedcoord.cmd_client import status, submit  # noqa: PLC0415
     from fedcoord.cmd_node import NODE_HELP, node  # noqa: PLC0415
@@ -224,6 +225,7 @@ def _register_services() -> None:
     from fedcoord.cmd_worker import worker  # noqa: PLC0415
 
     app.command("up", help=UP_HELP)(up)
+    app.command("aggregator", help=AGGREGATOR_HELP)(aggregator)
     app.command("node", help=NODE_HELP)(node)
     app.command("worker")(worker)
     app.command("submit")(submit)

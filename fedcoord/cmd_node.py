@@ -8,7 +8,7 @@ import dataclasses
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -60,6 +60,25 @@ def node(
     log_format: Annotated[str | None, typer.Option(help="text or json.")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the settings and exit.")] = False,
+    federation: Annotated[
+        str | None,
+        typer.Option(
+            help="Join a federation: the SuperLink's host:port (`fedcoord aggregator`). The node runs its own "
+            "Flower SuperNode, kept alive, whose ClientApp takes this node's summaries to it.",
+            show_default=False,
+        ),
+    ] = None,
+    federation_ca: Annotated[
+        Path | None, typer.Option(help="The SuperLink's CA certificate (TLS); without it, loopback SuperLinks only.")
+    ] = None,
+    federation_token: Annotated[
+        str | None,
+        typer.Option(
+            help="Token (federation role) the ClientApp presents to this node [default: the first federation "
+            "token of --tokens].",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     from node.rpc.config import ConfigError, dump_toml, load_config  # noqa: PLC0415 (keep --help fast)
     from node.rpc.logs import setup_logging  # noqa: PLC0415
@@ -93,9 +112,16 @@ def node(
     if print_config:
         typer.echo(dump_toml(cfg))
         return
+    join = None
+    if federation is not None:
+        try:
+            join = _join(cfg, federation, federation_ca, federation_token)
+        except (ValueError, FedcoordError, OSError) as e:
+            typer.echo(f"fedcoord node: {e}", err=True)
+            raise typer.Exit(2) from None
     setup_logging(cfg.log_format, cfg.log_level, fields={"node_id": cfg.node_id})
     try:
-        asyncio.run(_run(cfg))
+        asyncio.run(_run(cfg, join))
     except FedcoordError as e:
         typer.echo(f"fedcoord node: {e}", err=True)
         raise typer.Exit(1) from None
@@ -104,21 +130,48 @@ def node(
         raise typer.Exit(1) from None
 
 
-async def _run(cfg: object) -> None:
+def _join(cfg: Any, superlink: str, ca: Path | None, token: str | None) -> Any:
+    """The settings of this node's SuperNode (checked before anything starts)."""
+    from federation.join import FederationJoin  # noqa: PLC0415
+    from node.rpc.auth import Tokens  # noqa: PLC0415
+
+    if token is None and cfg.tokens_file is not None:
+        fed = Tokens.load(cfg.tokens_file).federation
+        token = fed[0] if fed else None
+    return FederationJoin(
+        superlink=superlink,
+        node_address=cfg.listen,
+        superlink_ca=ca,
+        node_insecure=bool(cfg.insecure),
+        node_ca=cfg.tls.ca_file,
+        node_token=token,
+    )
+
+
+async def _run(cfg: Any, join: Any = None) -> None:
     from node.rpc.serve import Serving, serve  # noqa: PLC0415
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    keeper: list[Any] = []
 
     def ready(s: Serving) -> None:
         # one line on stdout that scripts (and tests) can wait for
         print(f"serving {s.config.node_id} on {s.address} metrics {s.metrics_url or '-'}", flush=True)
+        if join is not None:
+            from federation.join import SuperNodeKeeper  # noqa: PLC0415
+
+            root = Path(s.config.data_dir or ".") / "flower"
+            keeper.append(SuperNodeKeeper(join, root, f"supernode-{s.config.node_id}").start())
+            print(f"joined the federation at {join.superlink}", flush=True)
 
     try:
-        await serve(cfg, stop, on_ready=ready)  # type: ignore[arg-type]
+        await serve(cfg, stop, on_ready=ready)
     finally:
+        for k in keeper:
+            k.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)

@@ -180,9 +180,15 @@ class FlowerHome:
     def _exe(self, name: str) -> str:
         return str(_bin() / name)
 
-    def superlink(self, port: int, *, host: str = "127.0.0.1", name: str = "superlink") -> Proc:
+    def superlink(
+        self, port: int, *, host: str = "127.0.0.1", name: str = "superlink", tls: Sequence[Path] | None = None
+    ) -> Proc:
+        """``tls``: (certificate, key, CA certificate) files; None: plaintext (loopback only)."""
+        security = ["--insecure"] if tls is None else [
+            "--ssl-certfile", str(tls[0]), "--ssl-keyfile", str(tls[1]), "--ssl-ca-certfile", str(tls[2]),
+        ]  # fmt: skip
         argv = [
-            self._exe("flower-superlink"), "--insecure", "--database", str(self.root / "superlink.db"),
+            self._exe("flower-superlink"), *security, "--database", str(self.root / "superlink.db"),
             "--port", str(port), "--host", host,
         ]  # fmt: skip
         p = Proc(name, argv, self.root / "logs" / f"{name}.log", self.env)
@@ -190,20 +196,29 @@ class FlowerHome:
         return p
 
     def supernode(
-        self, superlink: str, port: int, node_config: Mapping[str, str | bool | int | float], name: str
+        self,
+        superlink: str,
+        port: int,
+        node_config: Mapping[str, str | bool | int | float],
+        name: str,
+        *,
+        root_certificates: Path | None = None,
     ) -> Proc:
+        """``root_certificates``: the CA of a TLS SuperLink; None: plaintext (loopback only)."""
+        security = ["--insecure"] if root_certificates is None else ["--root-certificates", str(root_certificates)]
         argv = [
-            self._exe("flower-supernode"), "--insecure", "--superlink", superlink, "--port", str(port),
+            self._exe("flower-supernode"), *security, "--superlink", superlink, "--port", str(port),
             "--node-config", node_config_arg(node_config),
         ]  # fmt: skip
         p = Proc(name, argv, self.root / "logs" / f"{name}.log", self.env)
         self.procs.append(p)
         return p
 
-    def name_superlink(self, federation: str, address: str) -> None:
+    def name_superlink(self, federation: str, address: str, *, root_certificates: Path | None = None) -> None:
         """``flwr run APP FEDERATION`` finds the SuperLink by this name (``$FLWR_HOME/config.toml``)."""
         path = self.root / "flwr" / "config.toml"
-        path.write_text(f'[superlink.{federation}]\naddress = "{address}"\ninsecure = true\n')
+        security = "insecure = true" if root_certificates is None else f'root-certificates = "{root_certificates}"'
+        path.write_text(f'[superlink.{federation}]\naddress = "{address}"\n{security}\n')
 
     def _flwr(self, args: Sequence[str], timeout_s: float) -> str:
         r = subprocess.run(

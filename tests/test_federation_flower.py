@@ -4,6 +4,7 @@ from the ServerApp's status file; every process is stopped at the end and none i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -95,3 +96,42 @@ def test_rounds_collect_every_node_s_summary_and_hand_each_node_the_view(federat
     assert all(t in (0.5, 0.8) for t in last["thresholds"].values()), last["thresholds"]
     assert all(0 <= left <= 1.0 for left in last["budget_left"].values())
     assert os.path.getsize(f.status) > 0
+
+
+def test_aggregator_and_nodes_that_join_it_run_rounds_and_stop_clean(tmp_path: Path) -> None:
+    """The multi-machine shape on one host: `fedcoord aggregator` (SuperLink and run) and two
+    `fedcoord node --federation ADDRESS` (each keeps its own SuperNode); SIGTERM stops them all."""
+    port = free_port()
+    env = dict(FLOWER_ENV_OK, FEDCOORD_NODE__WINDOW_S="1.0")
+    fedcoord = str(Path(sys.executable).parent / "fedcoord")
+    commands = {
+        "agg": [fedcoord, "aggregator", "--listen", f"127.0.0.1:{port}", "--insecure", "--period-s", "2",
+                "--min-nodes", "2", "--json", "--dir", str(tmp_path / "federation")],
+        **{f"j{i}": [fedcoord, "node", "--node-id", f"j{i}", "--listen", f"127.0.0.1:{free_port()}", "--insecure",
+                     "--metrics-listen", "", "--data-dir", str(tmp_path / f"j{i}"), "--federation",
+                     f"127.0.0.1:{port}"] for i in (1, 2)},
+    }  # fmt: skip
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    with contextlib.ExitStack() as files:
+        try:
+            for name, argv in commands.items():
+                stdout = files.enter_context(open(tmp_path / f"{name}.out", "wb"))
+                stderr = files.enter_context(open(tmp_path / f"{name}.err", "wb"))
+                procs[name] = subprocess.Popen(argv, stdout=stdout, stderr=stderr, env=env)
+
+            def rounds() -> list[dict[str, Any]]:
+                lines = (tmp_path / "agg.out").read_text().splitlines()
+                return [json.loads(x) for x in lines if x.startswith("{")]
+
+            def both() -> bool:
+                return any(sorted(r["participants"]) == ["j1", "j2"] for r in rounds())
+
+            wait_until(both, 150, "a round with both nodes\n" + (tmp_path / "agg.err").read_text()[-2000:])
+            assert all(not r["errors"] for r in rounds())
+        finally:
+            for p in procs.values():
+                p.terminate()
+            codes = {name: p.wait(60) for name, p in procs.items()}
+    assert codes == {"agg": 0, "j1": 0, "j2": 0}, codes
+    left = subprocess.run(["pgrep", "-af", str(tmp_path)], capture_output=True, text=True, check=False)
+    assert left.stdout.strip() == "", f"processes left behind:\n{left.stdout}"
