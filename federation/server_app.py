@@ -115,12 +115,17 @@ class _Names:
     def __init__(self) -> None:
         self.by_supernode: dict[int, str] = {}
 
-    def claim(self, supernode: int, node_id: str) -> str | None:
-        """None if fine; the reason to drop the summary otherwise."""
+    def claim(self, supernode: int, node_id: str, connected: set[int]) -> str | None:
+        """None if fine; the reason to drop the summary otherwise. A name held by a SuperNode that
+        did not answer (not among ``connected``: those that replied this round) passes to the one
+        claiming it: a restarted SuperNode comes back under a new id."""
         known = self.by_supernode.get(supernode)
         if known is None:
-            if node_id in self.by_supernode.values():
+            holder = next((sn for sn, name in self.by_supernode.items() if name == node_id), None)
+            if holder is not None and holder in connected:
                 return f"SuperNode {supernode} claims node {node_id!r}, which another SuperNode speaks for"
+            if holder is not None:
+                del self.by_supernode[holder]
             self.by_supernode[supernode] = node_id
             return None
         if known != node_id:
@@ -177,7 +182,7 @@ def run_round(
             continue
         claimed = outcome.node_id or (outcome.summary.node_id if outcome.summary is not None else "")
         if claimed:
-            why = names.claim(sn, claimed)
+            why = names.claim(sn, claimed, set(replies))  # a holder that answered this round is there
             if why is not None:
                 dropped.append((claimed, why))
                 log.warning("round %d: reply dropped: %s", round_no, why)

@@ -56,6 +56,7 @@ class UpConfig:
     skew: float = 0.8  # share of them sent to the first node
     task_s: float = 0.2  # mean run time of a demo task (the sleep handler, scaled)
     seed: int = 1
+    node_env: tuple[tuple[str, str], ...] = ()  # more FEDCOORD_* settings for the nodes
 
     def __post_init__(self) -> None:
         if not 1 <= self.nodes <= 32:
@@ -116,6 +117,7 @@ class Federation:
             FEDCOORD_ADMISSION__POLICY=cfg.policy,
             FEDCOORD_HANDOFF__CHECK_S="0.5",
         )
+        env.update(cfg.node_env)
         ports = [_free_port() for _ in range(cfg.nodes)]
         ids = [f"n{i + 1}" for i in range(cfg.nodes)]
         progress(f"starting {cfg.nodes} nodes")

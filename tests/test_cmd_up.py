@@ -27,7 +27,7 @@ def test_up_runs_a_federation_that_rounds_and_hands_off_then_stops_clean(tmp_pat
     root = tmp_path / "up"
     err = tmp_path / "stderr.txt"
     with open(err, "w") as e:
-        argv = [str(BIN / "fedcoord"), "up", "--nodes", "2", "--duration", "55", "--period-s", "5", "--json"]
+        argv = [str(BIN / "fedcoord"), "up", "--nodes", "2", "--duration", "40", "--period-s", "5", "--json"]
         r = subprocess.run(
             [*argv, "--dir", str(root)],
             stdout=subprocess.PIPE,

@@ -87,3 +87,15 @@ def test_records_that_do_not_decode_are_refused() -> None:
     nums["nodes.window"] = nums["nodes.window"][:1]  # lists that no longer line up
     with pytest.raises(SchemaError, match="line up"):
         view_from_records(nums, q["view.names"])
+
+
+def test_a_supernode_speaks_for_one_node_and_a_restarted_one_takes_its_name_over() -> None:
+    from federation.server_app import _Names  # noqa: PLC0415
+
+    names = _Names()
+    assert names.claim(1, "n1", {1}) is None and names.claim(2, "n2", {1, 2}) is None
+    assert names.claim(1, "n1", {1, 2}) is None  # the same again: fine
+    assert "now claims" in (names.claim(1, "n2", {1, 2}) or "")  # SuperNode 1 cannot turn into n2
+    assert "another SuperNode" in (names.claim(3, "n1", {1, 3}) or "")  # n1's SuperNode answered: not yours
+    assert names.claim(3, "n1", {2, 3}) is None  # n1's old SuperNode is gone (restarted under a new id)
+    assert names.by_supernode == {2: "n2", 3: "n1"}
