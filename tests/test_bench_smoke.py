@@ -35,6 +35,7 @@ CASES = {
     "submit": ["--tasks", "3000", "--max-pending", "500"],
     "e2e": ["--tasks", "2000", "--concurrency", "32"],
     "claim_grpc": ["--tasks", "200", "--warmup", "20"],
+    "federation": ["--calls", "20", "--active", "500", "--view-nodes", "10", "--federation-s", "0"],
     "privacy": [
         "--active",
         "2000",
