@@ -21,8 +21,8 @@ def readme_commands() -> list[str]:
 
 
 def test_ci_runs_exactly_the_readme_test_command() -> None:
-    demo, tests = readme_commands()
-    assert "fedcoord demo" in demo and "pytest" in tests
+    main_job, tests = readme_commands()
+    assert "fedcoord up" in main_job and "pytest" in tests
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
     assert ci[-1] == tests
 
