@@ -35,7 +35,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from federation.aggregate import aggregate
 from federation.privacy.schema import ReleasedSummary, SchemaError
-from federation.privacy.status import ReleaseOutcome
+from federation.privacy.status import ReleaseOutcome, ReleaseStatus
 from federation.records import outcome_from_records, query_records
 from federation.view import GlobalView
 
@@ -84,6 +84,7 @@ class RoundResult:
     policies: dict[str, str] = field(default_factory=dict)
     budget_left: dict[str, float] = field(default_factory=dict)  # fedcoord node -> epsilon left
     statuses: dict[str, str] = field(default_factory=dict)  # fedcoord node -> release status
+    reasons: dict[str, str] = field(default_factory=dict)  # fedcoord node -> why it sent no summary
     errors: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
@@ -104,6 +105,7 @@ class RoundResult:
                 "policies": self.policies,
                 "budget_left": self.budget_left,
                 "statuses": self.statuses,
+                "reasons": self.reasons,
                 "errors": self.errors,
             }
         )
@@ -205,6 +207,10 @@ def run_round(
     res.view = new_view
     for node, o in outcomes.items():
         res.statuses[node] = o.status.value
+        if o.summary is None:
+            res.reasons[node] = o.reason[:300]
+            if o.status in (ReleaseStatus.UNAVAILABLE, ReleaseStatus.BUDGET_EXHAUSTED):
+                log.warning("round %d: node %s sent no summary (%s): %s", round_no, node, o.status.value, o.reason)
         if o.privacy is not None:
             res.budget_left[node] = o.privacy.epsilon_left
     return res, {sn for sn, r in replies.items() if not r.has_error()}
