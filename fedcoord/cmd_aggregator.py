@@ -53,8 +53,8 @@ def aggregator(
     insecure: Annotated[bool, typer.Option("--insecure", help="Plaintext (loopback addresses only).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per round on stdout.")] = False,
 ) -> None:
-    from federation.join import _is_loopback  # noqa: PLC0415
     from federation.launch import FlowerError, FlowerHome, wait_listening  # noqa: PLC0415
+    from node.rpc.auth import is_loopback  # noqa: PLC0415
 
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit():
@@ -63,7 +63,7 @@ def aggregator(
     if insecure:
         if any(tls):
             raise typer.BadParameter("--insecure with TLS files: choose one", param_hint="--insecure")
-        if not _is_loopback(listen):
+        if not is_loopback(listen):
             raise typer.BadParameter(f"plaintext only on loopback, not {listen}", param_hint="--insecure")
     elif not all(tls):
         raise typer.BadParameter("TLS needs --tls-cert, --tls-key and --tls-ca (or --insecure on loopback)")

@@ -8,34 +8,17 @@ is started again (after 1 s, doubling up to 30 s while it keeps dying); it stops
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from federation.launch import FlowerHome, Proc
+from federation.launch import FlowerHome, Proc, free_port
+from node.rpc.auth import is_loopback
 
 __all__ = ["FederationJoin", "SuperNodeKeeper"]
 
 log = logging.getLogger("fedcoord.join")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _is_loopback(address: str) -> bool:
-    host = address.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +36,7 @@ class FederationJoin:
         host, sep, port = self.superlink.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise ValueError(f"--federation: {self.superlink!r} is not host:port")
-        if self.superlink_ca is None and not _is_loopback(self.superlink):
+        if self.superlink_ca is None and not is_loopback(self.superlink):
             raise ValueError(
                 f"--federation: {self.superlink} is not on loopback: give the SuperLink's CA (--federation-ca) "
                 "for TLS; plaintext is only for a SuperLink on this machine"
@@ -87,7 +70,7 @@ class SuperNodeKeeper:
     def _start(self) -> None:
         self.proc = self.home.supernode(
             self.join.superlink,
-            _free_port(),
+            free_port(),
             self.join.node_config(),
             self.name,
             root_certificates=self.join.superlink_ca,

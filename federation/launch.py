@@ -28,6 +28,7 @@ __all__ = [
     "FlowerHome",
     "Proc",
     "app_dir",
+    "free_port",
     "node_config_arg",
     "wait_listening",
 ]
@@ -50,6 +51,13 @@ def app_dir() -> Path:
 
 def _bin() -> Path:
     return Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (for a child process to listen on)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def wait_listening(address: str, timeout_s: float = 30.0, proc: Proc | None = None) -> None:

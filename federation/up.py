@@ -27,21 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from federation.launch import FlowerError, FlowerHome, Proc, wait_listening
+from federation.launch import FlowerError, FlowerHome, Proc, free_port, wait_listening
 
 __all__ = ["Federation", "UpConfig"]
 
 log = logging.getLogger("fedcoord.up")
 
 FEDERATION = "fedcoord-up"
-
-
-def _free_port() -> int:
-    import socket  # noqa: PLC0415
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +110,7 @@ class Federation:
             FEDCOORD_HANDOFF__CHECK_S="0.5",
         )
         env.update(cfg.node_env)
-        ports = [_free_port() for _ in range(cfg.nodes)]
+        ports = [free_port() for _ in range(cfg.nodes)]
         ids = [f"n{i + 1}" for i in range(cfg.nodes)]
         progress(f"starting {cfg.nodes} nodes")
         for i, (nid, port) in enumerate(zip(ids, ports, strict=True)):
@@ -136,7 +128,7 @@ class Federation:
             worker = Proc(f"{nid}-worker", wargv, self.root / "logs" / f"{nid}-worker.log", self.home.env)
             self.nodes.append(_Node(nid, port, proc, worker))
         progress("starting the Flower SuperLink")  # meanwhile: the nodes start in parallel
-        self.superlink_port = _free_port()
+        self.superlink_port = free_port()
         self.superlink = self.home.superlink(self.superlink_port).start()
         for n in self.nodes:
             wait_listening(n.address, 60, n.proc)
@@ -158,7 +150,7 @@ class Federation:
     def _supernode(self, n: _Node) -> Proc:
         p = self.home.supernode(
             f"127.0.0.1:{self.superlink_port}",
-            _free_port(),
+            free_port(),
             {"node-address": n.address, "node-insecure": True},
             f"supernode-{n.node_id}",
         )

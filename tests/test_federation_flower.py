@@ -89,8 +89,7 @@ def _serve_bad_node(port: int, stop: threading.Event) -> None:
         node_pb2_grpc.add_NodeServiceServicer_to_server(_BadNode(), server)
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
-        while not stop.is_set():
-            await asyncio.sleep(0.1)
+        await asyncio.get_running_loop().run_in_executor(None, stop.wait)  # until the test is done
         await server.stop(1)
 
     asyncio.run(main())
