@@ -210,13 +210,18 @@ class MemoryTransport:
 def choose_peer(
     peers: Sequence[str], loads: Mapping[str, float], rng: random.Random, *, exclude: Sequence[str] = ()
 ) -> str | None:
-    """Power of two choices: two peers at random, the less loaded one (by the federation's
-    view; a peer the view does not know counts as fully loaded, unless none is known)."""
+    """Power of two choices: two peers at random, the less loaded one by ``loads``. A peer
+    ``loads`` does not know counts as the average of those it knows (none known: a random
+    choice), so it gets tried as often as an average peer and its own answer then says how
+    loaded it is; counting it as full would keep sending everything to the first peer that
+    answered (what the demo did)."""
     cands = [p for p in peers if p not in exclude]
     if not cands:
         return None
     if len(cands) == 1:
         return cands[0]
     a, b = rng.sample(cands, 2)
-    la, lb = loads.get(a, 1.0), loads.get(b, 1.0)
+    known = [loads[p] for p in cands if p in loads]
+    unknown = sum(known) / len(known) if known else 0.0
+    la, lb = loads.get(a, unknown), loads.get(b, unknown)
     return a if la <= lb else b

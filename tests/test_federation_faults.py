@@ -1,6 +1,7 @@
-"""Faults of the federation with real processes on loopback (the ``fedcoord up`` federation):
-the SuperLink killed and restarted (nodes keep serving, thresholds decay to local meanwhile,
-rounds resume), and a SuperNode killed (rounds go on with the others within the period)."""
+"""The federation with real processes on loopback (the ``fedcoord up`` federation): rounds that
+move thresholds and hand-offs, a SuperNode killed (rounds go on with the others within the
+period), and the SuperLink killed and restarted (nodes keep serving, thresholds decay to local
+meanwhile, rounds resume)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    """One federation for the module (starting one takes ~20 s): the SuperNode test runs first."""
+    """One federation for the module (starting one takes ~20 s): the tests run in order."""
     tmp_path = tmp_path_factory.mktemp("faults")
     cfg = UpConfig(
         nodes=3,
@@ -50,6 +51,21 @@ def _serving(f: Federation) -> bool:
 
 def _rounds_with(f: Federation, nodes: set[str], after: int) -> bool:
     return any(r["round"] > after and set(r["participants"]) >= nodes for r in f.rounds())
+
+
+def test_rounds_set_thresholds_from_the_load_and_hand_offs_go_to_the_peers_with_room(fed: Federation) -> None:
+    """Three rounds with every node: the thresholds the nodes report follow the federation's
+    load (adaptive, not the local 0.8), and the skewed workload moves from n1 to both peers."""
+    wait_until(lambda: sum(1 for r in fed.rounds() if set(r["participants"]) == {"n1", "n2", "n3"}) >= 3, 150,
+               "three rounds with every node")  # fmt: skip
+    rounds = [r for r in fed.rounds() if set(r["participants"]) == {"n1", "n2", "n3"}]
+    assert all(r["policies"] == {"n1": "adaptive", "n2": "adaptive", "n3": "adaptive"} for r in rounds[1:])
+    thresholds = [t for r in rounds[1:] for t in r["thresholds"].values()]  # after the first view arrived
+    assert thresholds and any(abs(t - 0.8) > 1e-6 for t in thresholds), thresholds
+    assert all(r["federation_load"]["value"] > 0 for r in rounds)
+    snap = fed.snapshot()["nodes"]
+    assert snap["n1"]["handed_off_out"] > 0 and snap["n1"]["handed_off_in"] == 0
+    assert snap["n2"]["handed_off_in"] > 0 and snap["n3"]["handed_off_in"] > 0, snap
 
 
 def test_a_supernode_killed_rounds_go_on_with_the_others(fed: Federation) -> None:

@@ -372,10 +372,88 @@ def test_peers_are_chosen_from_the_federation_view_until_it_goes_stale(redis_url
             assert a.handoff is not None and b is not None
             a.apply_federation(FederationView(at_ns=clock[0], peer_loads={"b": 5.0, "c": 0.0}))
             assert dict(a.handoff.peer_loads(clock[0])) == {"b": 5.0, "c": 0.0}
+            heard: dict[str, float] = {"b": 0.25}  # what b itself said in an offer reply: it wins over the view
+            transport.peer_loads = lambda: heard  # type: ignore[method-assign]
+            assert dict(a.handoff.peer_loads(clock[0])) == {"b": 0.25, "c": 0.0}
             adm = a.admission.cfg
             clock[0] += int((adm.stale_after_s + adm.decay_s / 2) * 1e9)  # losing weight, still counts
-            assert dict(a.handoff.peer_loads(clock[0])) == {"b": 5.0, "c": 0.0}
+            assert dict(a.handoff.peer_loads(clock[0])) == {"b": 0.25, "c": 0.0}
             clock[0] += int(adm.decay_s * 1e9)  # stale: counts for nothing
-            assert a.handoff.peer_loads(clock[0]) == transport.peer_loads()
+            assert a.handoff.peer_loads(clock[0]) == {"b": 0.25}
+
+    run(main())
+
+
+def test_power_of_two_choices_tries_a_peer_it_knows_nothing_of_as_an_average_one() -> None:
+    """An unknown peer counts as the average of the known ones: with one known peer and one
+    unknown, both get chosen (counting the unknown as full sent every hand-off of the demo to
+    the first peer that answered); with loads known, the less loaded one always wins."""
+    import random  # noqa: PLC0415
+
+    from node.handoff import choose_peer  # noqa: PLC0415
+
+    rng = random.Random(7)
+    picks = Counter(choose_peer(["b", "c"], {"b": 0.3}, rng) for _ in range(400))
+    assert set(picks) == {"b", "c"} and min(picks.values()) > 100
+    assert {choose_peer(["b", "c"], {"b": 0.3, "c": 0.1}, rng) for _ in range(50)} == {"c"}
+    assert set(Counter(choose_peer(["b", "c", "d"], {}, rng) for _ in range(300))) == {"b", "c", "d"}
+    assert choose_peer(["b", "c"], {}, rng, exclude=["b", "c"]) is None
+    assert choose_peer(["b"], {"b": 9.0}, rng) == "b"
+
+
+def test_a_peer_that_does_not_answer_offers_is_left_out_of_the_choice_for_a_while(redis_url: str) -> None:
+    """A peer whose offer got no answer is in back-off (``retry_s``, doubling): the next
+    offloads go to the other peer instead of timing out on it again; it is tried again after."""
+    transport = MemoryTransport()
+    clock = [1_800_000_000 * 10**9]
+
+    async def main() -> None:
+        async with (
+            LocalNode.open(
+                "a", redis_url, config=cfg(peers=("b", "c")), transport=transport, clock_ns=lambda: clock[0]
+            ) as a,
+            LocalNode.open("c", redis_url, config=cfg(), transport=transport) as c,
+        ):  # b is not running
+            await c.register_worker(WorkerSpec("wc", concurrency=100))
+            await a.submit([TaskSpec("job") for _ in range(40)])
+            agent = a.handoff
+            assert agent is not None
+            first = await agent.offload("b", 2)  # b chosen (as a random choice among unknowns would)
+            assert not first.handed_off and "not reachable" in first.reason
+            results = [await agent.offload(None, 2) for _ in range(10)]
+            assert [(r.peer, len(r.handed_off)) for r in results] == [("c", 2)] * 10
+            assert agent._reachable(clock[0]) == ["c"]
+            clock[0] += int(agent.cfg.retry_s * 1e9)  # back-off over: b is a candidate again
+            assert agent._reachable(clock[0]) == ["b", "c"]
+            while (await agent.offload(None, 1)).peer != "b":
+                pass
+            assert agent._reachable(clock[0]) == ["c"]  # failed again: twice as long now
+            clock[0] += int(agent.cfg.retry_s * 1e9)
+            assert agent._reachable(clock[0]) == ["c"]
+            clock[0] += int(agent.cfg.retry_s * 1e9)
+            assert agent._reachable(clock[0]) == ["b", "c"]
+
+    run(main())
+
+
+def test_an_offload_pass_fills_each_peer_to_its_threshold_in_turn(redis_url: str) -> None:
+    """One pass hands off to every peer with room, not only to the first one chosen: a peer
+    that took less than it was offered is left out of the rest of the pass."""
+    transport = MemoryTransport()
+
+    async def main() -> None:
+        async with (
+            LocalNode.open("a", redis_url, config=cfg(peers=("b", "c")), transport=transport) as a,
+            LocalNode.open("b", redis_url, config=cfg(), transport=transport) as b,
+            LocalNode.open("c", redis_url, config=cfg(), transport=transport) as c,
+        ):
+            await a.register_worker(WorkerSpec("wa", concurrency=2))
+            await b.register_worker(WorkerSpec("wb", concurrency=3))
+            await c.register_worker(WorkerSpec("wc", concurrency=5))
+            await a.submit([TaskSpec("job") for _ in range(30)])
+            assert a.handoff is not None
+            assert await a.handoff.offload_pass() == 8  # b's 3 slots and c's 5 (threshold 1.0)
+            assert (b.load().ready, c.load().ready, a.load().ready) == (3, 5, 22)
+            assert await a.handoff.offload_pass() == 0  # everyone full: nothing more until room comes back
 
     run(main())
