@@ -106,7 +106,10 @@ def up(
     data_dir: Annotated[
         Path | None,
         typer.Option(
-            "--dir", file_okay=False, help="Where everything lives (default: a temporary directory, removed)."
+            "--dir",
+            file_okay=False,
+            help="Where everything lives (default: a temporary directory, removed). Kept when given: "
+            "run again on it, the nodes resume their queues and privacy ledgers; Flower starts over.",
         ),
     ] = None,
     json_out: Annotated[

@@ -103,6 +103,7 @@ class Federation:
     def start(self, progress: Callable[[str], None] = lambda _: None) -> None:
         self.started_at = time.monotonic()
         cfg = self.cfg
+        self._fresh_flower_state()
         env = dict(
             self.home.env,
             FEDCOORD_NODE__WINDOW_S=str(cfg.window_s),
@@ -142,6 +143,16 @@ class Federation:
         self._submit()
         self._workload = threading.Thread(target=self._submit_loop, name="fedcoord-up-workload", daemon=True)
         self._workload.start()
+
+    def _fresh_flower_state(self) -> None:
+        """In a ``root`` an earlier ``fedcoord up`` used, the nodes keep their data (queued tasks
+        are recovered, privacy ledgers go on spending the same budgets), but the Flower side starts
+        over: its database knows SuperNodes and runs that are gone, and the rounds file is the
+        old run's (kept as ``rounds.previous.jsonl``)."""
+        for name in ("superlink.db", "superlink.db-shm", "superlink.db-wal"):
+            (self.root / name).unlink(missing_ok=True)
+        if self.status_file.exists():
+            self.status_file.replace(self.root / "rounds.previous.jsonl")
 
     def _start_superlink(self) -> None:
         self.superlink = self.home.superlink(self.superlink_port).start()

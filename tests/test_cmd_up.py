@@ -55,3 +55,23 @@ def test_up_refuses_an_unknown_policy_by_name(tmp_path: Path) -> None:
     r = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 2 and "--policy" in r.stderr and "bogus" in r.stderr
     assert _left_behind(tmp_path) == ""
+
+
+def test_up_again_on_the_same_dir_keeps_the_nodes_data_and_starts_flower_over(tmp_path: Path) -> None:
+    """What a second ``fedcoord up --dir`` finds of the first: the nodes' data stays (their
+    queues and privacy ledgers live there), the SuperLink's database (SuperNodes and runs that
+    are gone) is removed, and the old rounds file is kept aside, not read as this run's."""
+    from federation.up import Federation, UpConfig  # noqa: PLC0415
+
+    root = tmp_path / "up"
+    (root / "nodes" / "n1").mkdir(parents=True)
+    (root / "nodes" / "n1" / "appendonly.aof").write_text("kept")
+    for name in ("superlink.db", "superlink.db-wal", "superlink.db-shm"):
+        (root / name).write_text("old")
+    (root / "rounds.jsonl").write_text('{"round": 7}\n')
+    fed = Federation(UpConfig(nodes=1), root)
+    fed._fresh_flower_state()
+    assert fed.rounds() == []
+    assert (root / "rounds.previous.jsonl").read_text() == '{"round": 7}\n'
+    assert not any(root.glob("superlink.db*"))
+    assert (root / "nodes" / "n1" / "appendonly.aof").read_text() == "kept"
