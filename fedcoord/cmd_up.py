@@ -32,8 +32,14 @@ Exit status: 0 done, 1 the federation could not start, 130 interrupted before it
 
 
 def _dashboard(snap: dict[str, Any]) -> Group:
-    nodes = Table(title=f"nodes (up {snap['uptime_s']:.0f} s, {snap['submitted']:,} tasks submitted)", expand=False)
-    for col in ("node", "queue", "leased/slots", "load", "threshold", "handed off out", "in", "done", "budget left"):
+    nodes = Table(
+        title=f"nodes (up {snap['uptime_s']:.0f} s, {snap['submitted']:,} tasks submitted)",
+        caption="leased: running / worker slots; thr: acceptance threshold; out, in: handed off, adopted; "
+        "eps: privacy budget per task the next release leaves",
+        expand=False,
+    )
+    # short headers: the table fits an 80-column terminal
+    for col in ("node", "queue", "leased", "load", "thr", "out", "in", "done", "eps"):
         nodes.add_column(col, justify="right" if col != "node" else "left")
     for nid, n in snap["nodes"].items():
         if not n.get("up"):
@@ -49,7 +55,7 @@ def _dashboard(snap: dict[str, Any]) -> Group:
             f"{n['handed_off_out']:,}",
             f"{n['handed_off_in']:,}",
             f"{n['completed']:,}",
-            "-" if left is None else f"eps {left:.2f}",
+            "-" if left is None else f"{left:.2f}",
         )
     r = snap["last_round"]
     rounds = Table(
