@@ -135,9 +135,13 @@ def test_an_overloaded_node_offloads_by_itself(redis_url: str) -> None:
             await b.register_worker(WorkerSpec("wb", concurrency=10))
             await a.submit([TaskSpec("job") for _ in range(20)])  # a's load 2.0 > 0.5
             # a keeps 5 (its threshold), b takes up to 8 (its own)
-            await async_wait_until(lambda: b.load().ready == 8, what="b to take 8 tasks")
+            assert a.handoff is not None
+            agent = a.handoff
+            # b adopts before a records b's answer: wait for both (b's count alone raced a's)
+            await async_wait_until(
+                lambda: b.load().ready == 8 and agent.stats["handed_off"] == 8, what="b to take 8 tasks"
+            )
             assert a.load().ready == 12  # a stays above its threshold: b has no room left
-            assert a.handoff is not None and a.handoff.stats["handed_off"] == 8
 
     run(main())
 
@@ -425,8 +429,11 @@ def test_a_peer_that_does_not_answer_offers_is_left_out_of_the_choice_for_a_whil
             assert agent._reachable(clock[0]) == ["c"]
             clock[0] += int(agent.cfg.retry_s * 1e9)  # back-off over: b is a candidate again
             assert agent._reachable(clock[0]) == ["b", "c"]
-            while (await agent.offload(None, 1)).peer != "b":
-                pass
+            for _ in range(200):  # a random choice between b and c: b comes up soon
+                if (await agent.offload(None, 1)).peer == "b":
+                    break
+            else:
+                pytest.fail("b was never chosen again after its back-off")
             assert agent._reachable(clock[0]) == ["c"]  # failed again: twice as long now
             clock[0] += int(agent.cfg.retry_s * 1e9)
             assert agent._reachable(clock[0]) == ["c"]
@@ -455,5 +462,44 @@ def test_an_offload_pass_fills_each_peer_to_its_threshold_in_turn(redis_url: str
             assert await a.handoff.offload_pass() == 8  # b's 3 slots and c's 5 (threshold 1.0)
             assert (b.load().ready, c.load().ready, a.load().ready) == (3, 5, 22)
             assert await a.handoff.offload_pass() == 0  # everyone full: nothing more until room comes back
+
+    run(main())
+
+
+def test_an_offload_pass_reaches_every_peer_even_with_one_offer_at_a_time(redis_url: str) -> None:
+    """With one attempt in flight (``concurrency`` 1) and three peers, a peer with no room at
+    all does not end the pass: it goes on until every peer has been found full."""
+    import random  # noqa: PLC0415
+
+    class FirstTwo(random.Random):  # power of two choices over (b, c, d) picks b first
+        def sample(self, population: Any, k: int, **_: Any) -> list[Any]:
+            return list(population)[:k]
+
+    transport = MemoryTransport()
+    base = cfg(peers=("b", "c", "d"))
+    one = NodeConfig(
+        tick_max_s=base.tick_max_s,
+        listener_check_s=base.listener_check_s,
+        admission=base.admission,
+        handoff=HandoffConfig(peers=("b", "c", "d"), auto=False, concurrency=1),
+    )
+
+    async def main() -> None:
+        async with (
+            LocalNode.open("a", redis_url, config=one, transport=transport) as a,
+            LocalNode.open("b", redis_url, config=cfg(), transport=transport) as b,
+            LocalNode.open("c", redis_url, config=cfg(), transport=transport) as c,
+            LocalNode.open("d", redis_url, config=cfg(), transport=transport) as d,
+        ):
+            await a.register_worker(WorkerSpec("wa", concurrency=1))
+            for node, slots in ((b, 2), (c, 3), (d, 4)):
+                await node.register_worker(WorkerSpec(f"w{node.node_id}", concurrency=slots))
+            await b.submit([TaskSpec("own") for _ in range(2)])  # b is full with its own work
+            await a.submit([TaskSpec("job") for _ in range(30)])
+            assert a.handoff is not None
+            a.handoff._rng = FirstTwo()
+            assert await a.handoff.offload_pass() == 7  # b took none; c and d their 3 and 4
+            assert (b.load().ready, c.load().ready, d.load().ready) == (2, 3, 4)
+            assert await a.handoff.offload_pass() == 0
 
     run(main())

@@ -561,13 +561,18 @@ class HandoffAgent:
         tasks, and the load it stated in its reply is from before it accepted: without leaving
         it out, the next offer went to the same, now full, peer and the pass ended with one
         peer's room per check (the demo offloaded ~13 tasks/s while its peers sat idle). The
-        pass ends when an attempt hands nothing off: every peer full, or nothing left to hand off."""
+        pass ends when a round of attempts neither hands anything off nor makes an offer: every
+        peer full (or in back-off), or nothing left to hand off. A peer an attempt moved nothing
+        to is full for the rest of the pass, whatever the reason (it took none, or refused at
+        transfer what it had accepted), so each round that moves nothing rules out a peer: a
+        pass reaches every peer however few attempts run at once, and ends."""
         full: set[str] = set()
         moved = 0
         while True:
             results = await asyncio.gather(*(self.offload(full=full) for _ in range(self.cfg.concurrency)))
             n = sum(len(r.handed_off) for r in results)
-            if not n:
+            full.update(r.peer for r in results if r.peer is not None and r.offered and not r.handed_off)
+            if not n and not any(r.offered for r in results):
                 return moved
             moved += n
 
