@@ -16,6 +16,7 @@ ServerApp wrote to its status file.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import random
@@ -25,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from federation.launch import FlowerError, FlowerHome, Proc, free_port, wait_listening
 
@@ -90,6 +91,7 @@ class Federation:
     first_round_s: float | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _workload: threading.Thread | None = None
+    _lock: IO[str] | None = None
 
     def __post_init__(self) -> None:
         self.home = FlowerHome(self.root)
@@ -103,6 +105,7 @@ class Federation:
     def start(self, progress: Callable[[str], None] = lambda _: None) -> None:
         self.started_at = time.monotonic()
         cfg = self.cfg
+        self._lock_root()
         self._fresh_flower_state()
         env = dict(
             self.home.env,
@@ -143,6 +146,18 @@ class Federation:
         self._submit()
         self._workload = threading.Thread(target=self._submit_loop, name="fedcoord-up-workload", daemon=True)
         self._workload.start()
+
+    def _lock_root(self) -> None:
+        """Hold ``root`` for this federation (released when the process ends): a second
+        ``fedcoord up`` on the same directory would remove the first one's SuperLink database."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        f = open(self.root / "up.lock", "a+")  # noqa: SIM115 - held for the federation's life
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise OSError(f"{self.root} is in use by another fedcoord up (its up.lock is held)") from None
+        self._lock = f
 
     def _fresh_flower_state(self) -> None:
         """In a ``root`` an earlier ``fedcoord up`` used, the nodes keep their data (queued tasks
@@ -300,3 +315,6 @@ class Federation:
             n.worker.stop()
         for n in self.nodes:
             n.proc.stop(timeout_s=35)
+        if self._lock is not None:
+            self._lock.close()  # lets the directory go
+            self._lock = None

@@ -75,3 +75,23 @@ def test_up_again_on_the_same_dir_keeps_the_nodes_data_and_starts_flower_over(tm
     assert (root / "rounds.previous.jsonl").read_text() == '{"round": 7}\n'
     assert not any(root.glob("superlink.db*"))
     assert (root / "nodes" / "n1" / "appendonly.aof").read_text() == "kept"
+
+
+def test_a_second_up_on_a_dir_in_use_is_refused_and_touches_nothing(tmp_path: Path) -> None:
+    """While one federation holds its directory, another on it stops before removing anything
+    (it would delete the running SuperLink's database)."""
+    from federation.up import Federation, UpConfig  # noqa: PLC0415
+
+    root = tmp_path / "up"
+    first = Federation(UpConfig(nodes=1), root)
+    first._lock_root()
+    (root / "superlink.db").write_text("in use")
+    second = Federation(UpConfig(nodes=1), root)
+    with pytest.raises(OSError, match="in use by another fedcoord up"):
+        second.start()
+    second.stop()
+    assert (root / "superlink.db").read_text() == "in use" and second.nodes == []
+    first.stop()  # lets it go: the directory can be used again
+    third = Federation(UpConfig(nodes=1), root)
+    third._lock_root()
+    third.stop()
