@@ -1,0 +1,63 @@
+"""What a simulation runs: the federation's shape, its workload and the virtual time."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from node.errors import ValidationError
+
+__all__ = ["SimConfig"]
+
+
+def _positive(name: str, v: object, *, upto: float = math.inf) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or not 0 < v <= upto:
+        raise ValidationError(f"sim.{name}", f"{v!r}", limit=f"0 < value <= {upto:g}")
+    return float(v)
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """One simulated federation.
+
+    Node ``i`` has ``slots[i % len(slots)]`` worker slots (heterogeneous capacities by cycling),
+    tasks arrive at it as a Poisson process at ``load`` times its capacity, and each takes an
+    exponential time of mean ``service_mean_s`` on a slot. Tasks arriving in the first
+    ``warmup_s`` of virtual time are run but not measured."""
+
+    nodes: int = 1
+    slots: tuple[int, ...] = (8,)
+    load: float = 0.9  # offered load: arrival rate / (slots / service_mean_s), per node
+    service_mean_s: float = 10.0
+    duration_s: float = 3600.0  # virtual seconds of arrivals
+    warmup_s: float = 0.0
+    tick_s: float = 1.0  # how often (virtual) each node's core ticks, as the runtime's ticker does
+    seed: int = 0
+    validate: bool = False  # Core.validate() on every node at the end
+
+    def __post_init__(self) -> None:
+        if type(self.nodes) is not int or not 1 <= self.nodes <= 100_000:
+            raise ValidationError("sim.nodes", f"{self.nodes!r}", limit="1..100000")
+        if not isinstance(self.slots, tuple) or not self.slots:
+            raise ValidationError("sim.slots", f"{self.slots!r}", limit="a non-empty tuple of ints")
+        for s in self.slots:
+            if type(s) is not int or not 1 <= s <= 10_000:
+                raise ValidationError("sim.slots", f"{s!r}", limit="1..10000 per node")
+        _positive("load", self.load, upto=10.0)
+        _positive("service_mean_s", self.service_mean_s, upto=86400.0)
+        _positive("duration_s", self.duration_s, upto=365 * 86400.0)
+        _positive("tick_s", self.tick_s, upto=3600.0)
+        if (
+            isinstance(self.warmup_s, bool)
+            or not isinstance(self.warmup_s, int | float)
+            or not (0 <= self.warmup_s < self.duration_s)
+        ):
+            raise ValidationError("sim.warmup_s", f"{self.warmup_s!r}", limit="0 <= value < duration_s")
+        if type(self.seed) is not int:
+            raise ValidationError("sim.seed", f"{self.seed!r}", limit="an int")
+
+    def node_slots(self, i: int) -> int:
+        return self.slots[i % len(self.slots)]
+
+    def arrival_rate_per_s(self, i: int) -> float:
+        return self.load * self.node_slots(i) / self.service_mean_s

@@ -1,0 +1,50 @@
+"""Closed-form queueing results the simulator is checked against (M/M/c, FIFO).
+
+``lam``: arrival rate, ``mu``: service rate of one server, ``c``: servers; all per second.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["erlang_c", "mmc_mean_sojourn_s", "mmc_sojourn_quantile_s"]
+
+
+def _check(lam: float, mu: float, c: int) -> float:
+    if not (lam > 0 and mu > 0 and c >= 1):
+        raise ValueError(f"need lam > 0, mu > 0, c >= 1 (got {lam}, {mu}, {c})")
+    rho = lam / (c * mu)
+    if rho >= 1:
+        raise ValueError(f"unstable: load {rho:.3f} >= 1")
+    return rho
+
+
+def erlang_c(lam: float, mu: float, c: int) -> float:
+    """The probability that an arriving task has to wait (all ``c`` servers busy)."""
+    rho = _check(lam, mu, c)
+    a = lam / mu  # offered load in servers
+    # sum_{k<c} a^k/k! and a^c/c!, by a recurrence (no factorial overflow for large c)
+    term, total = 1.0, 1.0
+    for k in range(1, c):
+        term *= a / k
+        total += term
+    last = term * a / c
+    top = last / (1 - rho)
+    return top / (total + top)
+
+
+def mmc_mean_sojourn_s(lam: float, mu: float, c: int) -> float:
+    """Mean time in system (wait + service) of M/M/c."""
+    return erlang_c(lam, mu, c) / (c * mu - lam) + 1 / mu
+
+
+def mmc_sojourn_quantile_s(lam: float, mu: float, c: int, q: float) -> float:
+    """The ``q`` quantile of the sojourn time of M/M/1 (exact); for c > 1 use the mean.
+
+    Sojourn in M/M/1 FIFO is exponential with rate ``mu - lam``."""
+    if c != 1:
+        raise ValueError("the sojourn quantile in closed form is M/M/1's only")
+    _check(lam, mu, c)
+    if not 0 < q < 1:
+        raise ValueError(f"q must be in (0, 1), got {q}")
+    return -math.log(1 - q) / (mu - lam)

@@ -1,0 +1,72 @@
+"""The simulator against closed-form queueing results, and its reproducibility.
+
+Each node is the real core; with Poisson arrivals and exponential service, a node alone is an
+M/M/c FIFO queue, whose mean sojourn (Erlang C) and, for c = 1, whole sojourn distribution
+(exponential with rate mu - lambda) are known. Seeds are fixed, so these are exact checks of one
+run each; the tolerances are a few standard errors of runs of that length."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from federation.sim import SimConfig, erlang_c, mmc_mean_sojourn_s, mmc_sojourn_quantile_s, simulate
+from node.errors import ValidationError
+
+
+def test_erlang_c_matches_known_values() -> None:
+    assert erlang_c(0.8, 1.0, 1) == pytest.approx(0.8)  # M/M/1: P(wait) = rho
+    assert erlang_c(2.0, 1.0, 3) == pytest.approx(0.4444444, rel=1e-6)  # a = 2, c = 3 (tables: 0.444)
+    assert mmc_mean_sojourn_s(0.8, 1.0, 1) == pytest.approx(5.0)
+    assert mmc_sojourn_quantile_s(0.8, 1.0, 1, 0.99) == pytest.approx(23.02585, rel=1e-6)
+    with pytest.raises(ValueError, match="unstable"):
+        erlang_c(4.0, 1.0, 4)
+
+
+def test_a_single_server_node_is_an_mm1_queue() -> None:
+    cfg = SimConfig(nodes=1, slots=(1,), load=0.8, service_mean_s=1.0, duration_s=50_000.0, warmup_s=1_000.0, seed=3)
+    r = simulate(cfg).result
+    assert r["completed"] == r["tasks"] and r["left_active"] == 0
+    assert r["sojourn_s"]["mean"] == pytest.approx(mmc_mean_sojourn_s(0.8, 1.0, 1), rel=0.06)
+    assert r["sojourn_s"]["p50"] == pytest.approx(mmc_sojourn_quantile_s(0.8, 1.0, 1, 0.5), rel=0.08)
+    assert r["sojourn_s"]["p99"] == pytest.approx(mmc_sojourn_quantile_s(0.8, 1.0, 1, 0.99), rel=0.10)
+    assert r["utilization"]["mean"] == pytest.approx(0.8, abs=0.02)
+
+
+@pytest.mark.parametrize(("c", "load"), [(4, 0.8), (8, 0.9)])
+def test_a_node_of_c_slots_is_an_mmc_queue(c: int, load: float) -> None:
+    cfg = SimConfig(nodes=1, slots=(c,), load=load, service_mean_s=2.0, duration_s=40_000.0, warmup_s=1_000.0, seed=5)
+    r = simulate(cfg).result
+    lam, mu = load * c / 2.0, 0.5
+    assert r["sojourn_s"]["mean"] == pytest.approx(mmc_mean_sojourn_s(lam, mu, c), rel=0.05)
+    assert r["waited_share"] == pytest.approx(erlang_c(lam, mu, c), abs=0.03)  # the share that found all busy
+    assert r["utilization"]["mean"] == pytest.approx(load, abs=0.02)
+
+
+def test_nodes_without_sharing_are_independent_queues_of_their_own_capacity() -> None:
+    cfg = SimConfig(nodes=4, slots=(1, 4), load=0.7, service_mean_s=1.0, duration_s=20_000.0, seed=11, validate=True)
+    r = simulate(cfg).result
+    assert r["completed"] == r["tasks"] and r["left_active"] == 0
+    assert r["tasks"] == pytest.approx(20_000 * 0.7 * (1 + 4 + 1 + 4), rel=0.03)
+    want = (2 * 0.7 * mmc_mean_sojourn_s(0.7, 1.0, 1) + 2 * 2.8 * mmc_mean_sojourn_s(2.8, 1.0, 4)) / (2 * 0.7 + 2 * 2.8)
+    assert r["sojourn_s"]["mean"] == pytest.approx(want, rel=0.07)  # the arrival-weighted mix of the two kinds
+
+
+def test_the_same_seed_gives_the_same_result_byte_for_byte() -> None:
+    cfg = SimConfig(nodes=3, slots=(2, 3), load=0.85, service_mean_s=1.0, duration_s=2_000.0, seed=42)
+    a = json.dumps(simulate(cfg).result, sort_keys=True)
+    b = json.dumps(simulate(cfg).result, sort_keys=True)
+    assert a == b
+    other = json.dumps(simulate(SimConfig(**{**json.loads(a)["config"], "slots": (2, 3), "seed": 43})).result)
+    assert other != a
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("nodes", 0), ("slots", ()), ("slots", (0,)), ("load", 0.0), ("load", float("nan")), ("warmup_s", 5e9),
+     ("service_mean_s", -1.0), ("seed", 1.5)],
+)  # fmt: skip
+def test_a_bad_setting_is_refused_by_name(field: str, value: object) -> None:
+    with pytest.raises(ValidationError, match=f"sim.{field}"):
+        SimConfig(**{field: value})  # type: ignore[arg-type]
