@@ -221,6 +221,7 @@ def _register_services() -> None:
     from fedcoord.cmd_client import status, submit  # noqa: PLC0415
     from fedcoord.cmd_node import NODE_HELP, node  # noqa: PLC0415
     from fedcoord.cmd_privacy import privacy  # noqa: PLC0415
+    from fedcoord.cmd_simulate import SIMULATE_HELP, simulate  # noqa: PLC0415
     from fedcoord.cmd_up import UP_HELP, up  # noqa: PLC0415
     from fedcoord.cmd_worker import worker  # noqa: PLC0415
 
@@ -231,6 +232,7 @@ def _register_services() -> None:
     app.command("submit")(submit)
     app.command("status")(status)
     app.command("certs")(certs)
+    app.command("simulate", help=SIMULATE_HELP)(simulate)
     app.add_typer(privacy, name="privacy")  # privacy status (the next issue adds sweep)
 
 

@@ -36,6 +36,7 @@ CASES = {
     "e2e": ["--tasks", "2000", "--concurrency", "32"],
     "claim_grpc": ["--tasks", "200", "--warmup", "20"],
     "federation": ["--calls", "20", "--active", "500", "--view-nodes", "10", "--federation-s", "0"],
+    "sim": ["--nodes", "5", "--hours", "0.1"],
     "federation_throughput": ["--tasks", "2000", "--pairs", "1", "--period-s", "2", "--concurrency", "32"],
     "privacy": [
         "--active",

@@ -70,3 +70,20 @@ def test_the_same_seed_gives_the_same_result_byte_for_byte() -> None:
 def test_a_bad_setting_is_refused_by_name(field: str, value: object) -> None:
     with pytest.raises(ValidationError, match=f"sim.{field}"):
         SimConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_fedcoord_simulate_prints_the_result_and_json_is_the_same_for_the_same_seed() -> None:
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    argv = [sys.executable, "-m", "fedcoord", "simulate", "--nodes", "3", "--slots", "2,4", "--duration-s", "500"]
+    runs = [subprocess.run([*argv, "--json"], capture_output=True, text=True, timeout=60, check=False) for _ in (0, 1)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr
+    a, b = (json.loads(r.stdout) for r in runs)
+    for d in (a, b):  # how long it took is not part of the result
+        d.pop("wall_s"), d.pop("events_per_s")
+    assert a == b and a["config"]["slots"] == [2, 4] and a["completed"] == a["tasks"] > 0
+    plain = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert plain.returncode == 0 and "sojourn" in plain.stdout and "utilization" in plain.stdout
+    bad = subprocess.run([*argv, "--load", "0"], capture_output=True, text=True, timeout=60, check=False)
+    assert bad.returncode == 2 and "sim.load" in bad.stderr

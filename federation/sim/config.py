@@ -31,7 +31,7 @@ class SimConfig:
     service_mean_s: float = 10.0
     duration_s: float = 3600.0  # virtual seconds of arrivals
     warmup_s: float = 0.0
-    tick_s: float = 1.0  # how often (virtual) each node's core ticks, as the runtime's ticker does
+    tick_s: float = 10.0  # how often (virtual) each node's core ticks (retries due, leases expired)
     seed: int = 0
     validate: bool = False  # Core.validate() on every node at the end
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from federation.sim.config import SimConfig
 from node.core import Core, CoreConfig
-from node.model import Lease, TaskSpec, WorkerSpec
+from node.model import Lease, Limits, TaskSpec, WorkerSpec, normalize_specs
 
 __all__ = ["SimResult", "simulate"]
 
@@ -48,9 +49,10 @@ def _stream(seed: int, node: int, purpose: str) -> random.Random:
     return random.Random(f"fedcoord-sim:{seed}:{node}:{purpose}")
 
 
-def simulate(cfg: SimConfig) -> SimResult:
+def simulate(cfg: SimConfig, progress: Callable[[float], None] | None = None) -> SimResult:
     """Run ``cfg`` to its end: arrivals stop at ``duration_s``, then every task still in the
-    system runs to completion."""
+    system runs to completion. ``progress`` is called at every tick with the virtual seconds
+    reached (for a progress bar; the run's result does not depend on it)."""
     t0 = time.perf_counter()
     n = cfg.nodes
     # workers are only silent when idle here: no heartbeat timeouts; task timeouts beyond any run
@@ -74,7 +76,9 @@ def simulate(cfg: SimConfig) -> SimResult:
     free = list(slots)
     queued = [0] * n
     busy_ns = [0] * n
-    spec = TaskSpec("sim", timeout_s=7 * 86400.0)
+    norm, plain = normalize_specs([TaskSpec("sim", timeout_s=7 * 86400.0)], Limits())
+    assert plain
+    batch = list(norm)  # validated once: each arrival submits it with submit_normalized
     end_ns = int(cfg.duration_s * _NS)
     warm_ns = int(cfg.warmup_s * _NS)
     tick_ns = int(cfg.tick_s * _NS)
@@ -120,12 +124,14 @@ def simulate(cfg: SimConfig) -> SimResult:
                 core.drain()
             push(heap, (now + tick_ns, seq, _TICK, -1, None))
             seq += 1
+            if progress is not None:
+                progress(now / _NS)
             continue
         events += 1
         live -= 1
         core = cores[i]
         if kind == _ARRIVAL:
-            core.submit([spec], now)
+            core.submit_normalized(batch, now)
             arrived += 1
             queued[i] += 1
             nxt = now + int(arrivals[i].expovariate(rates[i]) * _NS)

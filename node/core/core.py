@@ -94,6 +94,17 @@ class Core(Transfers):
             return self._submit_plain(norm, now_ns)
         return self._submit_general(norm, now_ns, known or {}, known_keys or {})
 
+    def submit_normalized(self, norm: list[TaskSpec], now_ns: int) -> list[str]:
+        """:meth:`submit` for specs the caller already passed through
+        :func:`~node.model.normalize_specs` and found *plain* (no dependencies, id, key or
+        delay): the validation is skipped, nothing else. For the simulator, which submits the
+        same validated spec millions of times; a runtime must call :meth:`submit`."""
+        if len(norm) > self.limits.max_batch:
+            raise ValidationError("specs", f"{len(norm)} specs in one batch", limit=f"<= {self.limits.max_batch}")
+        if self._waiters:
+            return self._submit_general(norm, now_ns, {}, {})
+        return self._submit_plain(norm, now_ns)
+
     # ------------------------------------------------------------------ workers
 
     def register_worker(self, spec: WorkerSpec, now_ns: int) -> WorkerInfo:
