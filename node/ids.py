@@ -27,6 +27,7 @@ class IdGenerator:
         self._ctr = _CTR_LOW | (seed & (_CTR_LOW - 1))
         self._ms = -1
         self._prefix = ""
+        self._tail = f"-7{self._rand_a:03x}-{0x8000 | self._rand_b_hi:04x}-"  # what follows the time
 
     @classmethod
     def for_node(cls, node_id: str, seed: int) -> IdGenerator:
@@ -55,12 +56,14 @@ class IdGenerator:
             return [self.next(now_ns) for _ in range(n)]
         self._ctr = start + n - 1
         prefix = self._prefix
+        if n == 1:  # one task per call (submit_one, the simulator): no range, no comprehension
+            return [prefix + hex(start)[2:]]
         return [prefix + hex(c)[2:] for c in range(start, start + n)]
 
     def _set_prefix(self, ms: int) -> None:
         self._ms = ms
-        h = f"{ms:012x}"
-        self._prefix = f"{h[:8]}-{h[8:]}-7{self._rand_a:03x}-{0x8000 | self._rand_b_hi:04x}-"
+        h = "%012x" % ms  # noqa: UP031 - %-format is the fastest here (0.15 us against 0.23 for an f-string)
+        self._prefix = h[:8] + "-" + h[8:] + self._tail
 
 
 def uuid7_time_ms(task_id: str) -> int | None:
