@@ -14,6 +14,7 @@ same result byte for byte. Deployed nodes never use these (their noise is OpenDP
 
 from __future__ import annotations
 
+import gc
 import heapq
 import random
 import time
@@ -52,7 +53,20 @@ def _stream(seed: int, node: int, purpose: str) -> random.Random:
 def simulate(cfg: SimConfig, progress: Callable[[float], None] | None = None) -> SimResult:
     """Run ``cfg`` to its end: arrivals stop at ``duration_s``, then every task still in the
     system runs to completion. ``progress`` is called at every tick with the virtual seconds
-    reached (for a progress bar; the run's result does not depend on it)."""
+    reached (for a progress bar; the run's result does not depend on it).
+
+    While it runs, the cyclic garbage collector runs less often (``gc.set_threshold(100_000,
+    50, 100)``, put back after): the run allocates millions of short-lived, acyclic objects and
+    the default thresholds spent a third of a 1,000-node run collecting (33.8k -> 54.0k events/s)."""
+    old = gc.get_threshold()
+    gc.set_threshold(100_000, 50, 100)
+    try:
+        return _simulate(cfg, progress)
+    finally:
+        gc.set_threshold(*old)
+
+
+def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimResult:
     t0 = time.perf_counter()
     n = cfg.nodes
     # workers are only silent when idle here: no heartbeat timeouts; task timeouts beyond any run
@@ -70,7 +84,8 @@ def simulate(cfg: SimConfig, progress: Callable[[float], None] | None = None) ->
         core.register_worker(WorkerSpec(_WORKER, concurrency=slots[i], skill=10), 0)
         core.drain()
     arrivals = [_stream(cfg.seed, i, "arrivals") for i in range(n)]
-    services = [_stream(cfg.seed, i, "service") for i in range(n)]
+    service_expo = [_stream(cfg.seed, i, "service").expovariate for i in range(n)]
+    arrival_expo = [a.expovariate for a in arrivals]
     rates = [cfg.arrival_rate_per_s(i) for i in range(n)]
     mu = 1.0 / cfg.service_mean_s
     free = list(slots)
@@ -98,24 +113,6 @@ def simulate(cfg: SimConfig, progress: Callable[[float], None] | None = None) ->
     arrived = measured = completed = events = 0
     live = n  # events other than ticks still to come (the run ends when only ticks are left)
 
-    def dispatch(i: int, core: Core, now: int) -> None:
-        nonlocal seq, live
-        leases = core.claim(_WORKER, min(free[i], queued[i]), now)
-        k = len(leases)
-        free[i] -= k
-        queued[i] -= k
-        rng = services[i]
-        tasks = core.tasks
-        for lease in leases:
-            d = int(rng.expovariate(mu) * _NS)
-            busy_ns[i] += d
-            created = tasks[lease.task_id].created_ns
-            if created >= warm_ns:
-                waits_ns.append(now - created)
-            push(heap, (now + d, seq, _DONE, i, lease))
-            seq += 1
-        live += k
-
     while live:
         now, _, kind, i, lease = pop(heap)
         if kind == _TICK:
@@ -134,7 +131,7 @@ def simulate(cfg: SimConfig, progress: Callable[[float], None] | None = None) ->
             core.submit_normalized(batch, now)
             arrived += 1
             queued[i] += 1
-            nxt = now + int(arrivals[i].expovariate(rates[i]) * _NS)
+            nxt = now + int(arrival_expo[i](rates[i]) * _NS)
             if nxt < end_ns:
                 push(heap, (nxt, seq, _ARRIVAL, i, None))
                 seq += 1
@@ -148,8 +145,22 @@ def simulate(cfg: SimConfig, progress: Callable[[float], None] | None = None) ->
             if created >= warm_ns:
                 sojourn_ns.append(now - created)
                 measured += 1
-        if free[i] and queued[i]:
-            dispatch(i, core, now)
+        if free[i] and queued[i]:  # a slot and a task: claim (inline: this runs for every task)
+            leases = core.claim(_WORKER, min(free[i], queued[i]), now)
+            k = len(leases)
+            free[i] -= k
+            queued[i] -= k
+            live += k
+            expo = service_expo[i]
+            tasks = core.tasks
+            for lease in leases:
+                d = int(expo(mu) * _NS)
+                busy_ns[i] += d
+                created = tasks[lease.task_id].created_ns
+                if created >= warm_ns:
+                    waits_ns.append(now - created)
+                push(heap, (now + d, seq, _DONE, i, lease))
+                seq += 1
 
     last_ns = now if events else 0
     for core in cores:
