@@ -20,7 +20,8 @@ __all__ = ["SIMULATE_HELP", "simulate"]
 
 SIMULATE_HELP = (
     "Simulate a federation on a virtual clock: N nodes, each the real scheduling core, Poisson "
-    "arrivals, exponential service. Prints sojourn times (p50, p99), waiting and utilization; "
+    "arrivals (in bursts with --burst-factor), exponential service. Prints sojourn times (p50, "
+    "p99), waiting and utilization; "
     "--json for the whole result. The same --seed gives the same result.\n\n"
     "Example: fedcoord simulate --nodes 100 --slots 8 --load 0.9 --duration-s 3600"
 )
@@ -42,6 +43,11 @@ def simulate(
     service_mean_s: Annotated[float, typer.Option("--service-mean-s", help="Mean service time.")] = 10.0,
     duration_s: Annotated[float, typer.Option("--duration-s", help="Virtual seconds of arrivals.")] = 3600.0,
     warmup_s: Annotated[float, typer.Option("--warmup-s", help="Arrivals before this are not measured.")] = 0.0,
+    burst_factor: Annotated[
+        float, typer.Option("--burst-factor", help="Arrival rate in bursts / outside them (1: plain Poisson).")
+    ] = 1.0,
+    burst_share: Annotated[float, typer.Option("--burst-share", help="Share of the time in bursts.")] = 0.1,
+    burst_mean_s: Annotated[float, typer.Option("--burst-mean-s", help="Mean length of a burst.")] = 60.0,
     seed: Annotated[int, typer.Option(help="Seed of the simulation's random streams.")] = 0,
     validate: Annotated[bool, typer.Option("--validate", help="Check every core's invariants at the end.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="The result as JSON on stdout.")] = False,
@@ -54,6 +60,7 @@ def simulate(
         cfg = SimConfig(
             nodes=nodes, slots=_slots(slots), load=load, service_mean_s=service_mean_s,
             duration_s=duration_s, warmup_s=warmup_s, seed=seed, validate=validate,
+            burst_factor=burst_factor, burst_share=burst_share, burst_mean_s=burst_mean_s,
         )  # fmt: skip
     except ValidationError as e:
         raise typer.BadParameter(str(e)) from None

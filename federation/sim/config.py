@@ -21,7 +21,8 @@ class SimConfig:
     """One simulated federation.
 
     Node ``i`` has ``slots[i % len(slots)]`` worker slots (heterogeneous capacities by cycling),
-    tasks arrive at it as a Poisson process at ``load`` times its capacity, and each takes an
+    tasks arrive at it as a Poisson process at ``load`` times its capacity (in bursts when
+    ``burst_factor`` > 1: a two-state Markov-modulated Poisson process of the same mean rate), and each takes an
     exponential time of mean ``service_mean_s`` on a slot. Tasks arriving in the first
     ``warmup_s`` of virtual time are run but not measured."""
 
@@ -31,6 +32,9 @@ class SimConfig:
     service_mean_s: float = 10.0
     duration_s: float = 3600.0  # virtual seconds of arrivals
     warmup_s: float = 0.0
+    burst_factor: float = 1.0  # the arrival rate during bursts, times the rate outside them (1: plain Poisson)
+    burst_share: float = 0.1  # the share of the time in bursts (the mean rate stays `load` x capacity)
+    burst_mean_s: float = 60.0  # mean length of a burst
     tick_s: float = 10.0  # how often (virtual) each node's core ticks (retries due, leases expired)
     seed: int = 0
     validate: bool = False  # Core.validate() on every node at the end
@@ -47,6 +51,19 @@ class SimConfig:
         _positive("service_mean_s", self.service_mean_s, upto=86400.0)
         _positive("duration_s", self.duration_s, upto=365 * 86400.0)
         _positive("tick_s", self.tick_s, upto=3600.0)
+        _positive("burst_mean_s", self.burst_mean_s, upto=86400.0)
+        if (
+            isinstance(self.burst_factor, bool)
+            or not isinstance(self.burst_factor, int | float)
+            or not (1.0 <= self.burst_factor <= 1000.0)
+        ):
+            raise ValidationError("sim.burst_factor", f"{self.burst_factor!r}", limit="1..1000")
+        if (
+            isinstance(self.burst_share, bool)
+            or not isinstance(self.burst_share, int | float)
+            or not (0.0 < self.burst_share < 1.0)
+        ):
+            raise ValidationError("sim.burst_share", f"{self.burst_share!r}", limit="0 < value < 1")
         if (
             isinstance(self.warmup_s, bool)
             or not isinstance(self.warmup_s, int | float)

@@ -26,12 +26,12 @@ import numpy as np
 
 from federation.sim.config import SimConfig
 from node.core import Core, CoreConfig
-from node.model import Lease, Limits, TaskSpec, WorkerSpec, normalize_specs
+from node.model import Limits, TaskSpec, WorkerSpec, normalize_specs
 
 __all__ = ["SimResult", "simulate"]
 
 _NS = 1_000_000_000
-_ARRIVAL, _DONE, _TICK = 0, 1, 2
+_ARRIVAL, _DONE, _TICK, _SWITCH = 0, 1, 2, 3
 _WORKER = "slots"
 
 
@@ -87,6 +87,20 @@ def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimRe
     service_expo = [_stream(cfg.seed, i, "service").expovariate for i in range(n)]
     arrival_expo = [a.expovariate for a in arrivals]
     rates = [cfg.arrival_rate_per_s(i) for i in range(n)]
+    # Bursts (a two-state Markov-modulated Poisson process per node): the rate is `burst_factor`
+    # times higher during bursts, which take `burst_share` of the time, with the mean rate kept.
+    # At a switch the next arrival is drawn again at the new rate (exact: the gaps are memoryless);
+    # the arrival drawn before is stale, told by its generation number.
+    bursty = cfg.burst_factor > 1.0
+    f, share = cfg.burst_factor, cfg.burst_share
+    low = [r / (1 - share + f * share) for r in rates]
+    high = [r * f for r in low]
+    switch_expo = [_stream(cfg.seed, i, "bursts").expovariate for i in range(n)]
+    leave_hot, leave_cold = 1.0 / cfg.burst_mean_s, share / ((1 - share) * cfg.burst_mean_s)
+    hot = [bursty and _stream(cfg.seed, i, "burst-start").random() < share for i in range(n)]
+    if bursty:
+        rates = [high[i] if hot[i] else low[i] for i in range(n)]
+    gen = [0] * n
     mu = 1.0 / cfg.service_mean_s
     free = list(slots)
     queued = [0] * n
@@ -98,11 +112,14 @@ def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimRe
     warm_ns = int(cfg.warmup_s * _NS)
     tick_ns = int(cfg.tick_s * _NS)
 
-    heap: list[tuple[int, int, int, int, Lease | None]] = []
+    heap: list[tuple[int, int, int, int, Any]] = []  # (ns, seq, kind, node, lease or generation)
     seq = 0
     for i in range(n):
-        heap.append((int(arrivals[i].expovariate(rates[i]) * _NS), seq, _ARRIVAL, i, None))
+        heap.append((int(arrivals[i].expovariate(rates[i]) * _NS), seq, _ARRIVAL, i, 0))
         seq += 1
+        if bursty:
+            heap.append((int(switch_expo[i](leave_hot if hot[i] else leave_cold) * _NS), seq, _SWITCH, i, None))
+            seq += 1
     heap.append((tick_ns, seq, _TICK, -1, None))
     seq += 1
     heapq.heapify(heap)
@@ -124,6 +141,23 @@ def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimRe
             if progress is not None:
                 progress(now / _NS)
             continue
+        if kind == _SWITCH:
+            h = hot[i] = not hot[i]
+            r = rates[i] = high[i] if h else low[i]
+            g = gen[i] = gen[i] + 1
+            nxt = now + int(arrival_expo[i](r) * _NS)
+            if nxt < end_ns:
+                push(heap, (nxt, seq, _ARRIVAL, i, g))
+                seq += 1
+                live += 1
+            nxt = now + int(switch_expo[i](leave_hot if h else leave_cold) * _NS)
+            if nxt < end_ns:
+                push(heap, (nxt, seq, _SWITCH, i, None))
+                seq += 1
+            continue
+        if kind == _ARRIVAL and lease != gen[i]:  # drawn before a switch: replaced by a new draw
+            live -= 1
+            continue
         events += 1
         live -= 1
         core = cores[i]
@@ -133,7 +167,7 @@ def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimRe
             queued[i] += 1
             nxt = now + int(arrival_expo[i](rates[i]) * _NS)
             if nxt < end_ns:
-                push(heap, (nxt, seq, _ARRIVAL, i, None))
+                push(heap, (nxt, seq, _ARRIVAL, i, lease))
                 seq += 1
                 live += 1
         else:
