@@ -10,9 +10,11 @@ submitting only after the node took part in a round, and counts the rounds it sp
 
 Reported per mode: tasks/s (median of the runs), the node process's CPU per 1,000 tasks (what
 federating costs the node itself), and the machine's CPU per second (/proc/stat: what the
-federation costs everything on these 2 cores).
+federation costs everything on these 2 cores). With ``--contended``, each pair also gets a
+"contended" run: the node *not* joined while the aggregator runs rounds with another node on the
+machine, which splits Flower's cost to the machine from the node's own cost of federating.
 
-    python -m bench.federation_throughput [--tasks 300000] [--pairs 2] [--period-s 10]
+    python -m bench.federation_throughput [--tasks 300000] [--pairs 2] [--period-s 10] [--contended]
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +60,10 @@ def _rounds(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def _took_part(rounds_file: Path, node_id: str) -> Callable[[], bool]:
+    return lambda: any(node_id in r["participants"] for r in _rounds(rounds_file))
+
+
 def _one_run(
     args: argparse.Namespace, tmp: Path, label: str, federation: str | None, rounds_file: Path | None
 ) -> dict[str, Any]:
@@ -79,11 +86,7 @@ def _one_run(
         ):
             _wait(lambda: bool(client.stats().workers), 30, "the worker attaching", [node, worker])
             if rounds_file is not None:  # took part in a round: the SuperNode and ClientApp path is warm
-
-                def joined() -> bool:
-                    return any(node_id in r["participants"] for r in _rounds(rounds_file))
-
-                _wait(joined, 120, f"{node_id} taking part in a round", [node, worker])
+                _wait(_took_part(rounds_file, node_id), 120, f"{node_id} taking part in a round", [node, worker])
             rounds_before = len(_rounds(rounds_file)) if rounds_file is not None else 0
             specs = make_specs(args.tasks, False)
             node_cpu0, machine0 = _cpu_s(node.pid), _machine_cpu_s()
@@ -125,6 +128,15 @@ def run(args: argparse.Namespace, res: Result) -> None:
         agg_args = ["aggregator", "--listen", link, "--dir", str(agg_dir), "--insecure"]
         agg_args += ["--period-s", str(args.period_s), "--ttl-s", "15"]
         with process(agg_args, tmp / f"aggregator{pair}.log"):
+            if args.contended:  # Flower busy on the machine with another node; this one not in it
+                rounds_file = agg_dir / "rounds.jsonl"
+                by = f"bystander{pair}"
+                by_args = ["node", "--node-id", by, "--listen", f"127.0.0.1:{_free_port()}", "--insecure"]
+                by_args += ["--metrics-listen", "", "--data-dir", str(tmp / by), "--federation", link]
+                with process(by_args, tmp / f"{by}.log") as bystander:
+                    _wait(_took_part(rounds_file, by), 120, f"{by} taking part in a round", [bystander])
+                    runs.append({**_one_run(args, tmp, f"contended{pair}", None, None), "mode": "contended"})
+                print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
             runs.append(_one_run(args, tmp, f"on{pair}", link, agg_dir / "rounds.jsonl"))
         print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
     res["runs"] = runs
@@ -134,7 +146,7 @@ def run(args: argparse.Namespace, res: Result) -> None:
         if r["mode"] == "on" and r["elapsed_s"] > 2 * args.period_s:  # (a short smoke run may fall between rounds)
             check(res.errors, r["rounds_with_node"] >= 1, f"on: the node took part in {r['rounds_with_node']} rounds")
     res["unit"] = "tasks/s end to end on one node (submit_one per task -> completed by a worker process)"
-    for mode in ("off", "on"):
+    for mode in ("off", "contended", "on") if args.contended else ("off", "on"):
         mine = [r for r in runs if r["mode"] == mode]
         med = {
             k: statistics.median(r[k] for r in mine)
@@ -161,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pairs", type=positive_int, default=2, help="off/on pairs of runs")
     p.add_argument("--period-s", type=float, default=10.0, help="seconds between the federation's rounds")
     p.add_argument("--concurrency", type=positive_int, default=256, help="the worker's concurrency")
+    p.add_argument(
+        "--contended",
+        action="store_true",
+        help="also a run with the node not joined while Flower runs rounds with another node on the machine",
+    )
     args = p.parse_args(argv)
     if args.period_s < 1:
         p.error("--period-s must be >= 1")
