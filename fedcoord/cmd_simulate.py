@@ -87,6 +87,7 @@ def simulate(
     out.print(t)
     u = r["utilization"]
     out.print(
-        f"utilization mean {u['mean']:.3f} (min {u['min']:.3f}, max {u['max']:.3f}); waited {r['waited_share']:.1%}; "
+        f"utilization mean {u['mean']:.3f} (min {u['min']:.3f}, max {u['max']:.3f}); waited "
+        f"{'n/a' if r['waited_share'] is None else format(r['waited_share'], '.1%')}; "
         f"{r['events']:,} events in {res.wall_s:.1f} s ({res.events_per_s:,.0f}/s)"
     )

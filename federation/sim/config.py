@@ -48,7 +48,9 @@ class SimConfig:
             if type(s) is not int or not 1 <= s <= 10_000:
                 raise ValidationError("sim.slots", f"{s!r}", limit="1..10000 per node")
         _positive("load", self.load, upto=10.0)
-        _positive("service_mean_s", self.service_mean_s, upto=86400.0)
+        # a task's lease (7 days, the longest timeout) must outlast its service: 7 days is 168
+        # means at the cap, a chance of e^-168 of a lease expiring under a running task
+        _positive("service_mean_s", self.service_mean_s, upto=3600.0)
         _positive("duration_s", self.duration_s, upto=365 * 86400.0)
         _positive("tick_s", self.tick_s, upto=3600.0)
         _positive("burst_mean_s", self.burst_mean_s, upto=86400.0)

@@ -20,17 +20,14 @@ def _check(lam: float, mu: float, c: int) -> float:
 
 
 def erlang_c(lam: float, mu: float, c: int) -> float:
-    """The probability that an arriving task has to wait (all ``c`` servers busy)."""
+    """The probability that an arriving task has to wait (all ``c`` servers busy), from the
+    Erlang B recurrence (no overflow however many servers: a^k/k! itself overflows past a ~ 700)."""
     rho = _check(lam, mu, c)
     a = lam / mu  # offered load in servers
-    # sum_{k<c} a^k/k! and a^c/c!, by a recurrence (no factorial overflow for large c)
-    term, total = 1.0, 1.0
-    for k in range(1, c):
-        term *= a / k
-        total += term
-    last = term * a / c
-    top = last / (1 - rho)
-    return top / (total + top)
+    b = 1.0
+    for k in range(1, c + 1):
+        b = a * b / (k + a * b)
+    return b / (1 - rho * (1 - b))
 
 
 def mmc_mean_sojourn_s(lam: float, mu: float, c: int) -> float:

@@ -28,7 +28,7 @@ from federation.sim.config import SimConfig
 from node.core import Core, CoreConfig
 from node.model import Limits, TaskSpec, WorkerSpec, normalize_specs
 
-__all__ = ["SimResult", "simulate"]
+__all__ = ["SimResult", "mmpp_rates", "simulate"]
 
 _NS = 1_000_000_000
 _ARRIVAL, _DONE, _TICK, _SWITCH = 0, 1, 2, 3
@@ -48,6 +48,14 @@ class SimResult:
 def _stream(seed: int, node: int, purpose: str) -> random.Random:
     # seeded by a string: hashed with SHA-512 by random, the same on every run and machine
     return random.Random(f"fedcoord-sim:{seed}:{node}:{purpose}")
+
+
+def mmpp_rates(rate: float, factor: float, share: float, burst_mean_s: float) -> tuple[float, float, float, float]:
+    """A two-state Markov-modulated Poisson process of mean rate ``rate``: (rate outside bursts,
+    rate in them (``factor`` x), rate of leaving a burst, rate of entering one), so that bursts
+    last ``burst_mean_s`` on average and take ``share`` of the time."""
+    low = rate / (1 - share + factor * share)
+    return low, low * factor, 1.0 / burst_mean_s, share / ((1 - share) * burst_mean_s)
 
 
 def simulate(cfg: SimConfig, progress: Callable[[float], None] | None = None) -> SimResult:
@@ -92,12 +100,13 @@ def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimRe
     # At a switch the next arrival is drawn again at the new rate (exact: the gaps are memoryless);
     # the arrival drawn before is stale, told by its generation number.
     bursty = cfg.burst_factor > 1.0
-    f, share = cfg.burst_factor, cfg.burst_share
-    low = [r / (1 - share + f * share) for r in rates]
-    high = [r * f for r in low]
+    share = cfg.burst_share
+    mmpp = [mmpp_rates(r, cfg.burst_factor, share, cfg.burst_mean_s) for r in rates]
+    low = [m[0] for m in mmpp]
+    high = [m[1] for m in mmpp]
+    leave_hot, leave_cold = mmpp[0][2], mmpp[0][3]
     switch_expo = [_stream(cfg.seed, i, "bursts").expovariate for i in range(n)]
-    leave_hot, leave_cold = 1.0 / cfg.burst_mean_s, share / ((1 - share) * cfg.burst_mean_s)
-    hot = [bursty and _stream(cfg.seed, i, "burst-start").random() < share for i in range(n)]
+    hot = [bursty and _stream(cfg.seed, i, "burst-start").random() < share for i in range(n)]  # stationary
     if bursty:
         rates = [high[i] if hot[i] else low[i] for i in range(n)]
     gen = [0] * n
@@ -105,6 +114,7 @@ def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimRe
     free = list(slots)
     queued = [0] * n
     busy_ns = [0] * n
+    # the longest timeout there is (7 days) counts from the claim: services are capped far below
     norm, plain = normalize_specs([TaskSpec("sim", timeout_s=7 * 86400.0)], Limits())
     assert plain
     batch = list(norm)  # validated once: each arrival submits it with submit_normalized
@@ -114,12 +124,19 @@ def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimRe
 
     heap: list[tuple[int, int, int, int, Any]] = []  # (ns, seq, kind, node, lease or generation)
     seq = 0
+    live = 0  # events other than ticks still to come (the run ends when only ticks are left)
     for i in range(n):
-        heap.append((int(arrivals[i].expovariate(rates[i]) * _NS), seq, _ARRIVAL, i, 0))
-        seq += 1
-        if bursty:
-            heap.append((int(switch_expo[i](leave_hot if hot[i] else leave_cold) * _NS), seq, _SWITCH, i, None))
+        first = int(arrivals[i].expovariate(rates[i]) * _NS)
+        if first < end_ns:
+            heap.append((first, seq, _ARRIVAL, i, 0))
             seq += 1
+            live += 1
+        if bursty:  # a switch can start a node's arrivals again: it keeps the run going too
+            first = int(switch_expo[i](leave_hot if hot[i] else leave_cold) * _NS)
+            if first < end_ns:
+                heap.append((first, seq, _SWITCH, i, None))
+                seq += 1
+                live += 1
     heap.append((tick_ns, seq, _TICK, -1, None))
     seq += 1
     heapq.heapify(heap)
@@ -128,7 +145,7 @@ def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimRe
     sojourn_ns: list[int] = []
     waits_ns: list[int] = []
     arrived = measured = completed = events = 0
-    live = n  # events other than ticks still to come (the run ends when only ticks are left)
+    last_arrival_ns: int | None = None
 
     while live:
         now, _, kind, i, lease = pop(heap)
@@ -142,6 +159,7 @@ def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimRe
                 progress(now / _NS)
             continue
         if kind == _SWITCH:
+            live -= 1
             h = hot[i] = not hot[i]
             r = rates[i] = high[i] if h else low[i]
             g = gen[i] = gen[i] + 1
@@ -154,6 +172,7 @@ def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimRe
             if nxt < end_ns:
                 push(heap, (nxt, seq, _SWITCH, i, None))
                 seq += 1
+                live += 1
             continue
         if kind == _ARRIVAL and lease != gen[i]:  # drawn before a switch: replaced by a new draw
             live -= 1
@@ -164,6 +183,7 @@ def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimRe
         if kind == _ARRIVAL:
             core.submit_normalized(batch, now)
             arrived += 1
+            last_arrival_ns = now
             queued[i] += 1
             nxt = now + int(arrival_expo[i](rates[i]) * _NS)
             if nxt < end_ns:
@@ -189,7 +209,7 @@ def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimRe
             tasks = core.tasks
             for lease in leases:
                 d = int(expo(mu) * _NS)
-                busy_ns[i] += d
+                busy_ns[i] += max(0, min(now + d, end_ns) - max(now, warm_ns))  # within [warmup, end]
                 created = tasks[lease.task_id].created_ns
                 if created >= warm_ns:
                     waits_ns.append(now - created)
@@ -205,7 +225,7 @@ def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimRe
     left = sum(len(c.tasks) for c in cores)
     soj = np.asarray(sojourn_ns, dtype=np.float64) / _NS
     waits = np.asarray(waits_ns, dtype=np.float64) / _NS
-    util = [busy_ns[i] / (slots[i] * max(last_ns, 1)) for i in range(n)]
+    util = [busy_ns[i] / (slots[i] * (end_ns - warm_ns)) for i in range(n)]  # over [warmup, end of arrivals]
 
     def stats(a: np.ndarray) -> dict[str, float] | None:
         if a.size == 0:
@@ -224,6 +244,7 @@ def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimRe
         "sojourn_s": stats(soj),
         "wait_s": stats(waits),
         "waited_share": float((waits > 0).mean()) if waits.size else None,  # tasks that found every slot busy
+        "last_arrival_s": None if last_arrival_ns is None else last_arrival_ns / _NS,
         "utilization": {"mean": float(np.mean(util)), "min": float(min(util)), "max": float(max(util))},
     }
     wall = time.perf_counter() - t0
