@@ -5,6 +5,7 @@ meanwhile, rounds resume)."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import time
 from collections.abc import Iterator
@@ -62,7 +63,8 @@ def test_rounds_set_thresholds_from_the_load_and_hand_offs_go_to_the_peers_with_
     assert all(r["policies"] == {"n1": "adaptive", "n2": "adaptive", "n3": "adaptive"} for r in rounds[1:])
     thresholds = [t for r in rounds[1:] for t in r["thresholds"].values()]  # after the first view arrived
     assert thresholds and any(abs(t - 0.8) > 1e-6 for t in thresholds), thresholds
-    assert all(r["federation_load"]["value"] > 0 for r in rounds)
+    # the federation's load carries the privacy noise (it can come out negative): only its sd is sure
+    assert all(math.isfinite(r["federation_load"]["value"]) and r["federation_load"]["sd"] > 0 for r in rounds)
     snap = fed.snapshot()["nodes"]
     assert snap["n1"]["handed_off_out"] > 0 and snap["n1"]["handed_off_in"] == 0
     assert snap["n2"]["handed_off_in"] > 0 and snap["n3"]["handed_off_in"] > 0, snap
