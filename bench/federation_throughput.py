@@ -32,6 +32,7 @@ from typing import Any
 from bench._common import Result, check, install_signal_handlers, make_specs, make_temp_dir, positive_int
 from bench.e2e import _cpu_s, _free_port, process
 from bench.federation import _cpu_s as _machine_cpu_s
+from federation.up import read_rounds as _rounds
 from node.rpc.client import NodeClient
 
 ON_VS_OFF_TARGET = 0.6
@@ -46,18 +47,6 @@ def _wait(cond: Any, timeout_s: float, what: str, procs: list[Any]) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what}: not within {timeout_s:.0f} s")
         time.sleep(0.1)
-
-
-def _rounds(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a line being written
-    return out
 
 
 def _took_part(rounds_file: Path, node_id: str) -> Callable[[], bool]:

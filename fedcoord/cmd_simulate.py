@@ -1,7 +1,8 @@
 """``fedcoord simulate``: a federation on a virtual clock, on this machine, in seconds.
 
-Each simulated node runs the real scheduling core; arrivals are Poisson at ``--load`` times each
-node's capacity, service exponential. The same ``--seed`` gives the same result, byte for byte.
+Each simulated node runs the real scheduling core; arrivals are Poisson (or bursty) at
+``--load`` times each node's capacity, service exponential. The same ``--seed`` gives the same
+result, byte for byte, but for how long it took (``wall_s``, ``events_per_s`` in ``--json``).
 Work in progress (issue 15): no hand-off, privacy or threshold policies in the simulation yet.
 """
 

@@ -30,11 +30,26 @@ from typing import IO, Any
 
 from federation.launch import FlowerError, FlowerHome, Proc, free_port, wait_listening
 
-__all__ = ["Federation", "UpConfig"]
+__all__ = ["Federation", "UpConfig", "read_rounds"]
 
 log = logging.getLogger("fedcoord.up")
 
 FEDERATION = "fedcoord-up"
+
+
+def read_rounds(path: Path) -> list[dict[str, Any]]:
+    """The rounds the ServerApp wrote to its status file so far (one JSON object per line)."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line being written (or cut short by a SuperLink killed mid-write)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +163,7 @@ class Federation:
         self._workload.start()
 
     def _lock_root(self) -> None:
-        """Hold ``root`` for this federation (released when the process ends): a second
+        """Hold ``root`` for this federation (until :meth:`stop`, or the process's end): a second
         ``fedcoord up`` on the same directory would remove the first one's SuperLink database."""
         self.root.mkdir(parents=True, exist_ok=True)
         f = open(self.root / "up.lock", "a+")  # noqa: SIM115 - held for the federation's life
@@ -245,16 +260,7 @@ class Federation:
     # ------------------------------------------------------------------ reading
 
     def rounds(self) -> list[dict[str, Any]]:
-        try:
-            lines = self.status_file.read_text().splitlines()
-        except FileNotFoundError:
-            return []
-        out = []
-        for line in lines:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line being written
+        out = read_rounds(self.status_file)
         if out and self.first_round_s is None:
             self.first_round_s = time.monotonic() - self.started_at
         return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from node.errors import ValidationError
@@ -10,10 +11,14 @@ from node.errors import ValidationError
 __all__ = ["SimConfig"]
 
 
-def _positive(name: str, v: object, *, upto: float = math.inf) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or not 0 < v <= upto:
-        raise ValidationError(f"sim.{name}", f"{v!r}", limit=f"0 < value <= {upto:g}")
-    return float(v)
+def _number(name: str, v: object, ok: Callable[[float], bool], limit: str) -> None:
+    """Refuse ``v`` unless it is a finite int or float (not a bool) for which ``ok`` holds."""
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or not ok(v):
+        raise ValidationError(f"sim.{name}", f"{v!r}", limit=limit)
+
+
+def _positive(name: str, v: object, *, upto: float = math.inf) -> None:
+    _number(name, v, lambda x: 0 < x <= upto, f"0 < value <= {upto:g}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,8 +27,8 @@ class SimConfig:
 
     Node ``i`` has ``slots[i % len(slots)]`` worker slots (heterogeneous capacities by cycling),
     tasks arrive at it as a Poisson process at ``load`` times its capacity (in bursts when
-    ``burst_factor`` > 1: a two-state Markov-modulated Poisson process of the same mean rate), and each takes an
-    exponential time of mean ``service_mean_s`` on a slot. Tasks arriving in the first
+    ``burst_factor`` > 1: a two-state Markov-modulated Poisson process of the same mean rate),
+    and each takes an exponential time of mean ``service_mean_s`` on a slot. Tasks arriving in the first
     ``warmup_s`` of virtual time are run but not measured."""
 
     nodes: int = 1
@@ -54,24 +59,9 @@ class SimConfig:
         _positive("duration_s", self.duration_s, upto=365 * 86400.0)
         _positive("tick_s", self.tick_s, upto=3600.0)
         _positive("burst_mean_s", self.burst_mean_s, upto=86400.0)
-        if (
-            isinstance(self.burst_factor, bool)
-            or not isinstance(self.burst_factor, int | float)
-            or not (1.0 <= self.burst_factor <= 1000.0)
-        ):
-            raise ValidationError("sim.burst_factor", f"{self.burst_factor!r}", limit="1..1000")
-        if (
-            isinstance(self.burst_share, bool)
-            or not isinstance(self.burst_share, int | float)
-            or not (0.0 < self.burst_share < 1.0)
-        ):
-            raise ValidationError("sim.burst_share", f"{self.burst_share!r}", limit="0 < value < 1")
-        if (
-            isinstance(self.warmup_s, bool)
-            or not isinstance(self.warmup_s, int | float)
-            or not (0 <= self.warmup_s < self.duration_s)
-        ):
-            raise ValidationError("sim.warmup_s", f"{self.warmup_s!r}", limit="0 <= value < duration_s")
+        _number("burst_factor", self.burst_factor, lambda x: 1.0 <= x <= 1000.0, "1..1000")
+        _number("burst_share", self.burst_share, lambda x: 0.0 < x < 1.0, "0 < value < 1")
+        _number("warmup_s", self.warmup_s, lambda x: 0 <= x < self.duration_s, "0 <= value < duration_s")
         if type(self.seed) is not int:
             raise ValidationError("sim.seed", f"{self.seed!r}", limit="an int")
 

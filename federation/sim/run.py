@@ -91,9 +91,8 @@ def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimRe
         core.emit_events = False
         core.register_worker(WorkerSpec(_WORKER, concurrency=slots[i], skill=10), 0)
         core.drain()
-    arrivals = [_stream(cfg.seed, i, "arrivals") for i in range(n)]
+    arrival_expo = [_stream(cfg.seed, i, "arrivals").expovariate for i in range(n)]
     service_expo = [_stream(cfg.seed, i, "service").expovariate for i in range(n)]
-    arrival_expo = [a.expovariate for a in arrivals]
     rates = [cfg.arrival_rate_per_s(i) for i in range(n)]
     # Bursts (a two-state Markov-modulated Poisson process per node): the rate is `burst_factor`
     # times higher during bursts, which take `burst_share` of the time, with the mean rate kept.
@@ -126,7 +125,7 @@ def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimRe
     seq = 0
     live = 0  # events other than ticks still to come (the run ends when only ticks are left)
     for i in range(n):
-        first = int(arrivals[i].expovariate(rates[i]) * _NS)
+        first = int(arrival_expo[i](rates[i]) * _NS)
         if first < end_ns:
             heap.append((first, seq, _ARRIVAL, i, 0))
             seq += 1
@@ -144,7 +143,7 @@ def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimRe
 
     sojourn_ns: list[int] = []
     waits_ns: list[int] = []
-    arrived = measured = completed = events = 0
+    arrived = completed = 0
     last_arrival_ns: int | None = None
 
     while live:
@@ -177,7 +176,6 @@ def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimRe
         if kind == _ARRIVAL and lease != gen[i]:  # drawn before a switch: replaced by a new draw
             live -= 1
             continue
-        events += 1
         live -= 1
         core = cores[i]
         if kind == _ARRIVAL:
@@ -191,14 +189,12 @@ def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimRe
                 seq += 1
                 live += 1
         else:
-            assert lease is not None
             created = core.tasks[lease.task_id].created_ns
             core.complete(lease, b"", now)
             free[i] += 1
             completed += 1
             if created >= warm_ns:
                 sojourn_ns.append(now - created)
-                measured += 1
         if free[i] and queued[i]:  # a slot and a task: claim (inline: this runs for every task)
             leases = core.claim(_WORKER, min(free[i], queued[i]), now)
             k = len(leases)
@@ -216,6 +212,7 @@ def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimRe
                 push(heap, (now + d, seq, _DONE, i, lease))
                 seq += 1
 
+    events = arrived + completed  # (ticks, burst switches and stale arrivals not counted)
     last_ns = now if events else 0
     for core in cores:
         core.tick(last_ns)
@@ -238,7 +235,7 @@ def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimRe
         "tasks": arrived,
         "completed": completed,
         "left_active": left,
-        "measured": measured,
+        "measured": len(sojourn_ns),
         "events": events,
         "virtual_s": last_ns / _NS,
         "sojourn_s": stats(soj),

@@ -240,13 +240,12 @@ class HandoffAgent:
             reachable = self._reachable(now)
             peer = choose_peer(reachable, self.peer_loads(now), self._rng, exclude=tuple(full or ()))
             if peer is None:
-                res.reason = (
-                    "no peer"
-                    if not self.cfg.peers
-                    else "every peer is full"
-                    if reachable
-                    else "no peer reachable (all in back-off)"
-                )
+                if not self.cfg.peers:
+                    res.reason = "no peer"
+                elif reachable:
+                    res.reason = "every peer is full"
+                else:
+                    res.reason = "no peer reachable (all in back-off)"
                 return None
         res.peer = peer
         ids = core.handoff_candidates(n, exclude=self._offered)
