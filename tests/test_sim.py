@@ -58,7 +58,7 @@ def test_the_same_seed_gives_the_same_result_byte_for_byte() -> None:
     a = json.dumps(simulate(cfg).result, sort_keys=True)
     b = json.dumps(simulate(cfg).result, sort_keys=True)
     assert a == b
-    other = simulate(SimConfig(**{**json.loads(a)["config"], "slots": (2, 3), "seed": 43})).result
+    other = simulate(SimConfig.from_record({**json.loads(a)["config"], "seed": 43})).result
     assert {k: v for k, v in other.items() if k != "config"} != {
         k: v for k, v in json.loads(a).items() if k != "config"
     }
@@ -143,3 +143,88 @@ def test_arrivals_run_to_the_end_of_the_window_and_never_past_it() -> None:
 def test_erlang_c_holds_for_very_many_servers() -> None:
     p = erlang_c(0.9 * 2000, 1.0, 2000)  # a^k/k! overflows a float long before this
     assert 0.0 <= p < 0.01
+
+
+# ---------------------------------------------------------------------------- sharing
+
+
+def _shared(policy: str, **kw: object) -> dict[str, object]:
+    base: dict[str, object] = {"nodes": 8, "slots": (4,), "load": 0.8, "service_mean_s": 1.0, "duration_s": 3_000.0,
+                               "warmup_s": 200.0, "seed": 4, "policy": policy, "validate": True}  # fmt: skip
+    return simulate(SimConfig(**{**base, **kw})).result  # type: ignore[arg-type]
+
+
+def test_hand_off_sits_between_independent_nodes_and_one_pooled_queue() -> None:
+    """Eight nodes of 4 slots at load 0.8: alone each is an M/M/4 queue (mean sojourn 1.75 s);
+    one pooled M/M/32 queue is the best any sharing can do (1.03 s). Fresh exact loads (the
+    oracle) must land strictly between the two closed forms, nearer the pooled one; nothing is
+    lost on the way (every task completes once, every hand-off's result reaches its origin)."""
+    lam = 0.8 * 4 / 1.0
+    alone, pooled = mmc_mean_sojourn_s(lam, 1.0, 4), mmc_mean_sojourn_s(8 * lam, 1.0, 32)
+    none = _shared("none")
+    assert none["sojourn_s"]["mean"] == pytest.approx(alone, rel=0.05)  # type: ignore[index]
+    oracle = _shared("oracle")
+    mean = oracle["sojourn_s"]["mean"]  # type: ignore[index]
+    assert pooled < mean < pooled + 0.5 * (alone - pooled)
+    sh = oracle["sharing"]
+    assert oracle["completed"] == oracle["tasks"] and oracle["left_active"] == 0
+    assert sh["handed_off"] > 0.1 * oracle["tasks"]  # type: ignore[index,operator]
+    assert sh["reported"] == sh["handed_off"]  # type: ignore[index]
+    assert oracle["imbalance"]["cv_mean"] < 0.7 * none["imbalance"]["cv_mean"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("policy", ["random", "seed", "adaptive"])
+def test_every_policy_loses_nothing_and_repeats_byte_for_byte_with_noise(policy: str) -> None:
+    """With the privacy pipeline on (epsilon 1 per task), a run is still the same for the same
+    seed (the simulation's seeded noise), and no task is lost or run twice."""
+    a = _shared(policy, epsilon=1.0, duration_s=600.0, warmup_s=100.0, nodes=5, slots=(2, 6))
+    b = _shared(policy, epsilon=1.0, duration_s=600.0, warmup_s=100.0, nodes=5, slots=(2, 6))
+    assert json.dumps(a) == json.dumps(b)
+    assert a["completed"] == a["tasks"] and a["left_active"] == 0
+    sh = a["sharing"]
+    assert sh["reported"] == sh["handed_off"] > 0  # type: ignore[index]
+    if policy in ("seed", "adaptive"):  # they read the federation's view: every node released every round
+        priv = sh["privacy"]  # type: ignore[index]
+        assert priv["releases"] == 5 * sh["rounds"] > 0  # type: ignore[index]
+        # the calibrated default: m releases per task spend the budget, never more
+        assert 0.99 < priv["epsilon_spent_max"] <= 1.0  # type: ignore[index]
+
+
+def test_the_privacy_noise_changes_the_run_and_the_policy_copes() -> None:
+    """The same workload with and without noise differs (the view really carries the noise),
+    and at epsilon 1 adaptive still cuts the p99 against no sharing by far."""
+    kw = {"nodes": 12, "slots": (2, 4, 8), "spread": 0.3, "duration_s": 1_500.0}
+    noisy, exact, none = _shared("adaptive", epsilon=1.0, **kw), _shared("adaptive", **kw), _shared("none", **kw)
+    assert noisy["sojourn_s"] != exact["sojourn_s"]
+    assert noisy["sojourn_s"]["p99"] < 0.6 * none["sojourn_s"]["p99"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("policy", "greedy"), ("epsilon", 0.0), ("epsilon", -1.0), ("load", 1.0), ("spread", 1.0),
+     ("net_delay_s", -0.1), ("offer_batch", 0), ("view_delay_s", 30.0), ("mechanism", "uniform")],
+)  # fmt: skip
+def test_a_bad_sharing_setting_is_refused_by_name(field: str, value: object) -> None:
+    with pytest.raises(ValidationError, match=f"sim.{field}"):
+        SimConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_a_config_round_trips_through_its_record_and_unknown_keys_are_refused() -> None:
+    cfg = SimConfig(nodes=3, slots=(2, 4), policy="adaptive", epsilon=0.5)
+    assert SimConfig.from_record(json.loads(json.dumps(cfg.to_record()))) == cfg
+    with pytest.raises(ValidationError, match=r"sim\.colour"):
+        SimConfig.from_record({"colour": 1})
+    with pytest.raises(ValidationError, match=r"sim\.admission\.alpha"):
+        SimConfig.from_record({"admission": {"alpha": 1}})
+
+
+def test_simulation_noise_has_the_mechanisms_variance() -> None:
+    """The seeded discrete Gaussian and Laplace have the variance the releases declare
+    (``Mechanism.noise_variance``): the aggregation trusts it for every sd it reports."""
+    from federation.privacy.mechanism import Mechanism  # noqa: PLC0415
+    from federation.sim.noise import SimulationNoise, sim_generator  # noqa: PLC0415
+
+    for kind, scale in (("gaussian", 3.7), ("gaussian", 25.0), ("laplace", 2.0)):
+        d = SimulationNoise(kind, scale, sim_generator(1, 0, "test")).draw(200_000)
+        assert abs(float(d.mean())) < 0.05 * scale
+        assert float(d.var()) == pytest.approx(Mechanism.noise_variance(kind, scale), rel=0.02)

@@ -27,7 +27,7 @@ Steps, in order:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from federation.privacy.accountant import Accountant, Decision
@@ -93,9 +93,19 @@ def scale_to_total(cells: list[int], total: int) -> list[int]:
 
 
 def build_release(
-    node_id: str, inp: WindowInput, cfg: PrivacyConfig, accountant: Accountant, decision: Decision
+    node_id: str,
+    inp: WindowInput,
+    cfg: PrivacyConfig,
+    accountant: Accountant,
+    decision: Decision,
+    *,
+    noise: Callable[[list[int]], list[int]] | None = None,
 ) -> ReleasedSummary:
-    """Fold, noise, suppress and post-process ``inp`` into the release of ``decision``'s window."""
+    """Fold, noise, suppress and post-process ``inp`` into the release of ``decision``'s window.
+
+    ``noise`` replaces the draw of OpenDP's measurement with another of the same distribution:
+    **simulation only** (the simulator's seeded generator, for runs that repeat byte for byte);
+    a node never passes it."""
     mech = accountant.mechanism
     rows = fold_types(inp.counts, cfg)
     hist = list(inp.completion_counts)
@@ -105,7 +115,7 @@ def build_release(
     flat = [v for row in rows for v in row]
     flat.extend(hist)
     flat.append(inp.occupied)
-    noisy = mech(flat)
+    noisy = mech(flat) if noise is None else noise(flat)
 
     sd = math.sqrt(mech.variance)
     cut = max(1, math.ceil(cfg.suppress_sd * sd))  # non-negative too: anything under 1 is 0

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
+from node.admission import AdmissionConfig
 from node.errors import ValidationError
 
-__all__ = ["SimConfig"]
+__all__ = ["SIM_POLICIES", "SimConfig"]
+
+# How nodes share work: "none" (no hand-off), "random" (offers to a random peer, local
+# thresholds), "seed" and "adaptive" (admission's policies on the federation's privacy-filtered
+# view, peers by power of two on the view's loads), "oracle" (power of two on every peer's exact
+# load of the moment, and adaptive's thresholds on the federation's exact load of the moment:
+# what no deployed node can know, the bound the others are measured against)
+SIM_POLICIES = ("none", "random", "seed", "adaptive", "oracle")
+MECHANISMS = ("gaussian", "laplace")
 
 
 def _number(name: str, v: object, ok: Callable[[float], bool], limit: str) -> None:
@@ -43,6 +53,27 @@ class SimConfig:
     tick_s: float = 10.0  # how often (virtual) each node's core ticks (retries due, leases expired)
     seed: int = 0
     validate: bool = False  # Core.validate() on every node at the end
+    # Heterogeneous load: node i's own load is load x (1 + spread x u_i), u_i spread evenly over
+    # [-1, 1] in a seeded order, scaled so that the federation's load stays `load`
+    spread: float = 0.0
+    # Sharing (see SIM_POLICIES)
+    policy: str = "none"
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)  # thresholds; its policy is set from `policy`
+    check_s: float = 0.2  # an overloaded node looks at its load this often (HandoffConfig.check_s)
+    offer_batch: int = 1000  # tasks per offer at most (HandoffConfig.batch)
+    offers_per_pass: int = 8  # offers one offload pass makes at most (the runtime's pass tries every peer)
+    reservation_s: float = 10.0  # how long an accepted offer holds room (HandoffConfig.reservation_s)
+    net_delay_s: float = 0.001  # one way, per hand-off message (offer, reply, transfer, ack, report)
+    # The federation: every period_s each node releases its last window (window_s = period_s)
+    # through the privacy pipeline, the aggregation merges them, and the view reaches every node
+    # view_delay_s later. epsilon None: no noise (the same window counts, released exact).
+    period_s: float = 20.0
+    view_delay_s: float = 1.0
+    epsilon: float | None = None  # per task over m windows, at delta
+    delta: float = 1e-6
+    m: int = 3
+    mechanism: str = "gaussian"
+    deadline_s: float = 60.0  # a task whose sojourn is longer counts as a timeout (a metric only)
 
     def __post_init__(self) -> None:
         if type(self.nodes) is not int or not 1 <= self.nodes <= 100_000:
@@ -52,7 +83,9 @@ class SimConfig:
         for s in self.slots:
             if type(s) is not int or not 1 <= s <= 10_000:
                 raise ValidationError("sim.slots", f"{s!r}", limit="1..10000 per node")
-        _positive("load", self.load, upto=10.0)
+        # the model needs a stable federation: at load >= 1 queues grow without bound whatever
+        # the policy, and no sojourn time means anything
+        _number("load", self.load, lambda x: 0.0 < x < 1.0, "0 < value < 1 (at 1 or more queues grow without bound)")
         # a task's lease (7 days, the longest timeout) must outlast its service: 7 days is 168
         # means at the cap, a chance of e^-168 of a lease expiring under a running task
         _positive("service_mean_s", self.service_mean_s, upto=3600.0)
@@ -64,9 +97,71 @@ class SimConfig:
         _number("warmup_s", self.warmup_s, lambda x: 0 <= x < self.duration_s, "0 <= value < duration_s")
         if type(self.seed) is not int:
             raise ValidationError("sim.seed", f"{self.seed!r}", limit="an int")
+        _number("spread", self.spread, lambda x: 0.0 <= x < 1.0, "0 <= value < 1")
+        if self.policy not in SIM_POLICIES:
+            raise ValidationError("sim.policy", f"{self.policy!r} is not a policy", limit=" | ".join(SIM_POLICIES))
+        if not isinstance(self.admission, AdmissionConfig):
+            raise ValidationError("sim.admission", f"{type(self.admission).__name__}", limit="an AdmissionConfig")
+        _positive("check_s", self.check_s, upto=3600.0)
+        _positive("reservation_s", self.reservation_s, upto=3600.0)
+        _number("net_delay_s", self.net_delay_s, lambda x: 0.0 <= x <= 60.0, "0 <= value <= 60")
+        for name in ("offer_batch", "offers_per_pass"):
+            v = getattr(self, name)
+            if type(v) is not int or not 1 <= v <= 10_000:
+                raise ValidationError(f"sim.{name}", f"{v!r}", limit="1..10000")
+        _positive("period_s", self.period_s, upto=86400.0)
+        _number("view_delay_s", self.view_delay_s, lambda x: 0.0 <= x < self.period_s, "0 <= value < period_s")
+        if self.epsilon is not None:
+            _number("epsilon", self.epsilon, lambda x: 0.0 < x <= 1000.0, "0 < value <= 1000 (or None: no noise)")
+        _number("delta", self.delta, lambda x: 0.0 < x < 1.0, "0 < value < 1")
+        if type(self.m) is not int or not 1 <= self.m <= 1000:
+            raise ValidationError("sim.m", f"{self.m!r}", limit="1..1000")
+        if self.mechanism not in MECHANISMS:
+            raise ValidationError("sim.mechanism", f"{self.mechanism!r}", limit=" | ".join(MECHANISMS))
+        _positive("deadline_s", self.deadline_s)
 
     def node_slots(self, i: int) -> int:
         return self.slots[i % len(self.slots)]
 
+    @classmethod
+    def from_record(cls, d: Mapping[str, Any]) -> SimConfig:
+        """The config of a result's ``config`` (JSON: lists for tuples, a mapping for the
+        admission settings); an unknown key is refused, naming it."""
+        if not isinstance(d, Mapping):
+            raise ValidationError("sim", f"expected a mapping, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        extra = sorted(set(d) - known)
+        if extra:
+            raise ValidationError(f"sim.{extra[0]}", "is not a simulation setting")
+        kw = dict(d)
+        if "slots" in kw and isinstance(kw["slots"], list):
+            kw["slots"] = tuple(kw["slots"])
+        adm = kw.get("admission")
+        if isinstance(adm, Mapping):
+            names = {f.name for f in fields(AdmissionConfig)}
+            bad = sorted(set(adm) - names)
+            if bad:
+                raise ValidationError(f"sim.admission.{bad[0]}", "is not an admission setting")
+            kw["admission"] = AdmissionConfig(**adm)
+        return cls(**kw)
+
+    def to_record(self) -> dict[str, Any]:
+        """As JSON-ready data (:meth:`from_record` reads it back)."""
+        rec = asdict(self)
+        rec["slots"] = list(self.slots)
+        return rec
+
+    @property
+    def sharing(self) -> bool:
+        return self.policy != "none"
+
+    @property
+    def admission_policy(self) -> str:
+        """The admission policy each node runs under ``policy``."""
+        if self.policy == "oracle":
+            return "adaptive"
+        return self.policy if self.policy in ("seed", "adaptive") else "local"
+
     def arrival_rate_per_s(self, i: int) -> float:
+        """Node ``i``'s arrival rate without spread (see :func:`federation.sim.run.node_rates`)."""
         return self.load * self.node_slots(i) / self.service_mean_s

@@ -16,19 +16,22 @@ from __future__ import annotations
 
 import gc
 import heapq
+import itertools
 import random
+import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from federation.sim.config import SimConfig
+from federation.sim.share import LIVE_KINDS, Sharing
 from node.core import Core, CoreConfig
 from node.model import Limits, TaskSpec, WorkerSpec, normalize_specs
 
-__all__ = ["SimResult", "mmpp_rates", "simulate"]
+__all__ = ["SimResult", "mmpp_rates", "node_rates", "simulate"]
 
 _NS = 1_000_000_000
 _ARRIVAL, _DONE, _TICK, _SWITCH = 0, 1, 2, 3
@@ -74,6 +77,24 @@ def simulate(cfg: SimConfig, progress: Callable[[float], None] | None = None) ->
         gc.set_threshold(*old)
 
 
+def node_rates(cfg: SimConfig) -> list[float]:
+    """Each node's mean arrival rate: ``load`` x its capacity, times ``1 + spread x u_i`` with
+    the u_i evenly over [-1, 1] in a seeded order, scaled back so that the federation's load
+    is ``load``."""
+    n = cfg.nodes
+    base = [cfg.arrival_rate_per_s(i) for i in range(n)]
+    if cfg.spread == 0.0 or n == 1:
+        return base
+    order = list(range(n))
+    random.Random(f"fedcoord-sim:{cfg.seed}:spread").shuffle(order)
+    u = [0.0] * n
+    for rank, i in enumerate(order):
+        u[i] = -1.0 + 2.0 * rank / (n - 1)
+    raw = [b * (1.0 + cfg.spread * u[i]) for i, b in enumerate(base)]
+    k = sum(base) / sum(raw)
+    return [r * k for r in raw]
+
+
 def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimResult:
     t0 = time.perf_counter()
     n = cfg.nodes
@@ -93,7 +114,7 @@ def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimRe
         core.drain()
     arrival_expo = [_stream(cfg.seed, i, "arrivals").expovariate for i in range(n)]
     service_expo = [_stream(cfg.seed, i, "service").expovariate for i in range(n)]
-    rates = [cfg.arrival_rate_per_s(i) for i in range(n)]
+    rates = node_rates(cfg)
     # Bursts (a two-state Markov-modulated Poisson process per node): the rate is `burst_factor`
     # times higher during bursts, which take `burst_share` of the time, with the mean rate kept.
     # At a switch the next arrival is drawn again at the new rate (exact: the gaps are memoryless);
@@ -111,7 +132,7 @@ def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimRe
     gen = [0] * n
     mu = 1.0 / cfg.service_mean_s
     free = list(slots)
-    queued = [0] * n
+    queued = [0] * n  # ready tasks in line, per node
     busy_ns = [0] * n
     # the longest timeout there is (7 days) counts from the claim: services are capped far below
     norm, plain = normalize_specs([TaskSpec("sim", timeout_s=7 * 86400.0)], Limits())
@@ -121,41 +142,90 @@ def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimRe
     warm_ns = int(cfg.warmup_s * _NS)
     tick_ns = int(cfg.tick_s * _NS)
 
-    heap: list[tuple[int, int, int, int, Any]] = []  # (ns, seq, kind, node, lease or generation)
-    seq = 0
-    live = 0  # events other than ticks still to come (the run ends when only ticks are left)
+    heap: list[tuple[int, int, int, int, Any]] = []  # (ns, seq, kind, node, lease or generation or message)
+    counter = itertools.count()
+    push, pop = heapq.heappush, heapq.heappop
+
+    def push_event(at: int, kind: int, node: int, payload: Any) -> None:
+        push(heap, (at, next(counter), kind, node, payload))
+
+    waits_ns: list[int] = []
+
+    def claim(i: int, now: int) -> int:
+        """Fill node ``i``'s free slots from its line; the service ends pushed."""
+        leases = cores[i].claim(_WORKER, min(free[i], queued[i]), now)
+        k = len(leases)
+        free[i] -= k
+        queued[i] -= k
+        expo = service_expo[i]
+        tasks = cores[i].tasks
+        for lease in leases:
+            d = int(expo(mu) * _NS)
+            busy_ns[i] += max(0, min(now + d, end_ns) - max(now, warm_ns))  # within [warmup, end]
+            created = tasks[lease.task_id].created_ns
+            if created >= warm_ns:
+                waits_ns.append(now - created)
+            push(heap, (now + d, next(counter), _DONE, i, lease))
+        return k
+
+    sharing = (
+        Sharing(cfg, cores=cores, slots=slots, free=free, queued=queued, push=push_event, claim=claim)
+        if cfg.sharing
+        else None
+    )
+    live = 0  # events other than ticks and rounds still to come (the run ends when only those are left)
     for i in range(n):
         first = int(arrival_expo[i](rates[i]) * _NS)
         if first < end_ns:
-            heap.append((first, seq, _ARRIVAL, i, 0))
-            seq += 1
+            heap.append((first, next(counter), _ARRIVAL, i, 0))
             live += 1
         if bursty:  # a switch can start a node's arrivals again: it keeps the run going too
             first = int(switch_expo[i](leave_hot if hot[i] else leave_cold) * _NS)
             if first < end_ns:
-                heap.append((first, seq, _SWITCH, i, None))
-                seq += 1
+                heap.append((first, next(counter), _SWITCH, i, None))
                 live += 1
-    heap.append((tick_ns, seq, _TICK, -1, None))
-    seq += 1
+    heap.append((tick_ns, next(counter), _TICK, -1, None))
+    if sharing is not None and (first_round := sharing.first_round()) is not None:
+        heap.append((first_round[0], next(counter), first_round[1], -1, None))
     heapq.heapify(heap)
-    push, pop = heapq.heappush, heapq.heappop
+    live_kinds = LIVE_KINDS
+    handle = sharing.handle if sharing is not None else None
 
     sojourn_ns: list[int] = []
-    waits_ns: list[int] = []
+    deadline_ns = int(cfg.deadline_s * _NS)
+    late = 0
     arrived = completed = 0
     last_arrival_ns: int | None = None
+    imbalance: list[float] = []
+    spread_max: list[float] = []
 
     while live:
         now, _, kind, i, lease = pop(heap)
         if kind == _TICK:
             for core in cores:
                 core.tick(now)
-                core.drain()
-            push(heap, (now + tick_ns, seq, _TICK, -1, None))
-            seq += 1
+            if sharing is not None:
+                for j in range(n):
+                    sharing.record(j, now)
+                live += sharing.send_reports(now)
+            else:
+                for core in cores:
+                    core.drain()
+            if now >= warm_ns and n > 1 and now <= end_ns:
+                ratios = [(slots[j] - free[j] + queued[j]) / slots[j] for j in range(n)]
+                mean = sum(ratios) / n
+                if mean > 0:
+                    imbalance.append(statistics.pstdev(ratios) / mean)
+                    spread_max.append(max(ratios) / mean)
+            push(heap, (now + tick_ns, next(counter), _TICK, -1, None))
             if progress is not None:
                 progress(now / _NS)
+            continue
+        if kind > _SWITCH:
+            assert handle is not None
+            if kind in live_kinds:
+                live -= 1
+            live += handle(kind, i, now, lease)
             continue
         if kind == _SWITCH:
             live -= 1
@@ -164,13 +234,11 @@ def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimRe
             g = gen[i] = gen[i] + 1
             nxt = now + int(arrival_expo[i](r) * _NS)
             if nxt < end_ns:
-                push(heap, (nxt, seq, _ARRIVAL, i, g))
-                seq += 1
+                push(heap, (nxt, next(counter), _ARRIVAL, i, g))
                 live += 1
             nxt = now + int(switch_expo[i](leave_hot if h else leave_cold) * _NS)
             if nxt < end_ns:
-                push(heap, (nxt, seq, _SWITCH, i, None))
-                seq += 1
+                push(heap, (nxt, next(counter), _SWITCH, i, None))
                 live += 1
             continue
         if kind == _ARRIVAL and lease != gen[i]:  # drawn before a switch: replaced by a new draw
@@ -185,8 +253,7 @@ def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimRe
             queued[i] += 1
             nxt = now + int(arrival_expo[i](rates[i]) * _NS)
             if nxt < end_ns:
-                push(heap, (nxt, seq, _ARRIVAL, i, lease))
-                seq += 1
+                push(heap, (nxt, next(counter), _ARRIVAL, i, lease))
                 live += 1
         else:
             created = core.tasks[lease.task_id].created_ns
@@ -194,26 +261,21 @@ def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimRe
             free[i] += 1
             completed += 1
             if created >= warm_ns:
-                sojourn_ns.append(now - created)
-        if free[i] and queued[i]:  # a slot and a task: claim (inline: this runs for every task)
-            leases = core.claim(_WORKER, min(free[i], queued[i]), now)
-            k = len(leases)
-            free[i] -= k
-            queued[i] -= k
-            live += k
-            expo = service_expo[i]
-            tasks = core.tasks
-            for lease in leases:
-                d = int(expo(mu) * _NS)
-                busy_ns[i] += max(0, min(now + d, end_ns) - max(now, warm_ns))  # within [warmup, end]
-                created = tasks[lease.task_id].created_ns
-                if created >= warm_ns:
-                    waits_ns.append(now - created)
-                push(heap, (now + d, seq, _DONE, i, lease))
-                seq += 1
+                d = now - created
+                sojourn_ns.append(d)
+                if d > deadline_ns:
+                    late += 1
+        if free[i] and queued[i]:  # a slot and a task
+            live += claim(i, now)
+        if queued[i] and sharing is not None:  # every slot busy: the node looks at its load
+            live += sharing.arrived(i, now)
 
-    events = arrived + completed  # (ticks, burst switches and stale arrivals not counted)
+    events = arrived + completed  # (ticks, burst switches, stale arrivals and messages not counted)
     last_ns = now if events else 0
+    if sharing is not None:
+        for j in range(n):
+            sharing.record(j, last_ns)
+        sharing.settle_reports(last_ns)
     for core in cores:
         core.tick(last_ns)
         core.drain()
@@ -231,7 +293,7 @@ def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimRe
         return {"mean": float(a.mean()), "p50": float(p50), "p99": float(p99), "max": float(a.max())}
 
     result: dict[str, Any] = {
-        "config": {**asdict(cfg), "slots": list(cfg.slots)},
+        "config": cfg.to_record(),
         "tasks": arrived,
         "completed": completed,
         "left_active": left,
@@ -241,8 +303,16 @@ def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimRe
         "sojourn_s": stats(soj),
         "wait_s": stats(waits),
         "waited_share": float((waits > 0).mean()) if waits.size else None,  # tasks that found every slot busy
+        "timeout_rate": late / len(sojourn_ns) if sojourn_ns else None,  # sojourn over deadline_s
         "last_arrival_s": None if last_arrival_ns is None else last_arrival_ns / _NS,
         "utilization": {"mean": float(np.mean(util)), "min": float(min(util)), "max": float(max(util))},
+        # across nodes, sampled every tick in [warmup, end of arrivals]: sd / mean of the load ratios
+        # (0: all alike), and the largest ratio / mean
+        "imbalance": {
+            "cv_mean": float(np.mean(imbalance)) if imbalance else None,
+            "max_over_mean": float(np.mean(spread_max)) if spread_max else None,
+        },
+        "sharing": sharing.metrics(arrived) if sharing is not None else None,
     }
     wall = time.perf_counter() - t0
     return SimResult(result, wall, events / wall if wall > 0 else 0.0)

@@ -105,10 +105,12 @@ class ReadyQueues:
         dq.insert(i, task)
         cls.size += 1
 
-    def tails(self, n: int) -> list[Task]:
+    def tails(self, n: int) -> tuple[list[Task], bool]:
         """Up to ``n`` queued tasks from the back of every deque (the ones that would wait the
-        longest), candidates for a hand-off."""
+        longest), candidates for a hand-off; and whether they all came from one deque (then
+        they are in line order already, last in line first)."""
         out: list[Task] = []
+        sources = 0
         for cls in self.classes.values():
             for dq in cls.deques:
                 taken = 0
@@ -118,7 +120,9 @@ class ReadyQueues:
                     if t.status is _QUEUED:
                         out.append(t)
                         taken += 1
-        return out
+                if taken:
+                    sources += 1
+        return out, sources <= 1
 
     def pop_for(self, classes: list[TaskClass], n: int) -> list[Task]:
         """Remove and return up to ``n`` tasks in line order among ``classes``.

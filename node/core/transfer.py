@@ -150,12 +150,14 @@ class Transfers(Engine):
         max_hops = self.config.max_hops
         line_key = self._queues.line_key
         dependents = self._deps.dependents
+        found, in_order = self._queues.tails(n + len(exclude))
         tails = [
             t
-            for t in self._queues.tails(n + len(exclude))
+            for t in found
             if t.hops < max_hops and t.id not in exclude and (t.id not in dependents or not self._has_dependents(t.id))
         ]
-        tails.sort(key=line_key, reverse=True)
+        if not in_order:  # (from one deque they are in line order already: a deque is sorted by line key)
+            tails.sort(key=line_key, reverse=True)
         return [t.id for t in tails[:n]]
 
     def begin_handoff(self, task_ids: Sequence[str], peer: str, now_ns: int) -> None:

@@ -576,16 +576,24 @@ class HandoffAgent:
             moved += n
 
     async def _offload_loop(self) -> None:
+        """A pass every ``check_s``; after a pass that made offers and moved nothing (every peer
+        full), the next waits twice as long, up to 8 x ``check_s``, until a pass moves work
+        again: offers that peers keep refusing cost both sides and change nothing (the
+        simulator found overloaded nodes making several offers per task handed off)."""
         loops = self.node._loops
-        while not await loops.pause(self.cfg.check_s):
+        fruitless = 0
+        while not await loops.pause(self.cfg.check_s * (1 << min(fruitless, 3))):
             if not self.node._serving():
                 continue
+            offers = self.stats["offers"]
             try:
-                await self.offload_pass()
+                moved = await self.offload_pass()
             except (NodeClosedError, StoreUnavailableError):
                 continue
             except Exception:  # a bug or a peer's bad answer: say so, and keep offloading later
                 log.exception("node %s: offloading failed", self.node_id)
+                continue
+            fruitless = fruitless + 1 if self.stats["offers"] > offers and not moved else 0
 
 
 def _ready(t: Task) -> bool:

@@ -1,0 +1,500 @@
+"""Sharing work between simulated nodes: hand-off messages and federation rounds, on the virtual clock.
+
+The simulator's event loop (:mod:`federation.sim.run`) hands every event that is not an arrival,
+a service end, a tick or a burst switch to :class:`Sharing`. What each node decides, and how,
+is the deployed node's code:
+
+* **Admission** (:class:`node.admission.Admission`): ``offload_count`` says when a node offloads
+  and how much, ``accept_count`` how much of an offer a peer takes (with what it reserved for
+  earlier offers), under the node's policy and the federation's latest view.
+* **The hand-off protocol** through the core's own commands, one message each way per step,
+  ``net_delay_s`` apart: offer (the peer answers with what it accepts, and reserves room), the
+  origin's ``begin_handoff`` of what is still ready, the transfer (the peer's ``adopt``), the
+  answer (``finish_handoff`` / ``abort_handoff``), and each result reported back to the origin
+  (``record_result``, then ``report_done`` on the peer) as the runtime does after its commits.
+* **An offload pass** as :meth:`node.runtime.handoff.HandoffAgent.offload_pass` runs it: offers
+  go on while tasks go out, a peer that took less than it was offered (or to which nothing moved)
+  is left out for the rest of the pass; peers by power of two choices on what this node knows
+  (the loads peers stated in their offer replies first, else the federation view's).
+* **Rounds** every ``period_s``: each node's last closed window through the real privacy pipeline
+  (:func:`federation.privacy.pipeline.build_release`, the node's accountant and ledger), merged by
+  :class:`federation.aggregate.Aggregator`; the view reaches the nodes ``view_delay_s`` later.
+
+What differs from the runtime, and why: the runtime's agent is asyncio and store-bound (~1 ms
+per offer), far too slow to drive millions of tasks, so its decisions run here as events; an
+overloaded node looks at its load at its next ``check_s`` boundary after an arrival finds every
+slot busy, instead of polling every ``check_s`` whatever happens (the same decisions, without
+millions of idle checks); a pass makes at most ``offers_per_pass`` offers (the runtime's tries
+every peer, which at 1,000 peers would be 1,000 offers); offers run one at a time per node
+(the runtime runs two); peer choice samples two candidates directly (``choose_peer`` scans the
+peer list, O(peers) per offer). The noise is the simulation's seeded generator
+(:mod:`federation.sim.noise`), never OpenDP's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import random
+from collections.abc import Callable
+from typing import Any
+
+from federation.aggregate import Aggregator
+from federation.privacy.accountant import Accountant
+from federation.privacy.config import PrivacyConfig
+from federation.privacy.pipeline import CELLS_PER_TASK, WindowInput, build_release, cells_of
+from federation.sim.config import SimConfig
+from federation.sim.noise import SimulationNoise, sim_generator
+from node.admission import Admission, FederationView
+from node.analytics.window import Windows
+from node.core import Core
+from node.core.transfer import HandoffRecord, Outcome, record_of
+from node.model import Task, TaskStatus
+from node.runtime.privacy import occupancy
+from node.store.base import LedgerEntry
+
+__all__ = ["EV_CHECK", "EV_ROUND", "LIVE_KINDS", "Sharing"]
+
+_NS = 1_000_000_000
+# event kinds past the event loop's own four (0..3)
+EV_CHECK, EV_OFFER, EV_REPLY, EV_TRANSFER, EV_ACK, EV_REPORT, EV_REPORT_ACK, EV_ROUND, EV_VIEW = range(4, 13)
+LIVE_KINDS = frozenset({EV_CHECK, EV_OFFER, EV_REPLY, EV_TRANSFER, EV_ACK, EV_REPORT, EV_REPORT_ACK})
+_QUEUED = TaskStatus.QUEUED
+
+Push = Callable[[int, int, int, Any], None]  # (ns, kind, node, payload)
+
+
+class Sharing:
+    """Hand-off and rounds for one run. ``free`` and ``queued`` are the loop's own per-node
+    counters (free slots, ready tasks in line): hand-offs move tasks in and out of line, so they
+    change them too; ``claim(i, now)`` fills node ``i``'s free slots and returns how many
+    service-end events it pushed."""
+
+    def __init__(
+        self,
+        cfg: SimConfig,
+        *,
+        cores: list[Core],
+        slots: list[int],
+        free: list[int],
+        queued: list[int],
+        push: Push,
+        claim: Callable[[int, int], int],
+    ):
+        self.cfg = cfg
+        self.cores = cores
+        self.slots = slots
+        self.free = free
+        self.queued = queued
+        self.push = push
+        self.claim = claim
+        n = cfg.nodes
+        self.n = n
+        self.ids = [c.node_id for c in cores]
+        self.index = {nid: i for i, nid in enumerate(self.ids)}
+        adm_cfg = dataclasses.replace(cfg.admission, policy=cfg.admission_policy)
+        self.admissions = [Admission(adm_cfg) for _ in range(n)]
+        self.rng = [random.Random(f"fedcoord-sim:{cfg.seed}:{i}:peers") for i in range(n)]
+        self.delay_ns = int(cfg.net_delay_s * _NS)
+        self.check_ns = max(1, int(cfg.check_s * _NS))
+        phase = random.Random(f"fedcoord-sim:{cfg.seed}:check-phase")
+        self.phase_ns = [phase.randrange(self.check_ns) for _ in range(n)]  # nodes do not look in step
+        self.reservation_ns = int(cfg.reservation_s * _NS)
+        self.warm_ns = int(cfg.warmup_s * _NS)
+        # per node: a check is due, an offer is out, the pass's full peers and offers made
+        self.check_due = [False] * n
+        self.offering = [False] * n
+        self.full: list[set[int]] = [set() for _ in range(n)]
+        self.tries = [0] * n
+        self.moved = [0] * n  # tasks the pass handed off so far
+        # passes in a row that made offers and moved nothing: the next check waits 2^k x check_s
+        # (k up to 3), as HandoffAgent's offload loop does
+        self.fruitless = [0] * n
+        self.not_before = [0] * n
+        self.reserved: list[dict[int, tuple[int, int]]] = [{} for _ in range(n)]  # offer -> (tasks, expires)
+        self.heard: list[dict[int, float]] = [{} for _ in range(n)]  # peer -> load it stated in a reply
+        self.archive: list[dict[str, Task]] = [{} for _ in range(n)]  # handed off, result not back yet
+        self.offer_seq = itertools.count()
+        self.view_loads: list[float] | None = None  # the federation view's per-node loads, once one arrived
+        self.oracle = cfg.policy == "oracle"
+        self.oracle_at = 0
+        self.oracle_view: FederationView | None = None
+        # metrics
+        self.offers = self.offered = self.accepted = self.handed_off = self.refused = self.bounces = 0
+        self.reported = 0
+        self.round_rx: dict[int, int] = {}  # this period's hand-offs, by receiving node
+        self.rx_bucket = -1
+        self.herding: list[float] = []
+        self.rounds = 0
+        self.budget: list[tuple[float, float]] = []  # (virtual s, the largest epsilon any node has spent)
+        self.epsilon_max = 0.0
+        self.releases = 0
+        self.rounds_on = cfg.policy in ("seed", "adaptive")
+        self._privacy_setup()
+
+    # ------------------------------------------------------------------ privacy and rounds
+
+    def _privacy_setup(self) -> None:
+        cfg = self.cfg
+        self.pcfg = PrivacyConfig(
+            epsilon=cfg.epsilon if cfg.epsilon is not None else 1.0,
+            delta=cfg.delta,
+            m=cfg.m,
+            mechanism=cfg.mechanism,
+        )
+        self.noisy = cfg.epsilon is not None and self.rounds_on
+        self.window_ns = int(cfg.period_s * _NS)
+        self.windows: list[Windows] | None = None
+        if not self.noisy:
+            return
+        pcfg = self.pcfg
+        self.accountant = acc = Accountant(pcfg, cells_of(pcfg), CELLS_PER_TASK)
+        scale = acc.mechanism.scale
+        self.noise = [
+            SimulationNoise(pcfg.mechanism, scale, sim_generator(cfg.seed, i, "privacy")) for i in range(self.n)
+        ]
+        self.windows = [
+            Windows(nid, 0, window_s=cfg.period_s, bins=pcfg.bins, horizon=pcfg.m, keep=2) for nid in self.ids
+        ]
+        self.ledgers: list[list[LedgerEntry]] = [[] for _ in range(self.n)]
+        self.aggregator = Aggregator.for_config(pcfg, window_s=float(cfg.period_s))
+
+    def record(self, i: int, now: int) -> None:
+        """Node ``i``'s outbox drained (as a commit): into its windows when it keeps them."""
+        out = self.cores[i].drain()
+        if self.windows is not None:
+            self.windows[i].record(out, now - 1)  # what was drained happened before `now`
+
+    def first_round(self) -> tuple[int, int] | None:
+        """(ns, kind) of the first round, or None when the policy reads no federation view."""
+        return (self.window_ns, EV_ROUND) if self.rounds_on else None
+
+    def _round(self, now: int) -> None:
+        cfg = self.cfg
+        w = now // self.window_ns - 1  # the window that just closed
+        m = cfg.m
+        lo, hi = (w - m + 1) * self.window_ns, (w + 1) * self.window_ns
+        pcfg = self.pcfg
+        n = self.n
+        occ = [0.0] * n
+        caps = [pcfg.capacity_bucket(s) for s in self.slots]
+        for i in range(n):
+            self.record(i, now)
+        if not self.noisy:
+            for i, core in enumerate(self.cores):
+                occ[i] = float(occupancy(core.tasks.values(), lo, hi, now))
+            total_cap = sum(caps)
+            fed = sum(occ) / total_cap if total_cap else None
+            loads = [o / c if c else o for o, c in zip(occ, caps, strict=True)]
+            sd = 0.0
+        else:
+            agg = self.aggregator
+            agg.clear()
+            acc = self.accountant
+            assert self.windows is not None
+            start_us, end_us = w * self.window_ns // 1000, (w + 1) * self.window_ns // 1000
+            worst = 0.0
+            for i, core in enumerate(self.cores):
+                closed = self.windows[i].last_closed(now)
+                b = closed.bounded if closed is not None else None
+                counts = b.counts if b is not None and b.window == w else {}
+                hist = b.completion_counts if b is not None and b.window == w else (0,) * len(pcfg.bins)
+                ledger = self.ledgers[i]
+                entry = LedgerEntry(w, acc.rho, now, acc.mechanism.kind, acc.mechanism.scale, start_us, end_us)
+                horizon = entry.horizon_start_us(m)
+                decision = acc.decide(ledger, w, horizon)
+                if not decision.allowed:  # (the calibrated default never gets here)
+                    continue
+                inp = WindowInput(
+                    w, cfg.period_s, counts, hist, occupancy(core.tasks.values(), lo, hi, now), self.slots[i]
+                )
+                agg.add(build_release(self.ids[i], inp, pcfg, acc, decision, noise=self.noise[i]))
+                ledger.append(entry)
+                del ledger[: max(0, len(ledger) - m)]
+                self.releases += 1
+                worst = max(worst, decision.epsilon)
+            self.epsilon_max = max(self.epsilon_max, worst)
+            self.budget.append((now / _NS, worst))
+            gv = agg.view(round=self.rounds, now_ns=now)
+            nodes = gv.nodes
+            occ = [max(0.0, nodes[nid].occupied.value) if nid in nodes else 0.0 for nid in self.ids]
+            loads = [max(0.0, nodes[nid].load.value) if nid in nodes else 0.0 for nid in self.ids]
+            fed = gv.federation_load.value if gv.capacity > 0 else None
+            sd = gv.federation_load.sd
+        total = sum(occ)
+        self.rounds += 1
+        self.push(now + int(cfg.view_delay_s * _NS), EV_VIEW, -1, (now, fed, sd, occ, total, loads))
+        self.push(now + self.window_ns, EV_ROUND, -1, None)
+
+    def _herding_close(self) -> None:
+        """One period's hand-offs are all in: the largest share that went to one node."""
+        moved = sum(self.round_rx.values())
+        if moved >= 10:  # (a few hand-offs always look herded)
+            self.herding.append(max(self.round_rx.values()) / moved)
+        self.round_rx = {}
+
+    def _view(self, payload: tuple[int, float | None, float, list[float], float, list[float]]) -> None:
+        at, fed, sd, occ, total, loads = payload
+        for i, adm in enumerate(self.admissions):
+            share = min(1.0, occ[i] / total) if total > 0 else 0.0
+            adm.update(FederationView(at_ns=at, load_share=share, federation_load=fed, federation_load_sd=sd))
+        self.view_loads = loads
+
+    # ------------------------------------------------------------------ hand-off
+
+    def arrived(self, i: int, now: int) -> int:
+        """A task arrived at node ``i`` and found every slot busy: look at the load at the next
+        check boundary (one check at a time; none while an offer is out)."""
+        if self.check_due[i] or self.offering[i]:
+            return 0
+        self.check_due[i] = True
+        c, ph = self.check_ns, self.phase_ns[i]
+        at = max(((now - ph) // c + 1) * c + ph, self.not_before[i])
+        self.push(at, EV_CHECK, i, None)
+        return 1
+
+    def _fresh(self, i: int, now: int) -> None:
+        """The oracle: node ``i``'s admission reads the federation's exact load of the moment
+        (summed again at most every ``check_s``)."""
+        if now - self.oracle_at >= self.check_ns or self.oracle_view is None:
+            slots, free, queued = self.slots, self.free, self.queued
+            demand = sum(slots) - sum(free) + sum(queued)
+            self.oracle_at = now
+            self.oracle_view = FederationView(at_ns=now, federation_load=demand / sum(slots), federation_load_sd=0.0)
+        self.admissions[i].update(self.oracle_view)
+
+    def _ratio(self, p: int) -> float:
+        s = self.slots[p]
+        return (s - self.free[p] + self.queued[p]) / s
+
+    def _choose(self, i: int) -> int | None:
+        """A peer for node ``i``'s next offer, or None (every peer full for this pass)."""
+        n, full, rng = self.n, self.full[i], self.rng[i]
+        left = n - 1 - len(full)
+        if left <= 0:
+            return None
+        if left <= 2:
+            cands = [p for p in range(n) if p != i and p not in full]
+        else:
+            cands = []
+            while len(cands) < 2:
+                p = rng.randrange(n)
+                if p != i and p not in full and p not in cands:
+                    cands.append(p)
+        if len(cands) == 1 or self.cfg.policy == "random":
+            return cands[0]
+        a, b = cands[0], cands[1]
+        if self.cfg.policy == "oracle":
+            return a if self._ratio(a) <= self._ratio(b) else b
+        heard, view = self.heard[i], self.view_loads
+        if view is None and not heard:
+            return a  # nothing known: a random peer
+        unknown = sum(view) / n if view is not None else sum(heard.values()) / len(heard)
+        la = heard.get(a, view[a] if view is not None else unknown)
+        lb = heard.get(b, view[b] if view is not None else unknown)
+        return a if la <= lb else b
+
+    def _attempt(self, i: int, now: int) -> int:
+        """One offer of node ``i``'s pass, if admission finds it too loaded; events pushed."""
+        cfg = self.cfg
+        core = self.cores[i]
+        if self.tries[i] >= cfg.offers_per_pass:
+            return self._pass_over(i, now)
+        if self.oracle:
+            self._fresh(i, now)
+        k = min(self.admissions[i].offload_count(core.load(), now), cfg.offer_batch)
+        if k <= 0:
+            return self._pass_over(i, now)
+        peer = self._choose(i)
+        if peer is None:
+            return self._pass_over(i, now)
+        ids = core.handoff_candidates(k)
+        if not ids:
+            return self._pass_over(i, now)
+        self.tries[i] += 1
+        self.offering[i] = True
+        self.offers += 1
+        self.offered += len(ids)
+        self.push(now + self.delay_ns, EV_OFFER, peer, (next(self.offer_seq), i, ids))
+        return 1
+
+    def _pass_over(self, i: int, now: int) -> int:
+        """Node ``i``'s pass ended: a pass that offered and moved nothing makes the next wait."""
+        if self.tries[i] and not self.moved[i]:
+            self.fruitless[i] += 1
+            self.not_before[i] = now + self.check_ns * (1 << min(self.fruitless[i], 3))
+        elif self.moved[i]:
+            self.fruitless[i] = 0
+            self.not_before[i] = 0
+        self.tries[i] = self.moved[i] = 0
+        return 0
+
+    def _on_offer(self, p: int, now: int, offer: tuple[int, int, list[str]]) -> int:
+        oid, origin, ids = offer
+        reserved = self.reserved[p]
+        for o in [o for o, (_, exp) in reserved.items() if exp <= now]:
+            del reserved[o]
+        core = self.cores[p]
+        load = core.load()
+        if self.oracle:
+            self._fresh(p, now)
+        k = self.admissions[p].accept_count(load, len(ids), now, reserved=sum(r for r, _ in reserved.values()))
+        accepted = ids[:k]
+        if accepted:
+            reserved[oid] = (k, now + self.reservation_ns)
+        self.push(now + self.delay_ns, EV_REPLY, origin, (oid, p, accepted, len(ids), load.ratio))
+        return 1
+
+    def _on_reply(self, i: int, now: int, reply: tuple[int, int, list[str], int, float]) -> int:
+        oid, p, accepted, offered, ratio = reply
+        self.heard[i][p] = ratio
+        self.accepted += len(accepted)
+        core = self.cores[i]
+        tasks = core.tasks
+        chosen = [
+            tid
+            for tid in accepted
+            if (t := tasks.get(tid)) is not None and t.status is _QUEUED and t.queued_ns is not None
+        ]  # claimed here while the offer was out: those stay
+        if len(chosen) < offered:
+            self.full[i].add(p)  # it took what its threshold leaves room for (or nothing moved)
+        if not chosen:
+            self.offering[i] = False
+            return self._attempt(i, now)
+        core.begin_handoff(chosen, self.ids[p], now)
+        self.queued[i] -= len(chosen)
+        self.bounces += sum(1 for tid in chosen if tasks[tid].hops > 0)
+        records = tuple(record_of(tasks[tid]) for tid in chosen)
+        self.push(now + self.delay_ns, EV_TRANSFER, p, (oid, i, records))
+        return 1
+
+    def _on_transfer(self, p: int, now: int, transfer: tuple[int, int, tuple[HandoffRecord, ...]]) -> int:
+        oid, origin, records = transfer
+        self.reserved[p].pop(oid, None)
+        res = self.cores[p].adopt(list(records), self.ids[origin], now)
+        self.queued[p] += len(res.adopted)
+        if now > self.warm_ns and res.adopted:
+            bucket = now // self.window_ns
+            if bucket != self.rx_bucket:
+                self._herding_close()
+                self.rx_bucket = bucket
+            self.round_rx[p] = self.round_rx.get(p, 0) + len(res.adopted)
+        self.push(now + self.delay_ns, EV_ACK, origin, (p, res.owned, dict(res.refused)))
+        return 1 + (self.claim(p, now) if self.free[p] else 0)
+
+    def _on_ack(self, i: int, now: int, ack: tuple[int, list[str], dict[str, str]]) -> int:
+        p, owned, refused = ack
+        core = self.cores[i]
+        pushed = 0
+        if owned:
+            core.finish_handoff(owned, self.ids[p], now)
+            finished, archive = core.out.finished, self.archive[i]
+            for tid in owned:
+                archive[tid] = finished[tid]
+            self.handed_off += len(owned)
+            self.moved[i] += len(owned)
+        back = list(refused)
+        if back:
+            core.abort_handoff(back, now, peer=self.ids[p])
+            self.queued[i] += len(back)
+            self.refused += len(back)
+            if self.free[i]:
+                pushed += self.claim(i, now)
+        self.offering[i] = False
+        return pushed + self._attempt(i, now)
+
+    def send_reports(self, now: int) -> int:
+        """After a commit (every tick): each node's finished adopted tasks reported to their
+        origins (one message per origin); events pushed."""
+        pushed = 0
+        for p, core in enumerate(self.cores):
+            if not core._reports:
+                continue
+            for origin, outcomes in core.pending_reports().items():
+                self.push(now + self.delay_ns, EV_REPORT, self.index[origin], (p, outcomes))
+                pushed += 1
+        return pushed
+
+    def _on_report(self, i: int, now: int, report: tuple[int, list[Outcome]]) -> int:
+        p, outcomes = report
+        core, archive, peer = self.cores[i], self.archive[i], self.ids[p]
+        done = []
+        for o in outcomes:
+            archived = archive.pop(o.task_id, None)
+            core.record_result(o, peer, archived, now)
+            done.append(o.task_id)
+        self.reported += len(done)
+        self.push(now + self.delay_ns, EV_REPORT_ACK, p, done)
+        return 1
+
+    def settle_reports(self, now: int) -> None:
+        """At the end of a run: every report still pending delivered at once (nothing is left
+        unreported: the run's check that every handed-off task got its result back)."""
+        while any(c._reports for c in self.cores):
+            for p, core in enumerate(self.cores):
+                for origin, outcomes in core.pending_reports().items():
+                    i = self.index[origin]
+                    for o in outcomes:
+                        self.cores[i].record_result(o, self.ids[p], self.archive[i].pop(o.task_id, None), now)
+                    self.reported += len(outcomes)
+                    core.report_done([o.task_id for o in outcomes])
+
+    # ------------------------------------------------------------------ dispatch
+
+    def handle(self, kind: int, i: int, now: int, payload: Any) -> int:
+        """Run one event of ``kind`` (>= 4) at node ``i``; the live events it pushed."""
+        if kind == EV_CHECK:
+            self.check_due[i] = False
+            if self.offering[i]:
+                return 0
+            self.full[i].clear()
+            self.tries[i] = self.moved[i] = 0
+            return self._attempt(i, now)
+        if kind == EV_OFFER:
+            return self._on_offer(i, now, payload)
+        if kind == EV_REPLY:
+            return self._on_reply(i, now, payload)
+        if kind == EV_TRANSFER:
+            return self._on_transfer(i, now, payload)
+        if kind == EV_ACK:
+            return self._on_ack(i, now, payload)
+        if kind == EV_REPORT:
+            return self._on_report(i, now, payload)
+        if kind == EV_REPORT_ACK:
+            self.cores[i].report_done(payload)
+            return 0
+        if kind == EV_ROUND:
+            self._round(now)
+            return 0
+        if kind == EV_VIEW:
+            self._view(payload)
+            return 0
+        raise ValueError(f"no event kind {kind}")
+
+    def metrics(self, tasks: int) -> dict[str, Any]:
+        self._herding_close()
+        herd = self.herding
+        return {
+            "policy": self.cfg.policy,
+            "offers": self.offers,
+            "offered": self.offered,
+            "accepted": self.accepted,
+            "handed_off": self.handed_off,
+            "handoff_rate": self.handed_off / tasks if tasks else 0.0,
+            "refused_at_transfer": self.refused,
+            "reject_rate": 1.0 - self.accepted / self.offered if self.offered else 0.0,
+            "bounces": self.bounces,
+            "bounce_rate": self.bounces / self.handed_off if self.handed_off else 0.0,
+            "herding": {"mean": sum(herd) / len(herd), "max": max(herd), "rounds": len(herd)} if herd else None,
+            "reported": self.reported,
+            "rounds": self.rounds,
+            "privacy": {
+                "noisy": self.noisy,
+                "epsilon": self.cfg.epsilon,
+                "delta": self.cfg.delta,
+                "releases": self.releases,
+                "epsilon_spent_max": self.epsilon_max,
+                "scale": self.accountant.mechanism.scale if self.noisy else None,
+                "budget": [[round(t, 3), e] for t, e in self.budget],
+            },
+        }
