@@ -222,6 +222,7 @@ def _register_services() -> None:
     from fedcoord.cmd_node import NODE_HELP, node  # noqa: PLC0415
     from fedcoord.cmd_privacy import privacy  # noqa: PLC0415
     from fedcoord.cmd_simulate import SIMULATE_HELP, simulate  # noqa: PLC0415
+    from fedcoord.cmd_sweep import SWEEP_HELP, sweep  # noqa: PLC0415
     from fedcoord.cmd_up import UP_HELP, up  # noqa: PLC0415
     from fedcoord.cmd_worker import worker  # noqa: PLC0415
 
@@ -233,7 +234,8 @@ def _register_services() -> None:
     app.command("status")(status)
     app.command("certs")(certs)
     app.command("simulate", help=SIMULATE_HELP)(simulate)
-    app.add_typer(privacy, name="privacy")  # privacy status (the next issue adds sweep)
+    privacy.command("sweep", help=SWEEP_HELP)(sweep)
+    app.add_typer(privacy, name="privacy")  # privacy status, privacy sweep
 
 
 _register_services()
