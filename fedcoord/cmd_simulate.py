@@ -3,7 +3,8 @@
 Each simulated node runs the real scheduling core; arrivals are Poisson (or bursty) at
 ``--load`` times each node's capacity, service exponential. The same ``--seed`` gives the same
 result, byte for byte, but for how long it took (``wall_s``, ``events_per_s`` in ``--json``).
-Work in progress (issue 15): no hand-off, privacy or threshold policies in the simulation yet.
+``--policy`` shares work between the nodes (hand-off through the real core and admission;
+``seed`` and ``adaptive`` read the federation's privacy-filtered view, noised at ``--epsilon``).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ __all__ = ["SIMULATE_HELP", "simulate"]
 
 SIMULATE_HELP = (
     "Simulate a federation on a virtual clock: N nodes, each the real scheduling core, Poisson "
-    "arrivals (in bursts with --burst-factor), exponential service. Prints sojourn times (p50, "
-    "p99), waiting and utilization; "
+    "arrivals (in bursts with --burst-factor), exponential service, work shared by --policy "
+    "(none, random, seed, adaptive, oracle) with the federation's view noised at --epsilon. Prints "
+    "sojourn times (p50, p99), waiting, utilization and the hand-off figures; "
     "--json for the whole result. The same --seed gives the same result.\n\n"
-    "Example: fedcoord simulate --nodes 100 --slots 8 --load 0.9 --duration-s 3600"
+    "Example: fedcoord simulate --nodes 100 --slots 4,8,16 --spread 0.3 --policy adaptive --epsilon 1"
 )
 
 
@@ -49,6 +51,15 @@ def simulate(
     ] = 1.0,
     burst_share: Annotated[float, typer.Option("--burst-share", help="Share of the time in bursts.")] = 0.1,
     burst_mean_s: Annotated[float, typer.Option("--burst-mean-s", help="Mean length of a burst.")] = 60.0,
+    spread: Annotated[
+        float, typer.Option(help="Node loads spread over load x (1 +- spread), the federation's load kept.")
+    ] = 0.0,
+    policy: Annotated[str, typer.Option(help="How nodes share work: none, random, seed, adaptive, oracle.")] = "none",
+    epsilon: Annotated[
+        str, typer.Option(help="Epsilon per task of the federation's releases (none: no noise).")
+    ] = "none",
+    period_s: Annotated[float, typer.Option("--period-s", help="Aggregation period (= window) in seconds.")] = 20.0,
+    net_delay_s: Annotated[float, typer.Option("--net-delay-s", help="One-way delay of a hand-off message.")] = 0.001,
     seed: Annotated[int, typer.Option(help="Seed of the simulation's random streams.")] = 0,
     validate: Annotated[bool, typer.Option("--validate", help="Check every core's invariants at the end.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="The result as JSON on stdout.")] = False,
@@ -58,10 +69,15 @@ def simulate(
     from node.errors import ValidationError  # noqa: PLC0415
 
     try:
+        eps = None if epsilon.strip().lower() in ("none", "off", "inf") else float(epsilon)
+    except ValueError:
+        raise typer.BadParameter(f"{epsilon!r} is not a number (or none)", param_hint="--epsilon") from None
+    try:
         cfg = SimConfig(
             nodes=nodes, slots=_slots(slots), load=load, service_mean_s=service_mean_s,
             duration_s=duration_s, warmup_s=warmup_s, seed=seed, validate=validate,
             burst_factor=burst_factor, burst_share=burst_share, burst_mean_s=burst_mean_s,
+            spread=spread, policy=policy, epsilon=eps, period_s=period_s, net_delay_s=net_delay_s,
         )  # fmt: skip
     except ValidationError as e:
         raise typer.BadParameter(str(e)) from None
@@ -92,3 +108,14 @@ def simulate(
         f"{'n/a' if r['waited_share'] is None else format(r['waited_share'], '.1%')}; "
         f"{r['events']:,} events in {res.wall_s:.1f} s ({res.events_per_s:,.0f}/s)"
     )
+    sh = r["sharing"]
+    if sh is not None:
+        herd = sh["herding"]
+        priv = sh["privacy"]
+        out.print(
+            f"{policy}: handed off {sh['handed_off']:,} ({sh['handoff_rate']:.1%} of tasks) in {sh['offers']:,} "
+            f"offers, {sh['reject_rate']:.1%} of offered tasks refused, bounces {sh['bounces']:,}, herding "
+            f"{'n/a' if herd is None else format(herd['mean'], '.2f')}; imbalance (sd/mean of loads) "
+            f"{r['imbalance']['cv_mean'] or 0:.3f}; privacy: "
+            + (f"epsilon {priv['epsilon_spent_max']:.3g} spent of {priv['epsilon']:g}" if priv["noisy"] else "no noise")
+        )

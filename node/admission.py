@@ -168,8 +168,11 @@ class AdaptivePolicy:
     * **Smoothed**: an exponential average of the federation load over the views received
       (``adaptive_alpha`` per new view), so one noisy round does not swing it.
     * **Noise-aware**: a view counts by how sure its target is: weight ``1 / (1 + (sd /
-      noise_sd)^2)`` of the view's load sd, the rest goes to the local threshold, unless the load
-      is 2 sd clear of a bound (then the target is that bound whatever the noise: weight 1). A
+      noise_sd)^2)``, ``sd`` being the privacy noise left in the *smoothed* load (the views'
+      noises are independent, so the average of many has less: ``(1 - alpha)^2 var + alpha^2
+      var_view`` per view, ``alpha / (2 - alpha)`` of one view's in the limit), the rest goes to
+      the local threshold, unless the load is 2 sd clear of a bound (then the target is that
+      bound whatever the noise: weight 1). A
       federation of few, small nodes (where noise dominates) stays near its local policy; one
       surely overloaded is surely at ``high``.
     * **Hysteresis**: the threshold moves only when its target moved by more than
@@ -183,6 +186,7 @@ class AdaptivePolicy:
     def __init__(self, cfg: AdmissionConfig):
         self._cfg = cfg
         self._smoothed: float | None = None
+        self._var = 0.0  # the privacy noise's variance in the smoothed load
         self._seen_at: int | None = None
         self._current: float | None = None
 
@@ -191,13 +195,16 @@ class AdaptivePolicy:
         fed = None if view is None else view.federation_load
         if view is None or fed is None or not math.isfinite(fed):
             return cfg.threshold
+        view_var = (view.federation_load_sd or 0.0) ** 2
         if self._seen_at != view.at_ns:  # a new view: fold it in once
             self._seen_at = view.at_ns
-            self._smoothed = (
-                fed
-                if self._smoothed is None
-                else (1 - cfg.adaptive_alpha) * self._smoothed + (cfg.adaptive_alpha * fed)
-            )
+            a = cfg.adaptive_alpha
+            if self._smoothed is None:
+                self._smoothed, self._var = fed, view_var
+            else:
+                self._smoothed = (1 - a) * self._smoothed + a * fed
+                # the noise of the average: each view's noise is independent of the others'
+                self._var = (1 - a) ** 2 * self._var + a * a * view_var
         assert self._smoothed is not None
 
         def target_at(load: float) -> float:
@@ -205,7 +212,7 @@ class AdaptivePolicy:
 
         # How unsure the *target* is: a federation surely (2 sd) above the bounds is surely at
         # `high`, one surely below at `low`; in between, the load's sd is the target's.
-        sd = view.federation_load_sd or 0.0
+        sd = math.sqrt(self._var)  # of the smoothed load, not of one view: smoothing averages noise away
         lo, hi = target_at(self._smoothed - 2 * sd), target_at(self._smoothed + 2 * sd)
         sure = lo == hi  # both ends clamped to the same bound (or no noise)
         w = 1.0 if sure else 1.0 / (1.0 + (sd / cfg.adaptive_noise_sd) ** 2)
