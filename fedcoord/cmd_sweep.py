@@ -83,6 +83,14 @@ def sweep(
     warmup_s: Annotated[float, typer.Option("--warmup-s", help="Arrivals before this are not measured.")] = 300.0,
     period_s: Annotated[float, typer.Option("--period-s", help="Aggregation period (= window) in seconds.")] = 20.0,
     workers: Annotated[int, typer.Option(help="Worker processes (default: one per core).")] = 0,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="Run the cells on this Ray cluster (ray://host:10001, or host:6379 inside it; "
+            "'local': a Ray started here). Needs pip install 'fedcoord[simulation]'.",
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print results.json's summary on stdout.")] = False,
 ) -> None:
     from federation.sim import SimConfig  # noqa: PLC0415
@@ -108,7 +116,9 @@ def sweep(
     cells = cfg.cells()
     console.print(
         f"sweep: {len(cells)} runs ({len(cfg.epsilons)} epsilons x {len(cfg.policies)} policies x "
-        f"{len(cfg.seeds)} seeds; policies that read no view run once per seed) on {n_workers} processes, into {out}"
+        f"{len(cfg.seeds)} seeds; policies that read no view run once per seed) on "
+        + (f"Ray at {ray_address}" if ray_address else f"{n_workers} processes")
+        + f", into {out}"
     )
     try:
         with Progress(
@@ -126,7 +136,7 @@ def sweep(
                 if not console.is_terminal and not was_done:
                     console.print(f"  done {cell.policy} eps {eps} seed {cell.seed} ({rec.get('wall_s', 0):.1f} s)")
 
-            records = run_sweep(cfg, out, workers=n_workers, on_cell=on_cell)
+            records = run_sweep(cfg, out, workers=n_workers, ray_address=ray_address, on_cell=on_cell)
     except ValidationError as e:
         raise typer.BadParameter(str(e)) from None
     except SweepError as e:

@@ -104,3 +104,28 @@ def test_sweep_config_refuses_empty_and_repeated_grids() -> None:
                      ({"policies": ()}, "sweep.policies"), ({"seeds": ()}, "sweep.seeds")):  # fmt: skip
         with pytest.raises(ValidationError, match=name):
             SweepConfig(base=_BASE, **kw)  # type: ignore[arg-type]
+
+
+def test_a_sweep_on_ray_gives_the_same_rows_as_local_processes(tmp_path: Path) -> None:
+    """``--ray-address local`` starts a Ray here (Flower's simulation extra brings it) and runs
+    the cells as Ray tasks: the same results as the worker processes, byte for byte but for
+    how long each took; an address where nothing answers is refused at once, naming it."""
+    grid = ["--epsilons", "none,1", "--policies", "none,adaptive"]
+    local = subprocess.run([*_CLI, *grid, "--out", str(tmp_path / "local")], capture_output=True, text=True,
+                           timeout=300, check=False)  # fmt: skip
+    assert local.returncode == 0, local.stderr
+    on_ray = subprocess.run([*_CLI, *grid, "--out", str(tmp_path / "ray"), "--ray-address", "local"],
+                            capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert on_ray.returncode == 0, on_ray.stderr
+    assert "on Ray at local" in on_ray.stderr
+
+    def rows(d: str) -> list[dict[str, object]]:
+        return [
+            {k: v for k, v in r.items() if k != "wall_s"}
+            for r in json.loads((tmp_path / d / "results.json").read_text())["rows"]
+        ]
+
+    assert rows("local") == rows("ray") and len(rows("ray")) == 2 * 2 * 2
+    nobody = subprocess.run([*_CLI, *grid, "--out", str(tmp_path / "x"), "--ray-address", "127.0.0.1:1"],
+                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert nobody.returncode == 1 and "no Ray cluster answers at '127.0.0.1:1'" in nobody.stderr

@@ -167,10 +167,14 @@ def run_sweep(
     out_dir: Path,
     *,
     workers: int = 2,
+    ray_address: str | None = None,
     on_cell: Callable[[Cell, dict[str, Any], bool], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every cell not finished in ``out_dir`` before; the records of all cells, in grid
-    order. ``on_cell(cell, record, resumed)`` after each (``resumed``: finished in an earlier run)."""
+    order. ``on_cell(cell, record, resumed)`` after each (``resumed``: finished in an earlier run).
+
+    With ``ray_address`` the cells run as Ray tasks on that cluster (``"local"``: a Ray started
+    for this sweep on this machine) instead of ``workers`` local processes."""
     import selectors  # noqa: PLC0415
 
     if type(workers) is not int or not 1 <= workers <= 256:
@@ -181,7 +185,10 @@ def run_sweep(
     for c in cells:
         if c.key in done and on_cell is not None:
             on_cell(c, done[c.key], True)
-    if todo:
+    if todo and ray_address is not None:
+        with (out_dir / "cells.jsonl").open("a") as log:
+            _run_on_ray(cfg, todo, address=ray_address, log=log, done=done, on_cell=on_cell)
+    elif todo:
         pending: Iterator[Cell] = iter(todo)
         pool = [_Worker() for _ in range(min(workers, len(todo)))]
         sel = selectors.DefaultSelector()
@@ -200,12 +207,7 @@ def run_sweep(
                         if not line:
                             raise SweepError(f"a worker process died (exit {w.proc.wait()}) running cell {w.cell}")
                         rec = json.loads(line)
-                        if "error" in rec:
-                            raise SweepError(f"cell {rec['key']} failed: {rec['error']}")
-                        log.write(json.dumps(rec) + "\n")
-                        log.flush()
-                        os.fsync(log.fileno())
-                        done[rec["key"]] = rec
+                        _keep(log, done, rec)
                         if on_cell is not None:
                             on_cell(w.cell, rec, False)
                         following = next(pending, None)
@@ -219,6 +221,78 @@ def run_sweep(
             for w in pool:
                 w.close()
     return [done[c.key] for c in cells]
+
+
+def _keep(log: IO[str], done: dict[str, dict[str, Any]], rec: dict[str, Any]) -> None:
+    if "error" in rec:
+        raise SweepError(f"cell {rec['key']} failed: {rec['error']}")
+    log.write(json.dumps(rec) + "\n")
+    log.flush()
+    os.fsync(log.fileno())
+    done[rec["key"]] = rec
+
+
+def _reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Refuse an address nothing answers at (``ray.init`` would retry for minutes)."""
+    import socket  # noqa: PLC0415
+
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise SweepError(f"--ray-address {address!r}: expected host:port, ray://host:port or local")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise SweepError(f"no Ray cluster answers at {address!r}: {e}") from None
+
+
+def _run_on_ray(
+    cfg: SweepConfig,
+    todo: list[Cell],
+    *,
+    address: str,
+    log: IO[str],
+    done: dict[str, dict[str, Any]],
+    on_cell: Callable[[Cell, dict[str, Any], bool], None] | None,
+) -> None:
+    """The cells as Ray tasks: each gets its request line (JSON text) and answers one (Ray moves
+    them as strings; the records themselves are never pickled objects)."""
+    try:
+        import ray  # noqa: PLC0415
+    except ImportError:
+        raise SweepError(
+            "--ray-address needs Ray: pip install 'fedcoord[simulation]' (Flower's simulation extra)"
+        ) from None
+    from federation.sim.worker import run_cell  # noqa: PLC0415
+
+    if address != "local":
+        _reachable(address)
+    started = not ray.is_initialized()
+    if started:
+        try:
+            if address == "local":
+                ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+            else:
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise SweepError(f"could not join the Ray cluster at {address!r}: {e}") from None
+    try:
+        remote = ray.remote(run_cell)
+        by_ref = {}
+        for c in todo:
+            line = json.dumps({"key": c.key, "config": c.config(cfg.base).to_record()})
+            by_ref[remote.remote(line)] = c
+        waiting = list(by_ref)
+        while waiting:
+            ready, waiting = ray.wait(waiting, num_returns=1)
+            for ref in ready:
+                rec = json.loads(ray.get(ref))
+                _keep(log, done, rec)
+                if on_cell is not None:
+                    on_cell(by_ref[ref], rec, False)
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def _get(d: Any, *path: str) -> Any:
