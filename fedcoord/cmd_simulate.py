@@ -78,10 +78,13 @@ def simulate(
             duration_s=duration_s, warmup_s=warmup_s, seed=seed, validate=validate,
             burst_factor=burst_factor, burst_share=burst_share, burst_mean_s=burst_mean_s,
             spread=spread, policy=policy, epsilon=eps, period_s=period_s, net_delay_s=net_delay_s,
+            view_delay_s=min(1.0, period_s / 2),
         )  # fmt: skip
     except ValidationError as e:
         raise typer.BadParameter(str(e)) from None
     console = Console(stderr=True)
+    if eps is not None and policy not in ("seed", "adaptive"):
+        console.print(f"note: --policy {policy} reads no federation view: --epsilon {eps:g} changes nothing")
     with Progress(
         TextColumn("simulating"), BarColumn(), TextColumn("{task.completed:,.0f} of {task.total:,.0f} virtual s"),
         TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal,

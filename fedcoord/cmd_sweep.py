@@ -88,7 +88,8 @@ def sweep(
         typer.Option(
             "--ray-address",
             help="Run the cells on this Ray cluster (ray://host:10001, or host:6379 inside it; "
-            "'local': a Ray started here). Needs pip install 'fedcoord[simulation]'.",
+            "'auto': the cluster this machine is in; 'local': a Ray started here). "
+            "Needs pip install 'fedcoord[simulation]'.",
         ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print results.json's summary on stdout.")] = False,
@@ -101,7 +102,7 @@ def sweep(
     try:
         base = SimConfig(
             nodes=nodes, slots=_ints(slots, "--slots"), load=load, spread=spread, service_mean_s=service_mean_s,
-            duration_s=duration_s, warmup_s=warmup_s, period_s=period_s,
+            duration_s=duration_s, warmup_s=warmup_s, period_s=period_s, view_delay_s=min(1.0, period_s / 2),
         )  # fmt: skip
         cfg = SweepConfig(
             base=base,
@@ -111,7 +112,7 @@ def sweep(
         )
     except ValidationError as e:
         raise typer.BadParameter(str(e)) from None
-    n_workers = workers or os.cpu_count() or 1
+    n_workers = workers or min(256, os.cpu_count() or 1)
     console = Console(stderr=True)
     cells = cfg.cells()
     console.print(

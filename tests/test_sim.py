@@ -228,3 +228,17 @@ def test_simulation_noise_has_the_mechanisms_variance() -> None:
         d = SimulationNoise(kind, scale, sim_generator(1, 0, "test")).draw(200_000)
         assert abs(float(d.mean())) < 0.05 * scale
         assert float(d.var()) == pytest.approx(Mechanism.noise_variance(kind, scale), rel=0.02)
+
+
+def test_results_in_flight_longer_than_a_tick_are_not_sent_twice() -> None:
+    """A result report is re-sent at every tick until acknowledged, but not while one is still on
+    its way: with messages slower than half a tick the origin used to get a report twice and
+    refuse the second ("never handed off")."""
+    r = _shared("random", nodes=4, slots=(2,), load=0.9, spread=0.6, duration_s=400.0, warmup_s=0.0, net_delay_s=6.0)
+    sh = r["sharing"]
+    assert sh["reported"] == sh["handed_off"] > 0 and r["left_active"] == 0  # type: ignore[index,operator]
+
+
+def test_with_spread_the_result_says_how_many_nodes_are_overloaded_alone() -> None:
+    r = _shared("none", nodes=10, spread=0.5, duration_s=300.0, warmup_s=0.0)
+    assert 1 <= r["nodes_over_capacity"] < 10 and r["max_node_load"] == pytest.approx(0.8 * 1.5)  # type: ignore[operator]

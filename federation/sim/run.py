@@ -115,6 +115,7 @@ def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimRe
     arrival_expo = [_stream(cfg.seed, i, "arrivals").expovariate for i in range(n)]
     service_expo = [_stream(cfg.seed, i, "service").expovariate for i in range(n)]
     rates = node_rates(cfg)
+    node_load = [rates[i] * cfg.service_mean_s / slots[i] for i in range(n)]
     # Bursts (a two-state Markov-modulated Poisson process per node): the rate is `burst_factor`
     # times higher during bursts, which take `burst_share` of the time, with the mean rate kept.
     # At a switch the next arrival is drawn again at the new rate (exact: the gaps are memoryless);
@@ -306,6 +307,10 @@ def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimRe
         "timeout_rate": late / len(sojourn_ns) if sojourn_ns else None,  # sojourn over deadline_s
         "last_arrival_s": None if last_arrival_ns is None else last_arrival_ns / _NS,
         "utilization": {"mean": float(np.mean(util)), "min": float(min(util)), "max": float(max(util))},
+        # nodes whose own load is 1 or more (with spread): alone, their queues grow for the whole
+        # run, so without sharing the tail depends on duration_s
+        "nodes_over_capacity": sum(1 for i in range(n) if node_load[i] >= 1.0),
+        "max_node_load": max(node_load),
         # across nodes, sampled every tick in [warmup, end of arrivals]: sd / mean of the load ratios
         # (0: all alike), and the largest ratio / mean
         "imbalance": {

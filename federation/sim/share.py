@@ -93,6 +93,8 @@ class Sharing:
         self.ids = [c.node_id for c in cores]
         self.index = {nid: i for i, nid in enumerate(self.ids)}
         adm_cfg = dataclasses.replace(cfg.admission, policy=cfg.admission_policy)
+        if cfg.policy == "oracle":  # the exact load of the moment: nothing to smooth, no noise to damp
+            adm_cfg = dataclasses.replace(adm_cfg, adaptive_alpha=1.0, hysteresis=0.0)
         self.admissions = [Admission(adm_cfg) for _ in range(n)]
         self.rng = [random.Random(f"fedcoord-sim:{cfg.seed}:{i}:peers") for i in range(n)]
         self.delay_ns = int(cfg.net_delay_s * _NS)
@@ -101,6 +103,7 @@ class Sharing:
         self.phase_ns = [phase.randrange(self.check_ns) for _ in range(n)]  # nodes do not look in step
         self.reservation_ns = int(cfg.reservation_s * _NS)
         self.warm_ns = int(cfg.warmup_s * _NS)
+        self.end_ns = int(cfg.duration_s * _NS)
         # per node: a check is due, an offer is out, the pass's full peers and offers made
         self.check_due = [False] * n
         self.offering = [False] * n
@@ -114,6 +117,7 @@ class Sharing:
         self.reserved: list[dict[int, tuple[int, int]]] = [{} for _ in range(n)]  # offer -> (tasks, expires)
         self.heard: list[dict[int, float]] = [{} for _ in range(n)]  # peer -> load it stated in a reply
         self.archive: list[dict[str, Task]] = [{} for _ in range(n)]  # handed off, result not back yet
+        self.reporting: list[set[str]] = [set() for _ in range(n)]  # results sent, not acknowledged yet
         self.offer_seq = itertools.count()
         self.view_loads: list[float] | None = None  # the federation view's per-node loads, once one arrived
         self.oracle = cfg.policy == "oracle"
@@ -323,7 +327,7 @@ class Sharing:
         if self.tries[i] and not self.moved[i]:
             self.fruitless[i] += 1
             self.not_before[i] = now + self.check_ns * (1 << min(self.fruitless[i], 3))
-        elif self.moved[i]:
+        else:  # moved something, or made no offer: as the runtime's loop, start over
             self.fruitless[i] = 0
             self.not_before[i] = 0
         self.tries[i] = self.moved[i] = 0
@@ -356,7 +360,7 @@ class Sharing:
             for tid in accepted
             if (t := tasks.get(tid)) is not None and t.status is _QUEUED and t.queued_ns is not None
         ]  # claimed here while the offer was out: those stay
-        if len(chosen) < offered:
+        if len(accepted) < offered or not chosen:
             self.full[i].add(p)  # it took what its threshold leaves room for (or nothing moved)
         if not chosen:
             self.offering[i] = False
@@ -373,14 +377,14 @@ class Sharing:
         self.reserved[p].pop(oid, None)
         res = self.cores[p].adopt(list(records), self.ids[origin], now)
         self.queued[p] += len(res.adopted)
-        if now > self.warm_ns and res.adopted:
+        if self.warm_ns < now <= self.end_ns and res.adopted:
             bucket = now // self.window_ns
             if bucket != self.rx_bucket:
                 self._herding_close()
                 self.rx_bucket = bucket
             self.round_rx[p] = self.round_rx.get(p, 0) + len(res.adopted)
         self.push(now + self.delay_ns, EV_ACK, origin, (p, res.owned, dict(res.refused)))
-        return 1 + (self.claim(p, now) if self.free[p] else 0)
+        return 1 + (self.claim(p, now) if self.free[p] and self.queued[p] else 0)
 
     def _on_ack(self, i: int, now: int, ack: tuple[int, list[str], dict[str, str]]) -> int:
         p, owned, refused = ack
@@ -398,7 +402,7 @@ class Sharing:
             core.abort_handoff(back, now, peer=self.ids[p])
             self.queued[i] += len(back)
             self.refused += len(back)
-            if self.free[i]:
+            if self.free[i] and self.queued[i]:
                 pushed += self.claim(i, now)
         self.offering[i] = False
         return pushed + self._attempt(i, now)
@@ -410,9 +414,13 @@ class Sharing:
         for p, core in enumerate(self.cores):
             if not core._reports:
                 continue
+            flying = self.reporting[p]
             for origin, outcomes in core.pending_reports().items():
-                self.push(now + self.delay_ns, EV_REPORT, self.index[origin], (p, outcomes))
-                pushed += 1
+                fresh = [o for o in outcomes if o.task_id not in flying]  # (sent, not acknowledged yet: not again)
+                if fresh:
+                    flying.update(o.task_id for o in fresh)
+                    self.push(now + self.delay_ns, EV_REPORT, self.index[origin], (p, fresh))
+                    pushed += 1
         return pushed
 
     def _on_report(self, i: int, now: int, report: tuple[int, list[Outcome]]) -> int:
@@ -438,6 +446,7 @@ class Sharing:
                         self.cores[i].record_result(o, self.ids[p], self.archive[i].pop(o.task_id, None), now)
                     self.reported += len(outcomes)
                     core.report_done([o.task_id for o in outcomes])
+                self.reporting[p].clear()
 
     # ------------------------------------------------------------------ dispatch
 
@@ -462,6 +471,7 @@ class Sharing:
             return self._on_report(i, now, payload)
         if kind == EV_REPORT_ACK:
             self.cores[i].report_done(payload)
+            self.reporting[i].difference_update(payload)
             return 0
         if kind == EV_ROUND:
             self._round(now)

@@ -126,8 +126,16 @@ def _prepare(cfg: SweepConfig, out_dir: Path) -> dict[str, dict[str, Any]]:
                 "directory, or delete that one to start over"
             )
     else:
-        meta.write_text(json.dumps(want, indent=1) + "\n")
-    return _read_done(out_dir / "cells.jsonl")
+        tmp = meta.with_suffix(".tmp")
+        tmp.write_text(json.dumps(want, indent=1) + "\n")
+        tmp.replace(meta)  # whole or not at all
+    log = out_dir / "cells.jsonl"
+    if log.exists() and log.stat().st_size:
+        with log.open("rb+") as f:  # a torn last line (killed mid-write): cut it, or the next record joins it
+            data = f.read()
+            if not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
+    return _read_done(log)
 
 
 class _Worker:
@@ -139,6 +147,7 @@ class _Worker:
             stdout=subprocess.PIPE,
             text=True,
             env=env,
+            start_new_session=True,  # Ctrl-C reaches the sweep, which stops its workers
         )
         self.cell: Cell | None = None
 
@@ -190,9 +199,10 @@ def run_sweep(
             _run_on_ray(cfg, todo, address=ray_address, log=log, done=done, on_cell=on_cell)
     elif todo:
         pending: Iterator[Cell] = iter(todo)
-        pool = [_Worker() for _ in range(min(workers, len(todo)))]
+        pool: list[_Worker] = []
         sel = selectors.DefaultSelector()
         try:
+            pool.extend(_Worker() for _ in range(min(workers, len(todo))))
             with (out_dir / "cells.jsonl").open("a") as log:
                 for w in pool:
                     first = next(pending, None)
@@ -206,7 +216,10 @@ def run_sweep(
                         line = w.stdout.readline()
                         if not line:
                             raise SweepError(f"a worker process died (exit {w.proc.wait()}) running cell {w.cell}")
-                        rec = json.loads(line)
+                        try:
+                            rec = json.loads(line)
+                        except json.JSONDecodeError:
+                            raise SweepError(f"a worker answered cell {w.cell} with no JSON: {line[:200]!r}") from None
                         _keep(log, done, rec)
                         if on_cell is not None:
                             on_cell(w.cell, rec, False)
@@ -265,17 +278,20 @@ def _run_on_ray(
         ) from None
     from federation.sim.worker import run_cell  # noqa: PLC0415
 
-    if address != "local":
+    if address not in ("local", "auto"):
         _reachable(address)
     started = not ray.is_initialized()
     if started:
         try:
             if address == "local":
                 ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+            elif address == "auto":  # the cluster this machine belongs to (RAY_ADDRESS or a running head)
+                ray.init(address="auto", log_to_driver=False, configure_logging=False)
             else:
                 ray.init(address=address, log_to_driver=False, configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise SweepError(f"could not join the Ray cluster at {address!r}: {e}") from None
+    waiting: list[Any] = []
     try:
         remote = ray.remote(run_cell)
         by_ref = {}
@@ -286,11 +302,16 @@ def _run_on_ray(
         while waiting:
             ready, waiting = ray.wait(waiting, num_returns=1)
             for ref in ready:
-                rec = json.loads(ray.get(ref))
+                try:
+                    rec = json.loads(ray.get(ref))
+                except ray.exceptions.RayError as e:
+                    raise SweepError(f"cell {by_ref[ref].key} failed on Ray: {e}") from None
                 _keep(log, done, rec)
                 if on_cell is not None:
                     on_cell(by_ref[ref], rec, False)
     finally:
+        for ref in waiting:
+            ray.cancel(ref, force=True)  # (stopped early: nothing left running on the cluster)
         if started:
             ray.shutdown()
 
