@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import pytest
 from federation.sim import SimConfig
 from federation.sim.sweep import Cell, SweepConfig, SweepError, rows_of, run_sweep, summarize
 from node.errors import ValidationError
+from tests.conftest import wait_until
 
 _BASE = SimConfig(nodes=4, slots=(2, 6), load=0.85, spread=0.3, service_mean_s=1.0, duration_s=400.0, warmup_s=50.0)
 _CLI = [sys.executable, "-m", "fedcoord", "privacy", "sweep", "--nodes", "4", "--slots", "2,6", "--load", "0.85",
@@ -62,10 +62,7 @@ def test_the_cli_writes_csv_json_and_plots_and_resumes_after_ctrl_c(tmp_path: Pa
     argv = [*_CLI, "--out", str(out), "--epsilons", "none,3,1,0.3", "--workers", "1"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = out / "cells.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 2):
-        time.sleep(0.05)
-    assert log.exists(), "no cell finished in 120 s"
+    wait_until(lambda: log.exists() and len(log.read_text().splitlines()) >= 2, 120, "two finished cells")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

@@ -1,8 +1,10 @@
 """Simulating federations on one machine: a discrete-event simulator over the real node core.
 
-Work in progress (issue 15): single nodes and federations without sharing, checked against
-closed-form queueing results. Hand-off, the privacy pipeline, aggregation and the admission
-policies come next.
+Nodes share work by hand-off under admission's policies (``share.py``), the ``seed`` and
+``adaptive`` ones reading the federation's view from the real privacy pipeline with seeded,
+simulation-only noise (``noise.py``); ``sweep.py`` runs a grid of them. Checked against
+closed-form queueing results (single nodes, and between independent and pooled queues).
+Work in progress (issue 15): no Flower engine path yet.
 """
 
 from federation.sim.config import SimConfig
