@@ -5,6 +5,9 @@ Each simulated node runs the real scheduling core; arrivals are Poisson (or burs
 result, byte for byte, but for how long it took (``wall_s``, ``events_per_s`` in ``--json``).
 ``--policy`` shares work between the nodes (hand-off through the real core and admission;
 ``seed`` and ``adaptive`` read the federation's privacy-filtered view, noised at ``--epsilon``).
+``--engine flower`` runs the federation's rounds through Flower's simulation engine (the real
+ServerApp and ClientApp, the nodes reached over gRPC): the same result as the event path of the
+same config when every node answered every round (see :mod:`federation.sim.flower`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ SIMULATE_HELP = (
     "(none, random, seed, adaptive, oracle) with the federation's view noised at --epsilon. Prints "
     "sojourn times (p50, p99), waiting, utilization and the hand-off figures; "
     "--json for the whole result. The same --seed gives the same result.\n\n"
+    "--engine flower runs the rounds through Flower's simulation engine (the real ServerApp and "
+    "ClientApp, Ray actors, gRPC to the nodes): slower, for fidelity runs up to a few hundred "
+    "nodes; it gives the event path's result for the same config (views a period late, as deployed).\n\n"
     "Example: fedcoord simulate --nodes 100 --slots 4,8,16 --spread 0.3 --policy adaptive --epsilon 1"
 )
 
@@ -61,12 +67,19 @@ def simulate(
     period_s: Annotated[float, typer.Option("--period-s", help="Aggregation period (= window) in seconds.")] = 20.0,
     net_delay_s: Annotated[float, typer.Option("--net-delay-s", help="One-way delay of a hand-off message.")] = 0.001,
     seed: Annotated[int, typer.Option(help="Seed of the simulation's random streams.")] = 0,
+    engine: Annotated[
+        str,
+        typer.Option(help="event: rounds in the simulator; flower: rounds through Flower's simulation engine."),
+    ] = "event",
     validate: Annotated[bool, typer.Option("--validate", help="Check every core's invariants at the end.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="The result as JSON on stdout.")] = False,
 ) -> None:
     from federation.sim import SimConfig  # noqa: PLC0415
-    from federation.sim import simulate as run  # noqa: PLC0415
-    from node.errors import ValidationError  # noqa: PLC0415
+    from federation.sim import simulate as run_event  # noqa: PLC0415
+    from node.errors import FedcoordError, ValidationError  # noqa: PLC0415
+
+    if engine not in ("event", "flower"):
+        raise typer.BadParameter(f"{engine!r}: event or flower", param_hint="--engine")
 
     try:
         eps = None if epsilon.strip().lower() in ("none", "off", "inf") else float(epsilon)
@@ -80,8 +93,13 @@ def simulate(
             spread=spread, policy=policy, epsilon=eps, period_s=period_s, net_delay_s=net_delay_s,
             view_delay_s=min(1.0, period_s / 2),
         )  # fmt: skip
+        if engine == "flower":
+            from federation.sim.flower import check_config, simulate_flower  # noqa: PLC0415
+
+            check_config(cfg)
     except ValidationError as e:
         raise typer.BadParameter(str(e)) from None
+    run = run_event if engine == "event" else simulate_flower
     console = Console(stderr=True)
     if eps is not None and policy not in ("seed", "adaptive"):
         console.print(f"note: --policy {policy} reads no federation view: --epsilon {eps:g} changes nothing")
@@ -90,10 +108,17 @@ def simulate(
         TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal,
     ) as bar:  # fmt: skip
         job = bar.add_task("sim", total=duration_s)
-        res = run(cfg, progress=lambda t: bar.update(job, completed=min(t, duration_s)))
+        try:
+            res = run(cfg, progress=lambda t: bar.update(job, completed=min(t, duration_s)))
+        except FedcoordError as e:
+            console.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(1) from None
     r = res.result
     if json_out:
-        sys.stdout.write(json.dumps({**r, "wall_s": round(res.wall_s, 3), "events_per_s": round(res.events_per_s)}))
+        extra: dict[str, object] = {"wall_s": round(res.wall_s, 3), "events_per_s": round(res.events_per_s)}
+        if res.engine is not None:
+            extra["engine"] = res.engine
+        sys.stdout.write(json.dumps({**r, **extra}))
         sys.stdout.write("\n")
         return
     t = Table(title=f"{nodes} nodes, load {load}, {r['tasks']:,} tasks, {r['virtual_s']:,.0f} virtual s")
@@ -122,3 +147,13 @@ def simulate(
             f"{r['imbalance']['cv_mean'] or 0:.3f}; privacy: "
             + (f"epsilon {priv['epsilon_spent_max']:.3g} spent of {priv['epsilon']:g}" if priv["noisy"] else "no noise")
         )
+    fl = r.get("flower")
+    if fl is not None and res.engine is not None:
+        lat = res.engine["round_latency_s"]
+        out.print(
+            f"flower: {fl['rounds']} rounds through Flower's simulation engine, {fl['missing']} node-rounds "
+            f"without a summary, {fl['errors']} ClientApp errors"
+            + ("" if lat is None else f"; round latency p50 {lat['p50']:.2f} s, max {lat['max']:.2f} s (wall)")
+        )
+        if fl["missing"] or fl["errors"]:
+            out.print("  (not the event path's result: some rounds went without some nodes)")

@@ -28,7 +28,7 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
@@ -39,7 +39,7 @@ from federation.privacy.status import ReleaseOutcome, ReleaseStatus
 from federation.records import outcome_from_records, query_records
 from federation.view import GlobalView
 
-__all__ = ["RoundResult", "ServerSettings", "app", "run_round"]
+__all__ = ["RoundClock", "RoundResult", "ServerSettings", "WallClock", "app", "run_round", "serve"]
 
 log = logging.getLogger("fedcoord.serverapp")
 
@@ -235,31 +235,68 @@ def _wait_for_nodes(grid: Grid, settings: ServerSettings) -> None:
         time.sleep(0.5)
 
 
+class RoundClock(Protocol):
+    """When rounds run: :class:`WallClock` in a federation, the virtual clock in the Flower engine
+    path of the simulator (:mod:`federation.sim.flower`)."""
+
+    def wait(self, round_no: int) -> bool:
+        """Return when round ``round_no`` is due; False when no more rounds are to run."""
+
+    def done(self, result: RoundResult) -> None:
+        """Round ``result.round`` is over."""
+
+
+class WallClock:
+    """Rounds every ``period_s`` of wall time (the period counts from a round's start), for
+    ``rounds`` rounds (0: until stopped); each round's line goes to the status file."""
+
+    def __init__(self, settings: ServerSettings):
+        self.settings = settings
+        self._started: float | None = None
+
+    def wait(self, round_no: int) -> bool:
+        s = self.settings
+        if s.rounds and round_no > s.rounds:
+            return False
+        if self._started is not None:
+            rest = s.period_s - (time.monotonic() - self._started)
+            if rest > 0:
+                time.sleep(rest)
+        self._started = time.monotonic()
+        return True
+
+    def done(self, result: RoundResult) -> None:
+        _write_status(self.settings.status_file, result.to_json())
+        view = result.view
+        log.info(
+            "round %d: %d of %d nodes in %.1f s, federation load %.2f (sd %.2f), missing %s",
+            result.round,
+            len(view.participants),
+            result.asked,
+            result.latency_s,
+            view.federation_load.value,
+            view.federation_load.sd,
+            list(view.missing),
+        )
+
+
+def serve(grid: Grid, settings: ServerSettings, clock: RoundClock) -> None:
+    """The federation's rounds, one broadcast each, when ``clock`` says: each round's query
+    carries the view of the round before."""
+    names = _Names()
+    view: GlobalView | None = None
+    answered: set[int] = set()
+    round_no = 1
+    while clock.wait(round_no):
+        res, answered = run_round(grid, round_no, view, settings=settings, names=names, answered_last=answered)
+        view = res.view
+        clock.done(res)
+        round_no += 1
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     settings = ServerSettings.from_run_config(context.run_config)
     log.info("fedcoord federation: rounds every %.1f s (TTL %.1f s)", settings.period_s, settings.ttl_s)
     _wait_for_nodes(grid, settings)
-    names = _Names()
-    view: GlobalView | None = None
-    answered: set[int] = set()
-    round_no = 0
-    while settings.rounds == 0 or round_no < settings.rounds:
-        round_no += 1
-        t0 = time.monotonic()
-        res, answered = run_round(grid, round_no, view, settings=settings, names=names, answered_last=answered)
-        view = res.view
-        _write_status(settings.status_file, res.to_json())
-        log.info(
-            "round %d: %d of %d nodes in %.1f s, federation load %.2f (sd %.2f), missing %s",
-            round_no,
-            len(view.participants),
-            res.asked,
-            res.latency_s,
-            view.federation_load.value,
-            view.federation_load.sd,
-            list(view.missing),
-        )
-        rest = settings.period_s - (time.monotonic() - t0)
-        if rest > 0 and (settings.rounds == 0 or round_no < settings.rounds):
-            time.sleep(rest)
+    serve(grid, settings, WallClock(settings))

@@ -66,7 +66,9 @@ class SimConfig:
     net_delay_s: float = 0.001  # one way, per hand-off message (offer, reply, transfer, ack, report)
     # The federation: every period_s each node releases its last window (window_s = period_s)
     # through the privacy pipeline, the aggregation merges them, and the view reaches every node
-    # view_delay_s later. epsilon None: no noise (the same window counts, released exact).
+    # view_delay_s later (period_s: as deployed, where the view rides in the next round's query,
+    # and reaches each node just before it releases again). epsilon None: no noise (the same
+    # window counts, released exact).
     period_s: float = 20.0
     view_delay_s: float = 1.0
     epsilon: float | None = None  # per task over m windows, at delta
@@ -110,7 +112,7 @@ class SimConfig:
             if type(v) is not int or not 1 <= v <= 10_000:
                 raise ValidationError(f"sim.{name}", f"{v!r}", limit="1..10000")
         _positive("period_s", self.period_s, upto=86400.0)
-        _number("view_delay_s", self.view_delay_s, lambda x: 0.0 <= x < self.period_s, "0 <= value < period_s")
+        _number("view_delay_s", self.view_delay_s, lambda x: 0.0 <= x <= self.period_s, "0 <= value <= period_s")
         if self.epsilon is not None:
             _number("epsilon", self.epsilon, lambda x: 0.0 < x <= 1000.0, "0 < value <= 1000 (or None: no noise)")
         _number("delta", self.delta, lambda x: 0.0 < x < 1.0, "0 < value < 1")

@@ -47,6 +47,7 @@ class SimResult:
     result: dict[str, Any]
     wall_s: float
     events_per_s: float
+    engine: dict[str, Any] | None = None  # the Flower engine path's wall times (not reproducible)
 
 
 def _stream(seed: int, node: int, purpose: str) -> random.Random:
@@ -62,10 +63,19 @@ def mmpp_rates(rate: float, factor: float, share: float, burst_mean_s: float) ->
     return low, low * factor, 1.0 / burst_mean_s, share / ((1 - share) * burst_mean_s)
 
 
-def simulate(cfg: SimConfig, progress: Callable[[float], None] | None = None) -> SimResult:
+def simulate(
+    cfg: SimConfig,
+    progress: Callable[[float], None] | None = None,
+    *,
+    rounds: Callable[[Sharing, int], None] | None = None,
+) -> SimResult:
     """Run ``cfg`` to its end: arrivals stop at ``duration_s``, then every task still in the
     system runs to completion. ``progress`` is called at every tick with the virtual seconds
-    reached (for a progress bar; the run's result does not depend on it).
+    reached (for a progress bar; the run's result does not depend on it). ``rounds``, when
+    given, runs the federation's rounds instead of the simulator (the Flower engine path,
+    :mod:`federation.sim.flower`): it is called at each round's virtual time and returns when
+    the round is over, having asked the nodes through :meth:`Sharing.release` and
+    :meth:`Sharing.apply_view`.
 
     While it runs, the cyclic garbage collector runs less often (``gc.set_threshold(100_000,
     50, 100)``, put back after): the run allocates millions of short-lived, acyclic objects and
@@ -73,7 +83,7 @@ def simulate(cfg: SimConfig, progress: Callable[[float], None] | None = None) ->
     old = gc.get_threshold()
     gc.set_threshold(100_000, 50, 100)
     try:
-        return _simulate(cfg, progress)
+        return _simulate(cfg, progress, rounds)
     finally:
         gc.set_threshold(*old)
 
@@ -96,7 +106,9 @@ def node_rates(cfg: SimConfig) -> list[float]:
     return [r * k for r in raw]
 
 
-def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimResult:
+def _simulate(
+    cfg: SimConfig, progress: Callable[[float], None] | None, rounds: Callable[[Sharing, int], None] | None
+) -> SimResult:
     t0 = time.perf_counter()
     n = cfg.nodes
     # workers are only silent when idle here: no heartbeat timeouts; task timeouts beyond any run
@@ -171,7 +183,7 @@ def _simulate(cfg: SimConfig, progress: Callable[[float], None] | None) -> SimRe
         return k
 
     sharing = (
-        Sharing(cfg, cores=cores, slots=slots, free=free, queued=queued, push=push_event, claim=claim)
+        Sharing(cfg, cores=cores, slots=slots, free=free, queued=queued, push=push_event, claim=claim, external=rounds)
         if cfg.sharing
         else None
     )

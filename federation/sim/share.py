@@ -43,8 +43,10 @@ from federation.aggregate import Aggregator
 from federation.privacy.accountant import Accountant
 from federation.privacy.config import PrivacyConfig
 from federation.privacy.pipeline import CELLS_PER_TASK, WindowInput, build_release, cells_of
+from federation.privacy.schema import ReleasedSummary
 from federation.sim.config import SimConfig
 from federation.sim.noise import SimulationNoise, sim_generator
+from federation.view import GlobalView
 from node.admission import Admission, FederationView
 from node.analytics.window import Windows
 from node.core import Core
@@ -80,6 +82,7 @@ class Sharing:
         queued: list[int],
         push: Push,
         claim: Callable[[int, int], int],
+        external: Callable[[Sharing, int], None] | None = None,
     ):
         self.cfg = cfg
         self.cores = cores
@@ -134,6 +137,15 @@ class Sharing:
         self.epsilon_max = 0.0
         self.releases = 0
         self.rounds_on = cfg.policy in ("seed", "adaptive")
+        # rounds run by someone else (the Flower engine path): called at each round's time, it
+        # returns when the round is over; meanwhile `release` and `apply_view` answer for the nodes
+        self.external = external
+        self.round_now = self.round_w = 0
+        self.round_worst = 0.0
+        self.view_round = -1
+        self.last_release: list[ReleasedSummary | None] = [None] * n
+        self.node_releases = [0] * n
+        self.node_worst = [0.0] * n  # the most any task of node i has spent
         self._privacy_setup()
 
     # ------------------------------------------------------------------ privacy and rounds
@@ -147,6 +159,8 @@ class Sharing:
             mechanism=cfg.mechanism,
         )
         self.noisy = cfg.epsilon is not None and self.rounds_on
+        if self.external is not None and not self.noisy:
+            raise ValueError("rounds run elsewhere need the privacy pipeline: a policy that reads the view, an epsilon")
         self.window_ns = int(cfg.period_s * _NS)
         self.windows: list[Windows] | None = None
         if not self.noisy:
@@ -176,14 +190,21 @@ class Sharing:
     def _round(self, now: int) -> None:
         cfg = self.cfg
         w = now // self.window_ns - 1  # the window that just closed
+        for i in range(self.n):
+            self.record(i, now)
+        if self.external is not None:  # the rounds run elsewhere (Flower): they ask for releases
+            self.round_now, self.round_w, self.round_worst = now, w, 0.0
+            self.external(self, now)
+            self.rounds += 1
+            self._spent(now, self.round_worst)
+            self.push(now + self.window_ns, EV_ROUND, -1, None)
+            return
         m = cfg.m
         lo, hi = (w - m + 1) * self.window_ns, (w + 1) * self.window_ns
         pcfg = self.pcfg
         n = self.n
         occ = [0.0] * n
         caps = [pcfg.capacity_bucket(s) for s in self.slots]
-        for i in range(n):
-            self.record(i, now)
         if not self.noisy:
             for i, core in enumerate(self.cores):
                 occ[i] = float(occupancy(core.tasks.values(), lo, hi, now))
@@ -194,31 +215,12 @@ class Sharing:
         else:
             agg = self.aggregator
             agg.clear()
-            acc = self.accountant
-            assert self.windows is not None
-            start_us, end_us = w * self.window_ns // 1000, (w + 1) * self.window_ns // 1000
-            worst = 0.0
-            for i, core in enumerate(self.cores):
-                closed = self.windows[i].last_closed(now)
-                b = closed.bounded if closed is not None else None
-                counts = b.counts if b is not None and b.window == w else {}
-                hist = b.completion_counts if b is not None and b.window == w else (0,) * len(pcfg.bins)
-                ledger = self.ledgers[i]
-                entry = LedgerEntry(w, acc.rho, now, acc.mechanism.kind, acc.mechanism.scale, start_us, end_us)
-                horizon = entry.horizon_start_us(m)
-                decision = acc.decide(ledger, w, horizon)
-                if not decision.allowed:  # (the calibrated default never gets here)
-                    continue
-                inp = WindowInput(
-                    w, cfg.period_s, counts, hist, occupancy(core.tasks.values(), lo, hi, now), self.slots[i]
-                )
-                agg.add(build_release(self.ids[i], inp, pcfg, acc, decision, noise=self.noise[i]))
-                ledger.append(entry)
-                del ledger[: max(0, len(ledger) - m)]
-                self.releases += 1
-                worst = max(worst, decision.epsilon)
-            self.epsilon_max = max(self.epsilon_max, worst)
-            self.budget.append((now / _NS, worst))
+            self.round_worst = 0.0
+            for i in range(n):
+                summary = self.release(i, w, now)
+                if summary is not None:
+                    agg.add(summary)
+            self._spent(now, self.round_worst)
             gv = agg.view(round=self.rounds, now_ns=now)
             nodes = gv.nodes
             occ = [max(0.0, nodes[nid].occupied.value) if nid in nodes else 0.0 for nid in self.ids]
@@ -227,8 +229,56 @@ class Sharing:
             sd = gv.federation_load.sd
         total = sum(occ)
         self.rounds += 1
-        self.push(now + int(cfg.view_delay_s * _NS), EV_VIEW, -1, (now, fed, sd, occ, total, loads))
+        self.push(now + int(cfg.view_delay_s * _NS), EV_VIEW, -1, (fed, sd, occ, total, loads))
         self.push(now + self.window_ns, EV_ROUND, -1, None)
+
+    def _spent(self, now: int, worst: float) -> None:
+        self.epsilon_max = max(self.epsilon_max, worst)
+        self.budget.append((now / _NS, worst))
+
+    def release(self, i: int, w: int, now: int) -> ReleasedSummary | None:
+        """Node ``i``'s release of window ``w`` through the privacy pipeline (its accountant and
+        ledger, the simulation's noise), or None when the accountant refuses it. Asking again for
+        the same window gives the same release at no cost, as a deployed node does."""
+        last = self.last_release[i]
+        if last is not None and last.window == w:
+            return last
+        cfg, pcfg, acc = self.cfg, self.pcfg, self.accountant
+        assert self.windows is not None
+        m = cfg.m
+        lo, hi = (w - m + 1) * self.window_ns, (w + 1) * self.window_ns
+        closed = self.windows[i].last_closed(now)
+        b = closed.bounded if closed is not None else None
+        counts = b.counts if b is not None and b.window == w else {}
+        hist = b.completion_counts if b is not None and b.window == w else (0,) * len(pcfg.bins)
+        ledger = self.ledgers[i]
+        start_us, end_us = w * self.window_ns // 1000, (w + 1) * self.window_ns // 1000
+        entry = LedgerEntry(w, acc.rho, now, acc.mechanism.kind, acc.mechanism.scale, start_us, end_us)
+        decision = acc.decide(ledger, w, entry.horizon_start_us(m))
+        if not decision.allowed:  # (the calibrated default never gets here)
+            return None
+        inp = WindowInput(
+            w, cfg.period_s, counts, hist, occupancy(self.cores[i].tasks.values(), lo, hi, now), self.slots[i]
+        )
+        summary = build_release(self.ids[i], inp, pcfg, acc, decision, noise=self.noise[i])
+        ledger.append(entry)
+        del ledger[: max(0, len(ledger) - m)]
+        self.releases += 1
+        self.round_worst = max(self.round_worst, decision.epsilon)
+        self.node_releases[i] += 1
+        self.node_worst[i] = max(self.node_worst[i], decision.epsilon)
+        self.last_release[i] = summary
+        return summary
+
+    def apply_view(self, i: int, view: GlobalView, now: int) -> float:
+        """A federation view reaches node ``i`` (the ``ApplyFederation`` of a deployed node: dated
+        by the node's clock on arrival); returns the threshold it gives."""
+        self.admissions[i].update(dataclasses.replace(view.admission_view(self.ids[i]), at_ns=now))
+        if self.view_round != view.round:  # every node gets the same view in a round
+            self.view_round = view.round
+            nodes = view.nodes
+            self.view_loads = [max(0.0, nodes[nid].load.value) if nid in nodes else 0.0 for nid in self.ids]
+        return self.admissions[i].threshold(self.cores[i].load(), now)
 
     def _herding_close(self) -> None:
         """One period's hand-offs are all in: the largest share that went to one node."""
@@ -237,11 +287,13 @@ class Sharing:
             self.herding.append(max(self.round_rx.values()) / moved)
         self.round_rx = {}
 
-    def _view(self, payload: tuple[int, float | None, float, list[float], float, list[float]]) -> None:
-        at, fed, sd, occ, total, loads = payload
+    def _view(self, now: int, payload: tuple[float | None, float, list[float], float, list[float]]) -> None:
+        """The round's view reaches every node, dated by the node's clock on arrival (as
+        :meth:`node.runtime.node.LocalNode.apply_view` dates it)."""
+        fed, sd, occ, total, loads = payload
         for i, adm in enumerate(self.admissions):
             share = min(1.0, occ[i] / total) if total > 0 else 0.0
-            adm.update(FederationView(at_ns=at, load_share=share, federation_load=fed, federation_load_sd=sd))
+            adm.update(FederationView(at_ns=now, load_share=share, federation_load=fed, federation_load_sd=sd))
         self.view_loads = loads
 
     # ------------------------------------------------------------------ hand-off
@@ -477,7 +529,7 @@ class Sharing:
             self._round(now)
             return 0
         if kind == EV_VIEW:
-            self._view(payload)
+            self._view(now, payload)
             return 0
         raise ValueError(f"no event kind {kind}")
 

@@ -1,0 +1,60 @@
+"""The simulator's Flower engine path: the real ServerApp and ClientApp in Flower's simulation
+engine against simulated nodes give the event path's result on the same config."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from federation.sim import SimConfig, simulate
+from federation.sim.flower import check_config, simulate_flower
+from node.errors import ValidationError
+
+_CLI = [sys.executable, "-m", "fedcoord"]
+_NOT_RESULT = ("flower", "wall_s", "events_per_s", "engine")  # the engine path's own, and wall times
+
+
+def _comparable(result: dict[str, object]) -> str:
+    return json.dumps({k: v for k, v in result.items() if k not in _NOT_RESULT}, sort_keys=True)
+
+
+def test_flower_rounds_give_the_event_paths_result() -> None:
+    """``fedcoord simulate --engine flower`` (in a process of its own: Ray starts there, and is
+    gone after) gives, byte for byte, the event path's result of the config it ran."""
+    args = ["simulate", "--nodes", "4", "--slots", "2,4", "--spread", "0.3", "--duration-s", "300",
+            "--policy", "adaptive", "--epsilon", "1", "--seed", "1", "--engine", "flower", "--json"]  # fmt: skip
+    done = subprocess.run([*_CLI, *args], check=False, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    res = json.loads(done.stdout)
+    fl = res["flower"]
+    assert fl == {"rounds": fl["rounds"], "missing": 0, "errors": 0}
+    assert fl["rounds"] >= 300 // 20  # every period of the run went through Flower
+    sharing = res["sharing"]
+    assert sharing["rounds"] == fl["rounds"]
+    assert sharing["privacy"]["releases"] == 4 * fl["rounds"]  # every node released every round
+    assert sharing["handed_off"] > 0
+    assert res["config"]["view_delay_s"] == res["config"]["period_s"]  # as deployed: in the next query
+    assert res["engine"]["engine"] == "flower" and res["engine"]["round_latency_s"]["max"] > 0
+    event = simulate(SimConfig.from_record(res["config"]))
+    assert _comparable(res) == _comparable(event.result)
+    # and the rounds made a difference: without a view (local thresholds) the run is another
+    local = simulate(SimConfig.from_record({**res["config"], "policy": "random"}))
+    assert local.result["sojourn_s"] != res["sojourn_s"]
+
+
+@pytest.mark.parametrize(
+    ("change", "name"),
+    [({"policy": "none"}, "sim.policy"), ({"policy": "oracle"}, "sim.policy"), ({"epsilon": None}, "sim.epsilon"),
+     ({"nodes": 5000}, "sim.nodes")],
+)  # fmt: skip
+def test_flower_engine_refuses_what_it_cannot_run(change: dict[str, object], name: str) -> None:
+    base: dict[str, object] = {"nodes": 4, "policy": "adaptive", "epsilon": 1.0}
+    cfg = SimConfig(**{**base, **change})  # type: ignore[arg-type]
+    with pytest.raises(ValidationError) as e:
+        check_config(cfg)
+    assert e.value.field == name
+    with pytest.raises(ValidationError):
+        simulate_flower(cfg)
