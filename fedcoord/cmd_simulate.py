@@ -21,6 +21,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedcoord.sim_options import Difficulties, FailRate, Skills, Types, TypeSkew, ints, workload
+
 __all__ = ["SIMULATE_HELP", "simulate"]
 
 SIMULATE_HELP = (
@@ -34,14 +36,6 @@ SIMULATE_HELP = (
     "nodes; it gives the event path's result for the same config (views a period late, as deployed).\n\n"
     "Example: fedcoord simulate --nodes 100 --slots 4,8,16 --spread 0.3 --policy adaptive --epsilon 1"
 )
-
-
-def _slots(text: str) -> tuple[int, ...]:
-    try:
-        out = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise typer.BadParameter(f"{text!r}: comma-separated ints, e.g. 4,8,16", param_hint="--slots") from None
-    return out
 
 
 def simulate(
@@ -66,6 +60,11 @@ def simulate(
     ] = "none",
     period_s: Annotated[float, typer.Option("--period-s", help="Aggregation period (= window) in seconds.")] = 20.0,
     net_delay_s: Annotated[float, typer.Option("--net-delay-s", help="One-way delay of a hand-off message.")] = 0.001,
+    types: Types = 1,
+    type_skew: TypeSkew = 0.0,
+    difficulties: Difficulties = "1",
+    skills: Skills = "10",
+    fail_rate: FailRate = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the simulation's random streams.")] = 0,
     engine: Annotated[
         str,
@@ -87,11 +86,11 @@ def simulate(
         raise typer.BadParameter(f"{epsilon!r} is not a number (or none)", param_hint="--epsilon") from None
     try:
         cfg = SimConfig(
-            nodes=nodes, slots=_slots(slots), load=load, service_mean_s=service_mean_s,
+            nodes=nodes, slots=ints(slots, "--slots"), load=load, service_mean_s=service_mean_s,
             duration_s=duration_s, warmup_s=warmup_s, seed=seed, validate=validate,
             burst_factor=burst_factor, burst_share=burst_share, burst_mean_s=burst_mean_s,
             spread=spread, policy=policy, epsilon=eps, period_s=period_s, net_delay_s=net_delay_s,
-            view_delay_s=min(1.0, period_s / 2),
+            **workload(types, type_skew, difficulties, skills, fail_rate),
         )  # fmt: skip
         if engine == "flower":
             from federation.sim.flower import check_config, simulate_flower  # noqa: PLC0415
@@ -146,6 +145,17 @@ def simulate(
             f"{'n/a' if herd is None else format(herd['mean'], '.2f')}; imbalance (sd/mean of loads) "
             f"{r['imbalance']['cv_mean'] or 0:.3f}; privacy: "
             + (f"epsilon {priv['epsilon_spent_max']:.3g} spent of {priv['epsilon']:g}" if priv["noisy"] else "no noise")
+        )
+    wl = r["workload"]
+    if wl is not None:
+        by_type = ", ".join(
+            f"{k} (d{t['difficulty']}) {'-' if t['p99'] is None else format(t['p99'], '.1f')}"
+            for k, t in wl["by_type"].items()
+        )
+        util = ", ".join(f"skill {k} {u:.2f}" for k, u in wl["utilization_by_skill"].items())
+        out.print(
+            f"workload: failed for good {wl['failed']:,} ({wl['failed_rate']:.2%}), retried {wl['retried']:,}; "
+            f"p99 sojourn by type: {by_type}; utilization by worker skill: {util}"
         )
     fl = r.get("flower")
     if fl is not None and res.engine is not None:

@@ -21,6 +21,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from fedcoord.sim_options import Difficulties, FailRate, Skills, Types, TypeSkew, ints, workload
+
 __all__ = ["SWEEP_HELP", "sweep"]
 
 SWEEP_HELP = (
@@ -49,13 +51,6 @@ def _floats_or_none(text: str) -> tuple[float | None, ...]:
     return tuple(out)
 
 
-def _ints(text: str, hint: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise typer.BadParameter(f"{text!r}: comma-separated ints", param_hint=hint) from None
-
-
 def _fmt(v: Any, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
@@ -82,6 +77,11 @@ def sweep(
     duration_s: Annotated[float, typer.Option("--duration-s", help="Virtual seconds of arrivals per cell.")] = 1800.0,
     warmup_s: Annotated[float, typer.Option("--warmup-s", help="Arrivals before this are not measured.")] = 300.0,
     period_s: Annotated[float, typer.Option("--period-s", help="Aggregation period (= window) in seconds.")] = 20.0,
+    types: Types = 1,
+    type_skew: TypeSkew = 0.0,
+    difficulties: Difficulties = "1",
+    skills: Skills = "10",
+    fail_rate: FailRate = 0.0,
     workers: Annotated[int, typer.Option(help="Worker processes (default: one per core).")] = 0,
     ray_address: Annotated[
         str | None,
@@ -101,14 +101,15 @@ def sweep(
 
     try:
         base = SimConfig(
-            nodes=nodes, slots=_ints(slots, "--slots"), load=load, spread=spread, service_mean_s=service_mean_s,
-            duration_s=duration_s, warmup_s=warmup_s, period_s=period_s, view_delay_s=min(1.0, period_s / 2),
+            nodes=nodes, slots=ints(slots, "--slots"), load=load, spread=spread, service_mean_s=service_mean_s,
+            duration_s=duration_s, warmup_s=warmup_s, period_s=period_s,
+            **workload(types, type_skew, difficulties, skills, fail_rate),
         )  # fmt: skip
         cfg = SweepConfig(
             base=base,
             epsilons=_floats_or_none(epsilons),
             policies=tuple(p.strip() for p in policies.split(",")),
-            seeds=_ints(seeds, "--seeds"),
+            seeds=ints(seeds, "--seeds"),
         )
     except ValidationError as e:
         raise typer.BadParameter(str(e)) from None

@@ -66,16 +66,29 @@ class SimConfig:
     net_delay_s: float = 0.001  # one way, per hand-off message (offer, reply, transfer, ack, report)
     # The federation: every period_s each node releases its last window (window_s = period_s)
     # through the privacy pipeline, the aggregation merges them, and the view reaches every node
-    # view_delay_s later (period_s: as deployed, where the view rides in the next round's query,
-    # and reaches each node just before it releases again). epsilon None: no noise (the same
-    # window counts, released exact).
+    # view_delay_s later; None (the default): period_s, as deployed, where the view rides in the
+    # next round's query and reaches each node just before it releases again. epsilon None: no
+    # noise (the same window counts, released exact).
     period_s: float = 20.0
-    view_delay_s: float = 1.0
+    view_delay_s: float | None = None
     epsilon: float | None = None  # per task over m windows, at delta
     delta: float = 1e-6
     m: int = 3
     mechanism: str = "gaussian"
     deadline_s: float = 60.0  # a task whose sojourn is longer counts as a timeout (a metric only)
+    # The work (a "mixed" workload when any of these is not the default): `types` task types
+    # t0, t1, ... arriving with Zipf weights 1 / (k + 1)^type_skew; type k has difficulty
+    # difficulties[k % len] (1..10), and a task of difficulty d takes an exponential time of mean
+    # service_mean_s x d / (the mean difficulty of the arrivals), so the offered load stays `load`.
+    # Each node's slots are split over workers of the `skills` given (the most skilled first);
+    # the core's strict matching gives a task only to a worker of skill >= its difficulty. An
+    # attempt fails with probability fail_rate (after its service time, as seed 001's workers
+    # do): the core retries it after its backoff (max_retries 3), then fails it for good.
+    types: int = 1
+    type_skew: float = 0.0
+    difficulties: tuple[int, ...] = (1,)
+    skills: tuple[int, ...] = (10,)
+    fail_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if type(self.nodes) is not int or not 1 <= self.nodes <= 100_000:
@@ -112,7 +125,8 @@ class SimConfig:
             if type(v) is not int or not 1 <= v <= 10_000:
                 raise ValidationError(f"sim.{name}", f"{v!r}", limit="1..10000")
         _positive("period_s", self.period_s, upto=86400.0)
-        _number("view_delay_s", self.view_delay_s, lambda x: 0.0 <= x <= self.period_s, "0 <= value <= period_s")
+        if self.view_delay_s is not None:
+            _number("view_delay_s", self.view_delay_s, lambda x: 0.0 <= x <= self.period_s, "0 <= value <= period_s")
         if self.epsilon is not None:
             _number("epsilon", self.epsilon, lambda x: 0.0 < x <= 1000.0, "0 < value <= 1000 (or None: no noise)")
         _number("delta", self.delta, lambda x: 0.0 < x < 1.0, "0 < value < 1")
@@ -121,9 +135,53 @@ class SimConfig:
         if self.mechanism not in MECHANISMS:
             raise ValidationError("sim.mechanism", f"{self.mechanism!r}", limit=" | ".join(MECHANISMS))
         _positive("deadline_s", self.deadline_s)
+        if type(self.types) is not int or not 1 <= self.types <= 1000:
+            raise ValidationError("sim.types", f"{self.types!r}", limit="1..1000")
+        _number("type_skew", self.type_skew, lambda x: 0.0 <= x <= 10.0, "0..10")
+        for name in ("difficulties", "skills"):
+            v = getattr(self, name)
+            if not isinstance(v, tuple) or not v or any(type(d) is not int or not 1 <= d <= 10 for d in v):
+                raise ValidationError(f"sim.{name}", f"{v!r}", limit="a non-empty tuple of ints 1..10")
+        hardest = max(self.difficulties[k % len(self.difficulties)] for k in range(self.types))
+        if max(self.skills) < hardest:  # strict matching: those tasks would wait for ever
+            raise ValidationError(
+                "sim.skills",
+                f"{self.skills!r}: no worker can run the difficulty-{hardest} tasks (a task goes only to a "
+                "worker of skill >= its difficulty)",
+                limit=f"the most skilled worker at least {hardest}",
+            )
+        _number("fail_rate", self.fail_rate, lambda x: 0.0 <= x < 1.0, "0 <= value < 1")
 
     def node_slots(self, i: int) -> int:
         return self.slots[i % len(self.slots)]
+
+    @property
+    def view_delay(self) -> float:
+        """How long a round's view takes to reach the nodes (``view_delay_s``, else a period)."""
+        return self.period_s if self.view_delay_s is None else self.view_delay_s
+
+    @property
+    def mixed(self) -> bool:
+        """Several types, difficulties or workers, or failures (else one worker per node runs
+        one type: the simulator's fast path)."""
+        return self.types > 1 or self.difficulties != (1,) or self.skills != (10,) or self.fail_rate > 0
+
+    def type_weights(self) -> list[float]:
+        """The share of arrivals of each type (Zipf with exponent ``type_skew``)."""
+        raw = [1.0 / (k + 1) ** self.type_skew for k in range(self.types)]
+        total = sum(raw)
+        return [r / total for r in raw]
+
+    def difficulty(self, k: int) -> int:
+        return self.difficulties[k % len(self.difficulties)]
+
+    def worker_slots(self, i: int) -> list[tuple[int, int]]:
+        """Node ``i``'s workers as (skill, slots), the most skilled first; workers that get no
+        slot (fewer slots than skills) are left out."""
+        skills = sorted(self.skills, reverse=True)
+        s, w = self.node_slots(i), len(skills)
+        out = [(sk, s // w + (1 if k < s % w else 0)) for k, sk in enumerate(skills)]
+        return [(sk, c) for sk, c in out if c > 0]
 
     @classmethod
     def from_record(cls, d: Mapping[str, Any]) -> SimConfig:
@@ -136,8 +194,9 @@ class SimConfig:
         if extra:
             raise ValidationError(f"sim.{extra[0]}", "is not a simulation setting")
         kw = dict(d)
-        if "slots" in kw and isinstance(kw["slots"], list):
-            kw["slots"] = tuple(kw["slots"])
+        for name in ("slots", "difficulties", "skills"):
+            if name in kw and isinstance(kw[name], list):
+                kw[name] = tuple(kw[name])
         adm = kw.get("admission")
         if isinstance(adm, Mapping):
             names = {f.name for f in fields(AdmissionConfig)}
@@ -150,7 +209,8 @@ class SimConfig:
     def to_record(self) -> dict[str, Any]:
         """As JSON-ready data (:meth:`from_record` reads it back)."""
         rec = asdict(self)
-        rec["slots"] = list(self.slots)
+        for name in ("slots", "difficulties", "skills"):
+            rec[name] = list(getattr(self, name))
         return rec
 
     @property

@@ -18,7 +18,7 @@ leaves the rounds to Flower: at each round's virtual time the simulator stops, a
 When the round is over the simulator goes on. So what the event path does in-process, here
 crosses Flower's messages, the records codec and gRPC; the decisions and the noise draws are
 the same. As deployed, a node gets a round's view with the next round's query, a period later:
-the event path with ``view_delay_s = period_s`` runs the same federation, and gives the same
+the event path with ``view_delay_s`` None (a period, its default) runs the same federation, and gives the same
 result when every node answered every round in time (``result["flower"]`` counts the misses).
 
 Flower's Python entry point for this, ``flwr.simulation.run_simulation``, is marked deprecated
@@ -244,7 +244,7 @@ def _nodes_server(bridge: _Bridge) -> Iterator[str]:
 
 
 def check_config(cfg: SimConfig) -> SimConfig:
-    """The config the engine path runs: ``cfg`` with ``view_delay_s = period_s`` (as deployed);
+    """The config the engine path runs: ``cfg`` with ``view_delay_s`` None (a period, as deployed);
     a config with no rounds to run through Flower is refused, naming the setting."""
     if cfg.policy not in ("seed", "adaptive"):
         raise ValidationError(
@@ -263,7 +263,7 @@ def check_config(cfg: SimConfig) -> SimConfig:
         raise ValidationError(
             "sim.nodes", f"{cfg.nodes}", limit="1..2000 with the Flower engine (a round of 2,000 takes ~13 s)"
         )
-    return dataclasses.replace(cfg, view_delay_s=cfg.period_s)
+    return dataclasses.replace(cfg, view_delay_s=None)
 
 
 class _Active:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["erlang_c", "mmc_mean_sojourn_s", "mmc_sojourn_quantile_s"]
+__all__ = ["erlang_c", "mg1_mean_wait_s", "mmc_mean_sojourn_s", "mmc_sojourn_quantile_s"]
 
 
 def _check(lam: float, mu: float, c: int) -> float:
@@ -45,3 +45,10 @@ def mmc_sojourn_quantile_s(lam: float, mu: float, c: int, q: float) -> float:
     if not 0 < q < 1:
         raise ValueError(f"q must be in (0, 1), got {q}")
     return -math.log(1 - q) / (mu - lam)
+
+
+def mg1_mean_wait_s(lam: float, mean_s: float, second_moment_s2: float) -> float:
+    """Mean wait in line of M/G/1 FIFO (Pollaczek-Khinchine): ``lam E[S^2] / (2 (1 - rho))``,
+    for service times of mean ``mean_s`` and second moment ``second_moment_s2``."""
+    rho = _check(lam, 1.0 / mean_s, 1)
+    return lam * second_moment_s2 / (2 * (1 - rho))

@@ -15,6 +15,7 @@ same result byte for byte. Deployed nodes never use these (their noise is OpenDP
 
 from __future__ import annotations
 
+import bisect
 import gc
 import heapq
 import itertools
@@ -30,7 +31,7 @@ import numpy as np
 from federation.sim.config import SimConfig
 from federation.sim.share import LIVE_KINDS, Sharing
 from node.core import Core, CoreConfig
-from node.model import Limits, TaskSpec, WorkerSpec, normalize_specs
+from node.model import Lease, Limits, TaskSpec, WorkerSpec, normalize_specs
 
 __all__ = ["SimResult", "mmpp_rates", "node_rates", "simulate"]
 
@@ -88,6 +89,42 @@ def simulate(
         gc.set_threshold(*old)
 
 
+def _mixed_metrics(
+    cfg: SimConfig,
+    *,
+    soj: np.ndarray,
+    soj_type: list[int],
+    wplan: list[list[tuple[int, int]]],
+    wbusy_ns: list[list[int]],
+    failed: int,
+    retried: int,
+    arrived: int,
+) -> dict[str, Any]:
+    """A mixed workload's own figures: failures, sojourn per type, utilization per worker skill."""
+    types = np.asarray(soj_type, dtype=np.int64)
+    by_type: dict[str, Any] = {}
+    weights = cfg.type_weights()
+    for k in range(cfg.types):
+        a = soj[types == k] if soj.size else soj
+        p50, p99 = (float(x) for x in np.percentile(a, [50, 99])) if a.size else (None, None)
+        by_type[f"t{k}"] = {"difficulty": cfg.difficulty(k), "share": weights[k], "measured": int(a.size),
+                            "p50": p50, "p99": p99}  # fmt: skip
+    span = cfg.duration_s * _NS - cfg.warmup_s * _NS
+    busy: dict[int, float] = {}
+    cap: dict[int, float] = {}
+    for i, plan in enumerate(wplan):
+        for k, (skill, c) in enumerate(plan):
+            busy[skill] = busy.get(skill, 0.0) + wbusy_ns[i][k]
+            cap[skill] = cap.get(skill, 0.0) + c * span
+    return {
+        "failed": failed,  # failed for good (retries spent)
+        "failed_rate": failed / arrived if arrived else 0.0,
+        "retried": retried,  # attempts that failed and were retried
+        "by_type": by_type,
+        "utilization_by_skill": {str(sk): busy[sk] / cap[sk] for sk in sorted(busy, reverse=True)},
+    }
+
+
 def node_rates(cfg: SimConfig) -> list[float]:
     """Each node's mean arrival rate: ``load`` x its capacity, times ``1 + spread x u_i`` with
     the u_i evenly over [-1, 1] in a seeded order, scaled back so that the federation's load
@@ -121,9 +158,14 @@ def _simulate(
         for i in range(n)
     ]
     slots = [cfg.node_slots(i) for i in range(n)]
+    mixed = cfg.mixed
+    # per node: its workers' (skill, slots), most skilled first (one worker "slots" unless mixed)
+    wplan = [cfg.worker_slots(i) if mixed else [(10, slots[i])] for i in range(n)]
+    wnames = [_WORKER] if not mixed else [f"w{k}" for k in range(max(len(p) for p in wplan))]
     for i, core in enumerate(cores):
         core.emit_events = False
-        core.register_worker(WorkerSpec(_WORKER, concurrency=slots[i], skill=10), 0)
+        for k, (skill, c) in enumerate(wplan[i]):
+            core.register_worker(WorkerSpec(wnames[k], concurrency=c, skill=skill), 0)
         core.drain()
     arrival_expo = [_stream(cfg.seed, i, "arrivals").expovariate for i in range(n)]
     service_expo = [_stream(cfg.seed, i, "service").expovariate for i in range(n)]
@@ -152,6 +194,23 @@ def _simulate(
     norm, plain = normalize_specs([TaskSpec("sim", timeout_s=7 * 86400.0)], Limits())
     assert plain
     batch = list(norm)  # validated once: each arrival submits it with submit_normalized
+    # a mixed workload: one batch per type, the type of each arrival drawn from the Zipf weights
+    type_batches: list[list[TaskSpec]] = []
+    for k in range(cfg.types if mixed else 0):
+        norm, plain = normalize_specs(
+            [TaskSpec(f"t{k}", difficulty=cfg.difficulty(k), timeout_s=7 * 86400.0)], Limits()
+        )
+        assert plain
+        type_batches.append(list(norm))
+    weights = cfg.type_weights()
+    cum_weights = list(itertools.accumulate(weights))
+    mean_difficulty = sum(w * cfg.difficulty(k) for k, w in enumerate(weights))
+    # the service rate of a task of difficulty d (index d): mean service_mean_s x d / mean difficulty
+    mu_of = [0.0] + [mean_difficulty / (cfg.service_mean_s * d) for d in range(1, 11)]
+    type_rng = [_stream(cfg.seed, i, "types").random for i in range(n)]
+    fail_rng = [_stream(cfg.seed, i, "failures").random for i in range(n)]
+    fail_rate = cfg.fail_rate
+    type_of = {f"t{k}": k for k in range(cfg.types)}
     end_ns = int(cfg.duration_s * _NS)
     warm_ns = int(cfg.warmup_s * _NS)
     tick_ns = int(cfg.tick_s * _NS)
@@ -182,8 +241,63 @@ def _simulate(
             push(heap, (now + d, next(counter), _DONE, i, lease))
         return k
 
+    # A mixed workload: each worker keeps a waiting claim for its free slots, and the core gives
+    # what becomes ready to the best-scored waiting worker that may take it (as the runtime's
+    # long-polling workers): after every change, the grants are started and workers claim again.
+    wfree = [[c for _, c in p] for p in wplan]
+    waiting = [[False] * len(p) for p in wplan]
+    widx = {name: k for k, name in enumerate(wnames)}
+    wbusy_ns = [[0] * len(p) for p in wplan]
+
+    def start(i: int, k: int, leases: list[Lease], now: int) -> int:
+        m = len(leases)
+        wfree[i][k] -= m
+        free[i] -= m
+        queued[i] -= m
+        expo = service_expo[i]
+        tasks = cores[i].tasks
+        for lease in leases:
+            d = int(expo(mu_of[lease.spec.difficulty]) * _NS)
+            b = max(0, min(now + d, end_ns) - max(now, warm_ns))
+            busy_ns[i] += b
+            wbusy_ns[i][k] += b
+            t = tasks[lease.task_id]
+            if t.created_ns >= warm_ns and t.failures == 0:
+                waits_ns.append(now - t.created_ns)
+            push(heap, (now + d, next(counter), _DONE, i, lease))
+        return m
+
+    def fill(i: int, now: int) -> int:
+        """Node ``i``'s grants started, and its workers with free slots waiting again."""
+        core, k_pushed = cores[i], 0
+        grants = core.out.grants
+        if grants:
+            for wid, leases in grants.items():
+                k = widx[wid]
+                waiting[i][k] = False
+                k_pushed += start(i, k, leases, now)
+            grants.clear()
+        wf, wt = wfree[i], waiting[i]
+        for k in range(len(wf)):
+            while wf[k] and not wt[k]:
+                leases = core.claim(wnames[k], wf[k], now, wait=True)
+                if not leases:
+                    wt[k] = True
+                    break
+                k_pushed += start(i, k, leases, now)
+        return k_pushed
+
     sharing = (
-        Sharing(cfg, cores=cores, slots=slots, free=free, queued=queued, push=push_event, claim=claim, external=rounds)
+        Sharing(
+            cfg,
+            cores=cores,
+            slots=slots,
+            free=free,
+            queued=queued,
+            push=push_event,
+            claim=fill if mixed else claim,
+            external=rounds,
+        )
         if cfg.sharing
         else None
     )
@@ -213,11 +327,22 @@ def _simulate(
     imbalance: list[float] = []
     spread_max: list[float] = []
 
-    while live:
+    failed = retried = 0
+    retry_wait = 0  # tasks in a retry backoff (no event of theirs is queued: the run waits for them)
+    soj_type: list[int] = []  # a mixed workload: the type of each sojourn measured
+
+    while live or retry_wait:
         now, _, kind, i, lease = pop(heap)
         if kind == _TICK:
             for core in cores:
                 core.tick(now)
+            if mixed:  # retries due are ready now: granted to waiting workers, or in line
+                retry_wait = 0
+                for j, core in enumerate(cores):
+                    live += fill(j, now)
+                    ld = core.load()  # (after the grants were started: they are leased, not ready)
+                    queued[j] = ld.ready
+                    retry_wait += ld.delayed
             if sharing is not None:
                 for j in range(n):
                     sharing.record(j, now)
@@ -260,6 +385,43 @@ def _simulate(
             continue
         live -= 1
         core = cores[i]
+        if mixed:
+            if kind == _ARRIVAL:
+                x = type_rng[i]()
+                core.submit_normalized(type_batches[bisect.bisect_right(cum_weights, x * cum_weights[-1])], now)
+                arrived += 1
+                last_arrival_ns = now
+                queued[i] += 1
+                nxt = now + int(arrival_expo[i](rates[i]) * _NS)
+                if nxt < end_ns:
+                    push(heap, (nxt, next(counter), _ARRIVAL, i, lease))
+                    live += 1
+            else:
+                k = widx[lease.worker_id]
+                wfree[i][k] += 1
+                free[i] += 1
+                waiting[i][k] = False  # it claims again below, for all its free slots
+                if fail_rate and fail_rng[i]() < fail_rate:
+                    core.fail(lease, "simulated failure", now)
+                    if lease.task_id in core.tasks:
+                        retried += 1
+                        retry_wait += 1
+                    else:
+                        failed += 1
+                else:
+                    created = core.tasks[lease.task_id].created_ns
+                    core.complete(lease, b"", now)
+                    completed += 1
+                    if created >= warm_ns:
+                        d = now - created
+                        sojourn_ns.append(d)
+                        soj_type.append(type_of[lease.spec.type])
+                        if d > deadline_ns:
+                            late += 1
+            live += fill(i, now)
+            if queued[i] and sharing is not None:
+                live += sharing.arrived(i, now)
+            continue
         if kind == _ARRIVAL:
             core.submit_normalized(batch, now)
             arrived += 1
@@ -284,7 +446,7 @@ def _simulate(
         if queued[i] and sharing is not None:  # every slot busy: the node looks at its load
             live += sharing.arrived(i, now)
 
-    events = arrived + completed  # (ticks, burst switches, stale arrivals and messages not counted)
+    events = arrived + completed + failed + retried  # (ticks, switches, stale arrivals, messages not counted)
     last_ns = now if events else 0
     if sharing is not None:
         for j in range(n):
@@ -331,6 +493,20 @@ def _simulate(
             "max_over_mean": float(np.mean(spread_max)) if spread_max else None,
         },
         "sharing": sharing.metrics(arrived) if sharing is not None else None,
+        "workload": (
+            _mixed_metrics(
+                cfg,
+                soj=soj,
+                soj_type=soj_type,
+                wplan=wplan,
+                wbusy_ns=wbusy_ns,
+                failed=failed,
+                retried=retried,
+                arrived=arrived,
+            )
+            if mixed
+            else None
+        ),
     }
     wall = time.perf_counter() - t0
     return SimResult(result, wall, events / wall if wall > 0 else 0.0)

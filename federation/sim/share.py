@@ -18,7 +18,8 @@ is the deployed node's code:
   (the loads peers stated in their offer replies first, else the federation view's).
 * **Rounds** every ``period_s``: each node's last closed window through the real privacy pipeline
   (:func:`federation.privacy.pipeline.build_release`, the node's accountant and ledger), merged by
-  :class:`federation.aggregate.Aggregator`; the view reaches the nodes ``view_delay_s`` later.
+  :class:`federation.aggregate.Aggregator`; the view reaches the nodes ``view_delay_s`` later
+  (a period by default: with the next round's query, as deployed).
 
 What differs from the runtime, and why: the runtime's agent is asyncio and store-bound (~1 ms
 per offer), far too slow to drive millions of tasks, so its decisions run here as events; an
@@ -229,7 +230,7 @@ class Sharing:
             sd = gv.federation_load.sd
         total = sum(occ)
         self.rounds += 1
-        self.push(now + int(cfg.view_delay_s * _NS), EV_VIEW, -1, (fed, sd, occ, total, loads))
+        self.push(now + int(cfg.view_delay * _NS), EV_VIEW, -1, (fed, sd, occ, total, loads))
         self.push(now + self.window_ns, EV_ROUND, -1, None)
 
     def _spent(self, now: int, worst: float) -> None:
