@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedcoord.sim_options import Difficulties, FailRate, Skills, Types, TypeSkew, ints, workload
+from fedcoord.sim_options import Difficulties, FailRate, MtbfS, MttrS, Skills, Types, TypeSkew, ints, workload
 
 __all__ = ["SIMULATE_HELP", "simulate"]
 
@@ -65,6 +65,8 @@ def simulate(
     difficulties: Difficulties = "1",
     skills: Skills = "10",
     fail_rate: FailRate = 0.0,
+    mtbf_s: MtbfS = 0.0,
+    mttr_s: MttrS = 60.0,
     seed: Annotated[int, typer.Option(help="Seed of the simulation's random streams.")] = 0,
     engine: Annotated[
         str,
@@ -90,7 +92,10 @@ def simulate(
             duration_s=duration_s, warmup_s=warmup_s, seed=seed, validate=validate,
             burst_factor=burst_factor, burst_share=burst_share, burst_mean_s=burst_mean_s,
             spread=spread, policy=policy, epsilon=eps, period_s=period_s, net_delay_s=net_delay_s,
-            **workload(types, type_skew, difficulties, skills, fail_rate),
+            **workload(
+                types=types, type_skew=type_skew, difficulties=difficulties, skills=skills, fail_rate=fail_rate,
+                mtbf_s=mtbf_s, mttr_s=mttr_s,
+            ),
         )  # fmt: skip
         if engine == "flower":
             from federation.sim.flower import check_config, simulate_flower  # noqa: PLC0415
@@ -156,6 +161,13 @@ def simulate(
         out.print(
             f"workload: failed for good {wl['failed']:,} ({wl['failed_rate']:.2%}), retried {wl['retried']:,}; "
             f"p99 sojourn by type: {by_type}; utilization by worker skill: {util}"
+        )
+    fails = r["failures"]
+    if fails is not None:
+        out.print(
+            f"node failures: {fails['crashes']:,} crashes, down {fails['down_share']:.1%} of the time, "
+            f"{fails['rejected']:,} arrivals refused ({fails['reject_rate']:.1%}), {fails['lost_leases']:,} running "
+            f"tasks lost and run again, {fails['failed']:,} failed for good (every attempt lost)"
         )
     fl = r.get("flower")
     if fl is not None and res.engine is not None:

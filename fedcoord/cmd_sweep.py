@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from fedcoord.sim_options import Difficulties, FailRate, Skills, Types, TypeSkew, ints, workload
+from fedcoord.sim_options import Difficulties, FailRate, MtbfS, MttrS, Skills, Types, TypeSkew, ints, workload
 
 __all__ = ["SWEEP_HELP", "sweep"]
 
@@ -82,6 +82,8 @@ def sweep(
     difficulties: Difficulties = "1",
     skills: Skills = "10",
     fail_rate: FailRate = 0.0,
+    mtbf_s: MtbfS = 0.0,
+    mttr_s: MttrS = 60.0,
     workers: Annotated[int, typer.Option(help="Worker processes (default: one per core).")] = 0,
     ray_address: Annotated[
         str | None,
@@ -103,7 +105,10 @@ def sweep(
         base = SimConfig(
             nodes=nodes, slots=ints(slots, "--slots"), load=load, spread=spread, service_mean_s=service_mean_s,
             duration_s=duration_s, warmup_s=warmup_s, period_s=period_s,
-            **workload(types, type_skew, difficulties, skills, fail_rate),
+            **workload(
+                types=types, type_skew=type_skew, difficulties=difficulties, skills=skills, fail_rate=fail_rate,
+                mtbf_s=mtbf_s, mttr_s=mttr_s,
+            ),
         )  # fmt: skip
         cfg = SweepConfig(
             base=base,

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-__all__ = ["Difficulties", "FailRate", "Skills", "TypeSkew", "Types", "ints", "workload"]
+__all__ = ["Difficulties", "FailRate", "MtbfS", "MttrS", "Skills", "TypeSkew", "Types", "ints", "workload"]
 
 Types = Annotated[int, typer.Option("--types", help="Task types t0, t1, ... (Zipf weights, see --type-skew).")]
 TypeSkew = Annotated[
@@ -30,6 +30,13 @@ FailRate = Annotated[
     float, typer.Option("--fail-rate", help="Chance an attempt fails (the core retries it, 3 times, after a backoff).")
 ]
 
+MtbfS = Annotated[
+    float,
+    typer.Option("--mtbf-s", help="Mean time between failures of a node (0: nodes never fail); it comes back "
+                 "rebuilt from its store, and refuses arrivals while down."),
+]  # fmt: skip
+MttrS = Annotated[float, typer.Option("--mttr-s", help="Mean time a failed node stays down.")]
+
 
 def ints(text: str, hint: str) -> tuple[int, ...]:
     """Comma-separated ints, or a usage error naming the option."""
@@ -39,9 +46,13 @@ def ints(text: str, hint: str) -> tuple[int, ...]:
         raise typer.BadParameter(f"{text!r}: comma-separated ints, e.g. 4,8,16", param_hint=hint) from None
 
 
-def workload(types: int, type_skew: float, difficulties: str, skills: str, fail_rate: float) -> dict[str, Any]:
+def workload(
+    *, types: int, type_skew: float, difficulties: str, skills: str, fail_rate: float, mtbf_s: float, mttr_s: float
+) -> dict[str, Any]:
     """The :class:`~federation.sim.SimConfig` settings of these options."""
     return {
+        "mtbf_s": mtbf_s or None,
+        "mttr_s": mttr_s,
         "types": types,
         "type_skew": type_skew,
         "difficulties": ints(difficulties, "--difficulties"),

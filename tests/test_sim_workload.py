@@ -1,5 +1,6 @@
-"""The simulator's mixed workloads: task types with Zipf weights and difficulties, workers of
-several skills (the core's strict matching), failed attempts retried by the core."""
+"""The simulator's workloads: task types with Zipf weights and difficulties, workers of several
+skills (the core's strict matching), failed attempts retried by the core, and nodes that fail
+and come back."""
 
 from __future__ import annotations
 
@@ -84,3 +85,44 @@ def test_a_bad_workload_setting_is_refused_by_name(change: dict[str, object], na
     with pytest.raises(ValidationError) as e:
         SimConfig(**change)  # type: ignore[arg-type]
     assert e.value.field == name
+
+
+def test_nodes_fail_and_recover_at_their_rates_and_refuse_work_while_down() -> None:
+    """Each node is down mttr / (mtbf + mttr) of the time, and Poisson arrivals see it down as
+    often (PASTA): that share of them is refused."""
+    cfg = SimConfig(nodes=20, slots=(4,), load=0.5, duration_s=20_000.0, mtbf_s=900.0, mttr_s=100.0, validate=True)
+    r = simulate(cfg).result
+    f = r["failures"]
+    assert f["crashes"] == pytest.approx(20 * 20_000 / 1_000, rel=0.15)
+    assert f["down_share"] == pytest.approx(0.1, abs=0.015)
+    assert f["reject_rate"] == pytest.approx(f["down_share"], abs=0.01)
+    assert f["lost_leases"] > 0
+    assert r["completed"] + f["failed"] == r["tasks"] and r["left_active"] == 0
+
+
+@pytest.mark.parametrize("policy", ["random", "seed", "adaptive", "oracle"])
+def test_with_nodes_failing_under_hand_off_nothing_is_lost_or_run_twice(policy: str) -> None:
+    """Crashes every minute or so, with messages slow enough (50 ms) to be in flight when a
+    node goes down: offers, transfers, answers and reports are lost, the protocol's timeouts
+    and each node's rebuild from its store settle them. Every task ends once (the cores'
+    invariants hold, results all reach their origins), and the run repeats byte for byte."""
+    cfg = SimConfig(
+        nodes=6, slots=(2, 4), load=0.8, spread=0.3, duration_s=1_200.0, mtbf_s=60.0, mttr_s=5.0,
+        net_delay_s=0.05, policy=policy, epsilon=1.0 if policy in ("seed", "adaptive") else None, validate=True,
+    )  # fmt: skip
+    a, b = simulate(cfg).result, simulate(cfg).result
+    assert json.dumps(a) == json.dumps(b)
+    f, sh = a["failures"], a["sharing"]
+    assert f["crashes"] > 50 and sh["lost_messages"] > 0
+    assert a["completed"] + f["failed"] == a["tasks"] and a["left_active"] == 0
+    assert f["failed"] <= 0.01 * a["tasks"]  # only tasks whose every attempt died with a node
+    assert sh["handed_off"] > 0 and sh["reported"] == sh["handed_off"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("mtbf_s", 0.5), ("mtbf_s", -1.0), ("mttr_s", 0.0), ("rpc_timeout_s", 0.0)]
+)
+def test_a_bad_failure_setting_is_refused_by_name(field: str, value: float) -> None:
+    with pytest.raises(ValidationError) as e:
+        SimConfig(**{field: value})  # type: ignore[arg-type]
+    assert e.value.field == f"sim.{field}"

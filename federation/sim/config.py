@@ -89,6 +89,14 @@ class SimConfig:
     difficulties: tuple[int, ...] = (1,)
     skills: tuple[int, ...] = (10,)
     fail_rate: float = 0.0
+    # Node failures: each node fails after an exponential time of mean mtbf_s (None: never), and
+    # comes back an exponential time of mean mttr_s later, rebuilt from its durable store by the
+    # core's restore (the leases its workers held go back in line; hand-offs in flight settle).
+    # Meanwhile tasks that arrive at it are refused (the reject rate), and messages to it are
+    # lost: its peers wait rpc_timeout_s for an answer, then take it as a refusal.
+    mtbf_s: float | None = None
+    mttr_s: float = 60.0
+    rpc_timeout_s: float = 1.0
 
     def __post_init__(self) -> None:
         if type(self.nodes) is not int or not 1 <= self.nodes <= 100_000:
@@ -151,6 +159,10 @@ class SimConfig:
                 limit=f"the most skilled worker at least {hardest}",
             )
         _number("fail_rate", self.fail_rate, lambda x: 0.0 <= x < 1.0, "0 <= value < 1")
+        if self.mtbf_s is not None:
+            _number("mtbf_s", self.mtbf_s, lambda x: 1.0 <= x <= 1e9, "1 <= value <= 1e9 (or None: nodes never fail)")
+        _number("mttr_s", self.mttr_s, lambda x: 1.0 <= x <= 86400.0, "1 <= value <= 86400")
+        _number("rpc_timeout_s", self.rpc_timeout_s, lambda x: 0.001 <= x <= 600.0, "0.001 <= value <= 600")
 
     def node_slots(self, i: int) -> int:
         return self.slots[i % len(self.slots)]
@@ -159,6 +171,10 @@ class SimConfig:
     def view_delay(self) -> float:
         """How long a round's view takes to reach the nodes (``view_delay_s``, else a period)."""
         return self.period_s if self.view_delay_s is None else self.view_delay_s
+
+    @property
+    def failures(self) -> bool:
+        return self.mtbf_s is not None
 
     @property
     def mixed(self) -> bool:

@@ -19,7 +19,8 @@ When the round is over the simulator goes on. So what the event path does in-pro
 crosses Flower's messages, the records codec and gRPC; the decisions and the noise draws are
 the same. As deployed, a node gets a round's view with the next round's query, a period later:
 the event path with ``view_delay_s`` None (a period, its default) runs the same federation, and gives the same
-result when every node answered every round in time (``result["flower"]`` counts the misses).
+result when every node that was up answered every round in time (``result["flower"]`` counts
+the node-rounds without a summary: nodes down, as in the event path, and answers too late).
 
 Flower's Python entry point for this, ``flwr.simulation.run_simulation``, is marked deprecated
 in 1.41 in favour of ``flwr run``, which runs the ServerApp in a process of its own: the
@@ -74,6 +75,10 @@ class EngineError(FedcoordError):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+class _NodeDown(Exception):
+    """The simulated node asked for is down (its gRPC answer: UNAVAILABLE)."""
 
 
 _STOPPED = object()  # the ServerApp's side has ended: a simulator waiting for a round must stop
@@ -135,6 +140,8 @@ class _Bridge:
         with self.lock:
             sh = self.sharing
             assert sh is not None
+            if sh.down[i]:
+                return ReleaseOutcome(ReleaseStatus.UNAVAILABLE, None, "the node is down", None, sh.ids[i])
             w = self.now // sh.window_ns - 1
             summary = sh.release(i, w, self.now)
             status = _privacy_status(sh, i)
@@ -148,6 +155,8 @@ class _Bridge:
         with self.lock:
             sh = self.sharing
             assert sh is not None
+            if sh.down[i]:
+                raise _NodeDown(sh.ids[i])
             return sh.apply_view(i, view, self.now), sh.admissions[i].cfg.policy
 
 
@@ -214,6 +223,8 @@ class _Service:
             threshold, policy = self.bridge.apply(i, request)
         except ValidationError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except _NodeDown as e:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"node {e} is down")
         return npb.ApplyFederationReply(threshold=threshold, policy=policy)
 
 
@@ -285,9 +296,9 @@ def simulate_flower(
     """Run ``cfg`` with its rounds through Flower's simulation engine (see the module's doc).
 
     ``result`` is the event path's with ``result["flower"]``: rounds, node-rounds without a
-    merged summary (``missing``: a ClientApp that did not answer within ``ttl_s`` wall seconds,
-    or answered without a summary) and ClientApp errors; the result equals the event path's of
-    ``result["config"]`` when both are 0. Wall times of the rounds are in ``engine``."""
+    merged summary (``missing``: a node that was down, a ClientApp that did not answer within
+    ``ttl_s`` wall seconds) and ClientApp errors; the result equals the event path's of
+    ``result["config"]`` when only down nodes were missing. Wall times are in ``engine``."""
     run_cfg = check_config(cfg)
     if not _Active.lock.acquire(blocking=False):
         raise EngineError("a Flower engine simulation is already running in this process")

@@ -31,12 +31,15 @@ import numpy as np
 from federation.sim.config import SimConfig
 from federation.sim.share import LIVE_KINDS, Sharing
 from node.core import Core, CoreConfig
-from node.model import Lease, Limits, TaskSpec, WorkerSpec, normalize_specs
+from node.model import Lease, Limits, TaskSpec, TaskStatus, WorkerSpec, normalize_specs
 
 __all__ = ["SimResult", "mmpp_rates", "node_rates", "simulate"]
 
 _NS = 1_000_000_000
 _ARRIVAL, _DONE, _TICK, _SWITCH = 0, 1, 2, 3
+_FAIL, _RECOVER = 20, 21  # (past Sharing's kinds)
+_LEASED = (TaskStatus.ASSIGNED, TaskStatus.IN_PROGRESS)
+_HANDING_OFF = TaskStatus.HANDING_OFF
 _WORKER = "slots"
 
 
@@ -150,23 +153,23 @@ def _simulate(
     n = cfg.nodes
     # workers are only silent when idle here: no heartbeat timeouts; task timeouts beyond any run
     year_s = 365 * 86400.0
-    cores = [
-        Core(
-            CoreConfig(node_id=f"n{i}", heartbeat_timeout_s=year_s, worker_expiry_s=year_s),
-            _stream(cfg.seed, i, "core"),
-        )
-        for i in range(n)
-    ]
+    core_cfgs = [CoreConfig(node_id=f"n{i}", heartbeat_timeout_s=year_s, worker_expiry_s=year_s) for i in range(n)]
+    cores = [Core(core_cfgs[i], _stream(cfg.seed, i, "core")) for i in range(n)]
     slots = [cfg.node_slots(i) for i in range(n)]
     mixed = cfg.mixed
     # per node: its workers' (skill, slots), most skilled first (one worker "slots" unless mixed)
     wplan = [cfg.worker_slots(i) if mixed else [(10, slots[i])] for i in range(n)]
     wnames = [_WORKER] if not mixed else [f"w{k}" for k in range(max(len(p) for p in wplan))]
-    for i, core in enumerate(cores):
+
+    def workers_up(i: int, now: int) -> None:
+        core = cores[i]
         core.emit_events = False
         for k, (skill, c) in enumerate(wplan[i]):
-            core.register_worker(WorkerSpec(wnames[k], concurrency=c, skill=skill), 0)
+            core.register_worker(WorkerSpec(wnames[k], concurrency=c, skill=skill), now)
         core.drain()
+
+    for i in range(n):
+        workers_up(i, 0)
     arrival_expo = [_stream(cfg.seed, i, "arrivals").expovariate for i in range(n)]
     service_expo = [_stream(cfg.seed, i, "service").expovariate for i in range(n)]
     rates = node_rates(cfg)
@@ -223,6 +226,16 @@ def _simulate(
         push(heap, (at, next(counter), kind, node, payload))
 
     waits_ns: list[int] = []
+    # Node failures: a node that fails loses its running services (their ends are stale, told by
+    # their lease), refuses arrivals and loses the messages sent to it until it is rebuilt
+    failures = cfg.failures
+    down = [False] * n
+    lost: set[tuple[str, int]] = set()
+    lease_end: dict[tuple[str, int], int] = {}  # a running lease's end (to take back its unspent busy time)
+    fail_expo = [_stream(cfg.seed, i, "node-failures").expovariate for i in range(n)]
+    repair_expo = [_stream(cfg.seed, i, "node-repairs").expovariate for i in range(n)]
+    crashes = rejected = lost_leases = 0
+    down_ns = [0] * n  # time down within [warmup, end]
 
     def claim(i: int, now: int) -> int:
         """Fill node ``i``'s free slots from its line; the service ends pushed."""
@@ -238,6 +251,8 @@ def _simulate(
             created = tasks[lease.task_id].created_ns
             if created >= warm_ns:
                 waits_ns.append(now - created)
+            if failures:
+                lease_end[lease.task_id, lease.attempt] = now + d
             push(heap, (now + d, next(counter), _DONE, i, lease))
         return k
 
@@ -264,6 +279,8 @@ def _simulate(
             t = tasks[lease.task_id]
             if t.created_ns >= warm_ns and t.failures == 0:
                 waits_ns.append(now - t.created_ns)
+            if failures:
+                lease_end[lease.task_id, lease.attempt] = now + d
             push(heap, (now + d, next(counter), _DONE, i, lease))
         return m
 
@@ -290,6 +307,7 @@ def _simulate(
     sharing = (
         Sharing(
             cfg,
+            down=down,
             cores=cores,
             slots=slots,
             free=free,
@@ -312,6 +330,14 @@ def _simulate(
             if first < end_ns:
                 heap.append((first, next(counter), _SWITCH, i, None))
                 live += 1
+    if failures:
+        assert cfg.mtbf_s is not None
+        rate_fail, rate_repair = 1.0 / cfg.mtbf_s, 1.0 / cfg.mttr_s
+        for i in range(n):
+            first = int(fail_expo[i](rate_fail) * _NS)
+            if first < end_ns:
+                heap.append((first, next(counter), _FAIL, i, None))
+                live += 1
     heap.append((tick_ns, next(counter), _TICK, -1, None))
     if sharing is not None and (first_round := sharing.first_round()) is not None:
         heap.append((first_round[0], next(counter), first_round[1], -1, None))
@@ -327,6 +353,54 @@ def _simulate(
     imbalance: list[float] = []
     spread_max: list[float] = []
 
+    def crash(i: int, now: int) -> None:
+        """Node ``i`` and its workers are gone: what they ran is lost (its busy time not spent)."""
+        nonlocal crashes, lost_leases
+        crashes += 1
+        core = cores[i]
+        for t in core.tasks.values():
+            if t.assigned_worker is not None and t.status in _LEASED:
+                key = (t.id, t.attempt)
+                lost.add(key)
+                lost_leases += 1
+                end = lease_end.pop(key, None)
+                if end is not None:
+                    back = max(0, min(end, end_ns) - max(now, warm_ns))
+                    busy_ns[i] -= back
+                    if mixed:
+                        wbusy_ns[i][widx[t.assigned_worker]] -= back
+        if sharing is not None:
+            sharing.record(i, now)
+            sharing.crash(i)
+        down[i] = True
+        free[i] = queued[i] = 0
+        for k in range(len(wfree[i])):
+            wfree[i][k] = 0
+            waiting[i][k] = False
+
+    def recover(i: int, now: int) -> int:
+        """Node ``i`` back, rebuilt from what its store held (the runtime's ``rebuild_core``:
+        the gone workers' leases back in line), its workers registered again; events pushed."""
+        from node.runtime.rebuild import Records, rebuild_core  # noqa: PLC0415 - only runs with failures
+
+        old = cores[i]
+        old.drain()
+        handing = {t.id: t.handoff_peer for t in old.tasks.values() if t.status is _HANDING_OFF and t.handoff_peer}
+        rec = Records(
+            tasks=list(old.tasks.values()), reports=list(old._reports.values()), refused=dict(old._refused),
+            handoffs=handing,
+        )  # fmt: skip
+        core = cores[i] = rebuild_core(core_cfgs[i], _stream(cfg.seed, i, f"core-{crashes}"), rec, now)
+        core.emit_events = False
+        workers_up(i, now)
+        down[i] = False
+        free[i] = slots[i]
+        for k, (_, c) in enumerate(wplan[i]):
+            wfree[i][k] = c
+        pushed = sharing.recover(i, now) if sharing is not None else 0
+        queued[i] = core.load().ready
+        return pushed + (fill(i, now) if mixed else claim(i, now) if queued[i] else 0)
+
     failed = retried = 0
     retry_wait = 0  # tasks in a retry backoff (no event of theirs is queued: the run waits for them)
     soj_type: list[int] = []  # a mixed workload: the type of each sojourn measured
@@ -334,11 +408,15 @@ def _simulate(
     while live or retry_wait:
         now, _, kind, i, lease = pop(heap)
         if kind == _TICK:
-            for core in cores:
-                core.tick(now)
+            for j, core in enumerate(cores):
+                if not down[j]:
+                    core.tick(now)
             if mixed:  # retries due are ready now: granted to waiting workers, or in line
                 retry_wait = 0
                 for j, core in enumerate(cores):
+                    if down[j]:
+                        retry_wait += core.load().delayed
+                        continue
                     live += fill(j, now)
                     ld = core.load()  # (after the grants were started: they are leased, not ready)
                     queued[j] = ld.ready
@@ -351,14 +429,29 @@ def _simulate(
                 for core in cores:
                     core.drain()
             if now >= warm_ns and n > 1 and now <= end_ns:
-                ratios = [(slots[j] - free[j] + queued[j]) / slots[j] for j in range(n)]
-                mean = sum(ratios) / n
+                ratios = [(slots[j] - free[j] + queued[j]) / slots[j] for j in range(n) if not down[j]]
+                mean = sum(ratios) / len(ratios) if ratios else 0.0
                 if mean > 0:
                     imbalance.append(statistics.pstdev(ratios) / mean)
                     spread_max.append(max(ratios) / mean)
             push(heap, (now + tick_ns, next(counter), _TICK, -1, None))
             if progress is not None:
                 progress(now / _NS)
+            continue
+        if kind >= _FAIL:
+            live -= 1
+            if kind == _FAIL:
+                crash(i, now)
+                up = now + int(repair_expo[i](rate_repair) * _NS)
+                down_ns[i] += max(0, min(up, end_ns) - max(now, warm_ns))
+                push(heap, (up, next(counter), _RECOVER, i, None))
+            else:
+                live += recover(i, now)
+                nxt = now + int(fail_expo[i](rate_fail) * _NS)
+                if nxt < end_ns:
+                    push(heap, (nxt, next(counter), _FAIL, i, None))
+                    live += 1
+            live += 1 if kind == _FAIL else 0
             continue
         if kind > _SWITCH:
             assert handle is not None
@@ -384,6 +477,20 @@ def _simulate(
             live -= 1
             continue
         live -= 1
+        if failures:
+            if kind == _DONE:
+                key = (lease.task_id, lease.attempt)
+                if key in lost:  # it died with its node
+                    lost.discard(key)
+                    continue
+                del lease_end[key]
+            elif down[i]:  # an arrival at a node that is down: refused
+                rejected += 1
+                nxt = now + int(arrival_expo[i](rates[i]) * _NS)
+                if nxt < end_ns:
+                    push(heap, (nxt, next(counter), _ARRIVAL, i, lease))
+                    live += 1
+                continue
         core = cores[i]
         if mixed:
             if kind == _ARRIVAL:
@@ -493,6 +600,19 @@ def _simulate(
             "max_over_mean": float(np.mean(spread_max)) if spread_max else None,
         },
         "sharing": sharing.metrics(arrived) if sharing is not None else None,
+        # node failures: crashes, the leases that died with them, arrivals refused while down
+        "failures": {
+            "crashes": crashes,
+            # failed for good because crashes took their attempts (the core counts a lease lost
+            # with its worker as a failed attempt; max_retries 3)
+            "failed": arrived - completed - left - (failed if mixed else 0),
+            "lost_leases": lost_leases,
+            "rejected": rejected,
+            "reject_rate": rejected / (arrived + rejected) if arrived + rejected else 0.0,
+            "down_share": sum(down_ns) / (n * (end_ns - warm_ns)),  # of node time in [warmup, end]
+        }
+        if failures
+        else None,
         "workload": (
             _mixed_metrics(
                 cfg,

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import random
 from collections.abc import Callable
 from typing import Any
@@ -63,6 +64,8 @@ _NS = 1_000_000_000
 EV_CHECK, EV_OFFER, EV_REPLY, EV_TRANSFER, EV_ACK, EV_REPORT, EV_REPORT_ACK, EV_ROUND, EV_VIEW = range(4, 13)
 LIVE_KINDS = frozenset({EV_CHECK, EV_OFFER, EV_REPLY, EV_TRANSFER, EV_ACK, EV_REPORT, EV_REPORT_ACK})
 _QUEUED = TaskStatus.QUEUED
+_HANDING = TaskStatus.HANDING_OFF
+_HANDED = TaskStatus.HANDED_OFF
 
 Push = Callable[[int, int, int, Any], None]  # (ns, kind, node, payload)
 
@@ -77,6 +80,7 @@ class Sharing:
         self,
         cfg: SimConfig,
         *,
+        down: list[bool] | None = None,
         cores: list[Core],
         slots: list[int],
         free: list[int],
@@ -99,7 +103,15 @@ class Sharing:
         adm_cfg = dataclasses.replace(cfg.admission, policy=cfg.admission_policy)
         if cfg.policy == "oracle":  # the exact load of the moment: nothing to smooth, no noise to damp
             adm_cfg = dataclasses.replace(adm_cfg, adaptive_alpha=1.0, hysteresis=0.0)
+        self.adm_cfg = adm_cfg
         self.admissions = [Admission(adm_cfg) for _ in range(n)]
+        # node failures (the loop's list): messages to a node that is down are lost
+        self.down = down if down is not None else [False] * n
+        self.failures = cfg.failures
+        self.timeout_ns = int(cfg.rpc_timeout_s * _NS)
+        self.incarnation = [0] * n  # a node's restarts: answers meant for an earlier run of it are stale
+        self.in_flight: set[str] = set()  # (with failures) tasks in a transfer on its way
+        self.adopted_by: dict[str, int] = {}  # (with failures) adopted, the origin's answer not processed yet
         self.rng = [random.Random(f"fedcoord-sim:{cfg.seed}:{i}:peers") for i in range(n)]
         self.delay_ns = int(cfg.net_delay_s * _NS)
         self.check_ns = max(1, int(cfg.check_s * _NS))
@@ -130,6 +142,7 @@ class Sharing:
         # metrics
         self.offers = self.offered = self.accepted = self.handed_off = self.refused = self.bounces = 0
         self.reported = 0
+        self.lost_messages = 0  # sent to a node that was down
         self.round_rx: dict[int, int] = {}  # this period's hand-offs, by receiving node
         self.rx_bucket = -1
         self.herding: list[float] = []
@@ -207,9 +220,11 @@ class Sharing:
         occ = [0.0] * n
         caps = [pcfg.capacity_bucket(s) for s in self.slots]
         if not self.noisy:
+            down = self.down
             for i, core in enumerate(self.cores):
-                occ[i] = float(occupancy(core.tasks.values(), lo, hi, now))
-            total_cap = sum(caps)
+                if not down[i]:
+                    occ[i] = float(occupancy(core.tasks.values(), lo, hi, now))
+            total_cap = sum(c for c, d in zip(caps, down, strict=True) if not d)
             fed = sum(occ) / total_cap if total_cap else None
             loads = [o / c if c else o for o, c in zip(occ, caps, strict=True)]
             sd = 0.0
@@ -218,7 +233,7 @@ class Sharing:
             agg.clear()
             self.round_worst = 0.0
             for i in range(n):
-                summary = self.release(i, w, now)
+                summary = None if self.down[i] else self.release(i, w, now)
                 if summary is not None:
                     agg.add(summary)
             self._spent(now, self.round_worst)
@@ -315,12 +330,17 @@ class Sharing:
         (summed again at most every ``check_s``)."""
         if now - self.oracle_at >= self.check_ns or self.oracle_view is None:
             slots, free, queued = self.slots, self.free, self.queued
+            if self.failures:  # the nodes that are up
+                up = [j for j in range(self.n) if not self.down[j]]
+                slots, free, queued = [slots[j] for j in up], [free[j] for j in up], [queued[j] for j in up]
             demand = sum(slots) - sum(free) + sum(queued)
             self.oracle_at = now
             self.oracle_view = FederationView(at_ns=now, federation_load=demand / sum(slots), federation_load_sd=0.0)
         self.admissions[i].update(self.oracle_view)
 
     def _ratio(self, p: int) -> float:
+        if self.down[p]:
+            return math.inf
         s = self.slots[p]
         return (s - self.free[p] + self.queued[p]) / s
 
@@ -372,7 +392,7 @@ class Sharing:
         self.offering[i] = True
         self.offers += 1
         self.offered += len(ids)
-        self.push(now + self.delay_ns, EV_OFFER, peer, (next(self.offer_seq), i, ids))
+        self.push(now + self.delay_ns, EV_OFFER, peer, (next(self.offer_seq), i, ids, self.incarnation[i]))
         return 1
 
     def _pass_over(self, i: int, now: int) -> int:
@@ -386,8 +406,8 @@ class Sharing:
         self.tries[i] = self.moved[i] = 0
         return 0
 
-    def _on_offer(self, p: int, now: int, offer: tuple[int, int, list[str]]) -> int:
-        oid, origin, ids = offer
+    def _on_offer(self, p: int, now: int, offer: tuple[int, int, list[str], int]) -> int:
+        oid, origin, ids, inc = offer
         reserved = self.reserved[p]
         for o in [o for o, (_, exp) in reserved.items() if exp <= now]:
             del reserved[o]
@@ -399,12 +419,15 @@ class Sharing:
         accepted = ids[:k]
         if accepted:
             reserved[oid] = (k, now + self.reservation_ns)
-        self.push(now + self.delay_ns, EV_REPLY, origin, (oid, p, accepted, len(ids), load.ratio))
+        self.push(now + self.delay_ns, EV_REPLY, origin, (oid, p, accepted, len(ids), load.ratio, inc))
         return 1
 
-    def _on_reply(self, i: int, now: int, reply: tuple[int, int, list[str], int, float]) -> int:
-        oid, p, accepted, offered, ratio = reply
-        self.heard[i][p] = ratio
+    def _on_reply(self, i: int, now: int, reply: tuple[int, int, list[str], int, float | None, int]) -> int:
+        oid, p, accepted, offered, ratio, inc = reply
+        if inc != self.incarnation[i]:  # meant for this node before it restarted: nobody waits for it
+            return 0
+        if ratio is not None:  # (None: the offer timed out, the peer is down)
+            self.heard[i][p] = ratio
         self.accepted += len(accepted)
         core = self.cores[i]
         tasks = core.tasks
@@ -422,41 +445,68 @@ class Sharing:
         self.queued[i] -= len(chosen)
         self.bounces += sum(1 for tid in chosen if tasks[tid].hops > 0)
         records = tuple(record_of(tasks[tid]) for tid in chosen)
-        self.push(now + self.delay_ns, EV_TRANSFER, p, (oid, i, records))
+        if self.failures:
+            self.in_flight.update(chosen)
+        self.push(now + self.delay_ns, EV_TRANSFER, p, (oid, i, records, inc))
         return 1
 
-    def _on_transfer(self, p: int, now: int, transfer: tuple[int, int, tuple[HandoffRecord, ...]]) -> int:
-        oid, origin, records = transfer
+    def _on_transfer(self, p: int, now: int, transfer: tuple[int, int, tuple[HandoffRecord, ...], int]) -> int:
+        oid, origin, records, inc = transfer
         self.reserved[p].pop(oid, None)
         res = self.cores[p].adopt(list(records), self.ids[origin], now)
         self.queued[p] += len(res.adopted)
+        if self.failures:
+            self.in_flight.difference_update(r.task_id for r in records)
+            for tid in res.owned:
+                self.adopted_by[tid] = p
         if self.warm_ns < now <= self.end_ns and res.adopted:
             bucket = now // self.window_ns
             if bucket != self.rx_bucket:
                 self._herding_close()
                 self.rx_bucket = bucket
             self.round_rx[p] = self.round_rx.get(p, 0) + len(res.adopted)
-        self.push(now + self.delay_ns, EV_ACK, origin, (p, res.owned, dict(res.refused)))
+        self.push(now + self.delay_ns, EV_ACK, origin, (p, res.owned, dict(res.refused), inc))
         return 1 + (self.claim(p, now) if self.free[p] and self.queued[p] else 0)
 
-    def _on_ack(self, i: int, now: int, ack: tuple[int, list[str], dict[str, str]]) -> int:
-        p, owned, refused = ack
+    def _settle(self, i: int, p: int, owned: list[str], refused: list[str], now: int) -> int:
+        """Node ``i``'s hand-off to ``p`` answered: ``owned`` marked handed off (archived until
+        their results come back), ``refused`` back in line; events pushed. Only tasks still
+        being handed to ``p`` (an answer can come after a restart settled them)."""
         core = self.cores[i]
+        peer = self.ids[p]
+        if self.failures:
+            tasks = core.tasks
+            owned = [
+                t for t in owned if (x := tasks.get(t)) is not None and x.status is _HANDING and x.handoff_peer == peer
+            ]
+            refused = [
+                t
+                for t in refused
+                if (x := tasks.get(t)) is not None and x.status is _HANDING and x.handoff_peer == peer
+            ]
+            for tid in owned:
+                self.adopted_by.pop(tid, None)
         pushed = 0
         if owned:
-            core.finish_handoff(owned, self.ids[p], now)
+            core.finish_handoff(owned, peer, now)
             finished, archive = core.out.finished, self.archive[i]
             for tid in owned:
                 archive[tid] = finished[tid]
             self.handed_off += len(owned)
             self.moved[i] += len(owned)
-        back = list(refused)
-        if back:
-            core.abort_handoff(back, now, peer=self.ids[p])
-            self.queued[i] += len(back)
-            self.refused += len(back)
+        if refused:
+            core.abort_handoff(refused, now, peer=peer)
+            self.queued[i] += len(refused)
+            self.refused += len(refused)
             if self.free[i] and self.queued[i]:
                 pushed += self.claim(i, now)
+        return pushed
+
+    def _on_ack(self, i: int, now: int, ack: tuple[int, list[str], dict[str, str], int]) -> int:
+        p, owned, refused, inc = ack
+        pushed = self._settle(i, p, owned, list(refused), now)
+        if inc != self.incarnation[i]:  # (the pass it answers died with the node)
+            return pushed
         self.offering[i] = False
         return pushed + self._attempt(i, now)
 
@@ -465,7 +515,7 @@ class Sharing:
         origins (one message per origin); events pushed."""
         pushed = 0
         for p, core in enumerate(self.cores):
-            if not core._reports:
+            if not core._reports or self.down[p]:
                 continue
             flying = self.reporting[p]
             for origin, outcomes in core.pending_reports().items():
@@ -481,10 +531,15 @@ class Sharing:
         core, archive, peer = self.cores[i], self.archive[i], self.ids[p]
         done = []
         for o in outcomes:
-            archived = archive.pop(o.task_id, None)
-            core.record_result(o, peer, archived, now)
+            if self.failures:  # a restarted peer reports again what it reported before: keep the final record
+                prev = archive.get(o.task_id)
+                archive[o.task_id] = core.record_result(o, peer, prev, now)
+                self.adopted_by.pop(o.task_id, None)
+                self.reported += prev is None or prev.status is _HANDED  # (a repeat is not counted)
+            else:
+                core.record_result(o, peer, archive.pop(o.task_id, None), now)
+                self.reported += 1
             done.append(o.task_id)
-        self.reported += len(done)
         self.push(now + self.delay_ns, EV_REPORT_ACK, p, done)
         return 1
 
@@ -495,16 +550,76 @@ class Sharing:
             for p, core in enumerate(self.cores):
                 for origin, outcomes in core.pending_reports().items():
                     i = self.index[origin]
+                    archive = self.archive[i]
                     for o in outcomes:
-                        self.cores[i].record_result(o, self.ids[p], self.archive[i].pop(o.task_id, None), now)
-                    self.reported += len(outcomes)
+                        got = archive.get(o.task_id) if self.failures else archive.pop(o.task_id, None)
+                        self.cores[i].record_result(o, self.ids[p], got, now)
+                        self.reported += got is None or got.status is _HANDED
                     core.report_done([o.task_id for o in outcomes])
                 self.reporting[p].clear()
+
+    # ------------------------------------------------------------------ node failures
+
+    def crash(self, i: int) -> None:
+        """Node ``i`` is gone: what it kept in memory (the pass, reservations, what it heard,
+        the reports it had sent) with it; its store (the core's tasks, the archive) stays."""
+        self.incarnation[i] += 1
+        self.check_due[i] = self.offering[i] = False
+        self.full[i].clear()
+        self.tries[i] = self.moved[i] = self.fruitless[i] = self.not_before[i] = 0
+        self.reserved[i].clear()
+        self.heard[i].clear()
+        self.reporting[i].clear()
+        self.admissions[i] = Admission(self.adm_cfg)
+        self.last_release[i] = None
+
+    def recover(self, i: int, now: int) -> int:
+        """Node ``i`` back (its core rebuilt): the hand-offs it was making settle as the
+        runtime's would after asking each peer (the tasks the peer adopted are handed off, the
+        rest come back in line), but for those whose transfer is still on its way (its answer
+        will come); events pushed."""
+        core = self.cores[i]
+        by_peer: dict[int, tuple[list[str], list[str]]] = {}
+        for t in core.tasks.values():
+            if t.status is _HANDING and t.handoff_peer is not None and t.id not in self.in_flight:
+                p = self.index[t.handoff_peer]
+                owned, back = by_peer.setdefault(p, ([], []))
+                (owned if self.adopted_by.get(t.id) == p else back).append(t.id)
+        pushed = 0
+        for p, (owned, back) in sorted(by_peer.items()):
+            pushed += self._settle(i, p, owned, back, now)
+        return pushed
+
+    def _lost(self, kind: int, i: int, now: int, payload: Any) -> int:
+        """A message to node ``i``, which is down: lost. The sender of a request learns it after
+        ``rpc_timeout_s`` (as no answer); events pushed."""
+        if kind != EV_CHECK:
+            self.lost_messages += 1
+        if kind == EV_CHECK:
+            self.check_due[i] = False
+        elif kind == EV_OFFER:
+            oid, origin, ids, inc = payload
+            self.push(now + self.timeout_ns, EV_REPLY, origin, (oid, i, [], len(ids), None, inc))
+            return 1
+        elif kind == EV_TRANSFER:  # never adopted: the origin takes its tasks back
+            oid, origin, records, inc = payload
+            ids = [r.task_id for r in records]
+            self.in_flight.difference_update(ids)
+            self.push(now + self.timeout_ns, EV_ACK, origin, (i, [], dict.fromkeys(ids, "peer unreachable"), inc))
+            return 1
+        elif kind == EV_REPORT:  # the reporting peer sends it again after its next commit
+            p, outcomes = payload
+            self.reporting[p].difference_update(o.task_id for o in outcomes)
+        # replies, answers and report acknowledgements to a node that is down: lost (its
+        # reservations expire, its restart settles its hand-offs, its peers report again)
+        return 0
 
     # ------------------------------------------------------------------ dispatch
 
     def handle(self, kind: int, i: int, now: int, payload: Any) -> int:
         """Run one event of ``kind`` (>= 4) at node ``i``; the live events it pushed."""
+        if i >= 0 and self.down[i] and kind in LIVE_KINDS:
+            return self._lost(kind, i, now, payload)
         if kind == EV_CHECK:
             self.check_due[i] = False
             if self.offering[i]:
@@ -550,6 +665,7 @@ class Sharing:
             "bounce_rate": self.bounces / self.handed_off if self.handed_off else 0.0,
             "herding": {"mean": sum(herd) / len(herd), "max": max(herd), "rounds": len(herd)} if herd else None,
             "reported": self.reported,
+            "lost_messages": self.lost_messages,
             "rounds": self.rounds,
             "privacy": {
                 "noisy": self.noisy,
