@@ -11,7 +11,9 @@ import pytest
 
 from federation.sim import SimConfig, simulate
 from federation.sim.queueing import mg1_mean_wait_s
+from node.core import Core
 from node.errors import ValidationError
+from node.model import Lease
 
 
 def test_types_of_several_difficulties_on_one_slot_are_an_mg1_queue() -> None:
@@ -126,3 +128,26 @@ def test_a_bad_failure_setting_is_refused_by_name(field: str, value: float) -> N
     with pytest.raises(ValidationError) as e:
         SimConfig(**{field: value})  # type: ignore[arg-type]
     assert e.value.field == f"sim.{field}"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_slow_messages_and_frequent_crashes_never_run_a_task_twice(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two nodes, 0.5 s messages, a 10 s answer timeout, a crash every 20 s or so: answers
+    arrive after the restart that settled their hand-off, or after the task went out again
+    (a review found both aborting a newer hand-off: the task then ran on both nodes)."""
+    completions: list[str] = []
+    complete = Core.complete
+
+    def counting(self: Core, lease: Lease, result: bytes, now_ns: int) -> None:
+        complete(self, lease, result, now_ns)
+        completions.append(lease.task_id)
+
+    monkeypatch.setattr(Core, "complete", counting)
+    cfg = SimConfig(
+        nodes=2, slots=(4, 16), load=0.8, spread=0.6, duration_s=5_000.0, mtbf_s=20.0, mttr_s=2.0,
+        rpc_timeout_s=10.0, net_delay_s=0.5, policy="random", seed=seed, validate=True,
+    )  # fmt: skip
+    r = simulate(cfg).result
+    assert len(completions) == len(set(completions)) == r["completed"]
+    assert r["completed"] + r["failures"]["failed"] == r["tasks"] and r["left_active"] == 0
+    assert r["sharing"]["lost_messages"] > 0

@@ -96,6 +96,8 @@ class _Bridge:
         self.lock = threading.Lock()  # the paused simulator's state, for the gRPC handlers
         self.sharing: Sharing | None = None
         self.now = 0
+        self.open = False  # a round is under way: the simulator waits (the nodes answer only then)
+        self.error: BaseException | None = None  # why the ServerApp stopped, if it failed
         self._due: queue.Queue[int | None] = queue.Queue()  # simulator -> ServerApp: a round's ns, None: the end
         self._over: queue.Queue[object] = queue.Queue()  # ServerApp -> simulator: the round is over
         self.rounds: list[RoundResult] = []
@@ -107,10 +109,14 @@ class _Bridge:
 
     def __call__(self, sharing: Sharing, now: int) -> None:
         with self.lock:
-            self.sharing, self.now = sharing, now
+            self.sharing, self.now, self.open = sharing, now, True
         self._due.put(now)
-        if self._over.get() is _STOPPED:
-            raise EngineError("the Flower ServerApp stopped before the simulation ended")
+        over = self._over.get()
+        with self.lock:  # an answer later than the round's TTL must not touch the running simulator
+            self.open = False
+        if over is _STOPPED:
+            why = f": {self.error!r}" if self.error is not None else ""
+            raise EngineError(f"the Flower ServerApp stopped before the simulation ended{why}")
 
     def end(self) -> None:
         self._due.put(None)
@@ -140,6 +146,8 @@ class _Bridge:
         with self.lock:
             sh = self.sharing
             assert sh is not None
+            if not self.open:
+                return ReleaseOutcome(ReleaseStatus.UNAVAILABLE, None, "no round under way", None, sh.ids[i])
             if sh.down[i]:
                 return ReleaseOutcome(ReleaseStatus.UNAVAILABLE, None, "the node is down", None, sh.ids[i])
             w = self.now // sh.window_ns - 1
@@ -155,7 +163,7 @@ class _Bridge:
         with self.lock:
             sh = self.sharing
             assert sh is not None
-            if sh.down[i]:
+            if sh.down[i] or not self.open:
                 raise _NodeDown(sh.ids[i])
             return sh.apply_view(i, view, self.now), sh.admissions[i].cfg.policy
 
@@ -224,7 +232,7 @@ class _Service:
         except ValidationError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except _NodeDown as e:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"node {e} is down")
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"node {e} is down (or no round is under way)")
         return npb.ApplyFederationReply(threshold=threshold, policy=policy)
 
 

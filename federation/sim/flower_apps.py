@@ -40,6 +40,9 @@ def _server_main(grid: Grid, context: Context) -> None:
                 )
             time.sleep(0.05)
         serve(grid, bridge.settings, bridge)
+    except BaseException as e:
+        bridge.error = e  # (the simulator's thread says why it stopped)
+        raise
     finally:
         bridge.stopped()
 

@@ -248,9 +248,9 @@ def _simulate(
         for lease in leases:
             d = int(expo(mu) * _NS)
             busy_ns[i] += max(0, min(now + d, end_ns) - max(now, warm_ns))  # within [warmup, end]
-            created = tasks[lease.task_id].created_ns
-            if created >= warm_ns:
-                waits_ns.append(now - created)
+            t = tasks[lease.task_id]
+            if t.created_ns >= warm_ns and t.failures == 0:  # (its first wait: not again after a crash)
+                waits_ns.append(now - t.created_ns)
             if failures:
                 lease_end[lease.task_id, lease.attempt] = now + d
             push(heap, (now + d, next(counter), _DONE, i, lease))
@@ -399,7 +399,7 @@ def _simulate(
             wfree[i][k] = c
         pushed = sharing.recover(i, now) if sharing is not None else 0
         queued[i] = core.load().ready
-        return pushed + (fill(i, now) if mixed else claim(i, now) if queued[i] else 0)
+        return pushed + (fill(i, now) if mixed else claim(i, now) if free[i] and queued[i] else 0)
 
     failed = retried = 0
     retry_wait = 0  # tasks in a retry backoff (no event of theirs is queued: the run waits for them)

@@ -52,7 +52,7 @@ from federation.view import GlobalView
 from node.admission import Admission, FederationView
 from node.analytics.window import Windows
 from node.core import Core
-from node.core.transfer import HandoffRecord, Outcome, record_of
+from node.core.transfer import HandoffRecord, Outcome, RemoteStatus, record_of
 from node.model import Task, TaskStatus
 from node.runtime.privacy import occupancy
 from node.store.base import LedgerEntry
@@ -66,6 +66,7 @@ LIVE_KINDS = frozenset({EV_CHECK, EV_OFFER, EV_REPLY, EV_TRANSFER, EV_ACK, EV_RE
 _QUEUED = TaskStatus.QUEUED
 _HANDING = TaskStatus.HANDING_OFF
 _HANDED = TaskStatus.HANDED_OFF
+_UNREACHABLE = "peer unreachable"
 
 Push = Callable[[int, int, int, Any], None]  # (ns, kind, node, payload)
 
@@ -110,8 +111,8 @@ class Sharing:
         self.failures = cfg.failures
         self.timeout_ns = int(cfg.rpc_timeout_s * _NS)
         self.incarnation = [0] * n  # a node's restarts: answers meant for an earlier run of it are stale
-        self.in_flight: set[str] = set()  # (with failures) tasks in a transfer on its way
-        self.adopted_by: dict[str, int] = {}  # (with failures) adopted, the origin's answer not processed yet
+        self.handoff_oid: dict[str, int] = {}  # (with failures) task -> the offer of its hand-off under way
+        self.unreachable: list[dict[int, tuple[int, float]]] = [{} for _ in range(n)]  # peer -> (until, wait_s)
         self.rng = [random.Random(f"fedcoord-sim:{cfg.seed}:{i}:peers") for i in range(n)]
         self.delay_ns = int(cfg.net_delay_s * _NS)
         self.check_ns = max(1, int(cfg.check_s * _NS))
@@ -135,7 +136,8 @@ class Sharing:
         self.archive: list[dict[str, Task]] = [{} for _ in range(n)]  # handed off, result not back yet
         self.reporting: list[set[str]] = [set() for _ in range(n)]  # results sent, not acknowledged yet
         self.offer_seq = itertools.count()
-        self.view_loads: list[float] | None = None  # the federation view's per-node loads, once one arrived
+        # the federation view's per-node loads, once one arrived (None: a node it has no summary of)
+        self.view_loads: list[float | None] | None = None
         self.oracle = cfg.policy == "oracle"
         self.oracle_at = 0
         self.oracle_view: FederationView | None = None
@@ -226,7 +228,10 @@ class Sharing:
                     occ[i] = float(occupancy(core.tasks.values(), lo, hi, now))
             total_cap = sum(c for c, d in zip(caps, down, strict=True) if not d)
             fed = sum(occ) / total_cap if total_cap else None
-            loads = [o / c if c else o for o, c in zip(occ, caps, strict=True)]
+            present = [not d for d in down]
+            loads: list[float | None] = [
+                (o / c if c else o) if up else None for o, c, up in zip(occ, caps, present, strict=True)
+            ]
             sd = 0.0
         else:
             agg = self.aggregator
@@ -240,12 +245,13 @@ class Sharing:
             gv = agg.view(round=self.rounds, now_ns=now)
             nodes = gv.nodes
             occ = [max(0.0, nodes[nid].occupied.value) if nid in nodes else 0.0 for nid in self.ids]
-            loads = [max(0.0, nodes[nid].load.value) if nid in nodes else 0.0 for nid in self.ids]
+            loads = [max(0.0, nodes[nid].load.value) if nid in nodes else None for nid in self.ids]
+            present = [nid in nodes for nid in self.ids]
             fed = gv.federation_load.value if gv.capacity > 0 else None
             sd = gv.federation_load.sd
         total = sum(occ)
         self.rounds += 1
-        self.push(now + int(cfg.view_delay * _NS), EV_VIEW, -1, (fed, sd, occ, total, loads))
+        self.push(now + int(cfg.view_delay * _NS), EV_VIEW, -1, (fed, sd, occ, total, loads, present))
         self.push(now + self.window_ns, EV_ROUND, -1, None)
 
     def _spent(self, now: int, worst: float) -> None:
@@ -293,7 +299,7 @@ class Sharing:
         if self.view_round != view.round:  # every node gets the same view in a round
             self.view_round = view.round
             nodes = view.nodes
-            self.view_loads = [max(0.0, nodes[nid].load.value) if nid in nodes else 0.0 for nid in self.ids]
+            self.view_loads = [max(0.0, nodes[nid].load.value) if nid in nodes else None for nid in self.ids]
         return self.admissions[i].threshold(self.cores[i].load(), now)
 
     def _herding_close(self) -> None:
@@ -303,12 +309,18 @@ class Sharing:
             self.herding.append(max(self.round_rx.values()) / moved)
         self.round_rx = {}
 
-    def _view(self, now: int, payload: tuple[float | None, float, list[float], float, list[float]]) -> None:
-        """The round's view reaches every node, dated by the node's clock on arrival (as
-        :meth:`node.runtime.node.LocalNode.apply_view` dates it)."""
-        fed, sd, occ, total, loads = payload
+    def _view(
+        self, now: int, payload: tuple[float | None, float, list[float], float, list[float | None], list[bool]]
+    ) -> None:
+        """The round's view reaches every node that is up, dated by the node's clock on arrival
+        (as :meth:`node.runtime.node.LocalNode.apply_view` dates it); a node the view has no
+        summary of gets no share (its local threshold), as ``GlobalView.admission_view`` says."""
+        fed, sd, occ, total, loads, present = payload
+        down = self.down
         for i, adm in enumerate(self.admissions):
-            share = min(1.0, occ[i] / total) if total > 0 else 0.0
+            if down[i]:
+                continue
+            share = (min(1.0, occ[i] / total) if total > 0 else 0.0) if present[i] else None
             adm.update(FederationView(at_ns=now, load_share=share, federation_load=fed, federation_load_sd=sd))
         self.view_loads = loads
 
@@ -344,9 +356,13 @@ class Sharing:
         s = self.slots[p]
         return (s - self.free[p] + self.queued[p]) / s
 
-    def _choose(self, i: int) -> int | None:
-        """A peer for node ``i``'s next offer, or None (every peer full for this pass)."""
+    def _choose(self, i: int, now: int) -> int | None:
+        """A peer for node ``i``'s next offer, or None (every peer full for this pass, or in
+        its back-off after an offer it did not answer)."""
         n, full, rng = self.n, self.full[i], self.rng[i]
+        unreachable = self.unreachable[i]
+        if unreachable:
+            full = full | {p for p, (until, _) in unreachable.items() if until > now}
         left = n - 1 - len(full)
         if left <= 0:
             return None
@@ -366,9 +382,14 @@ class Sharing:
         heard, view = self.heard[i], self.view_loads
         if view is None and not heard:
             return a  # nothing known: a random peer
-        unknown = sum(view) / n if view is not None else sum(heard.values()) / len(heard)
-        la = heard.get(a, view[a] if view is not None else unknown)
-        lb = heard.get(b, view[b] if view is not None else unknown)
+        # a peer known from neither: the mean of the known (as choose_peer scores unknown peers)
+        known = [v for v in view if v is not None] if view is not None else []
+        pool = known or list(heard.values())
+        unknown = sum(pool) / len(pool) if pool else 0.0
+        va = view[a] if view is not None else None
+        vb = view[b] if view is not None else None
+        la = heard.get(a, unknown if va is None else va)
+        lb = heard.get(b, unknown if vb is None else vb)
         return a if la <= lb else b
 
     def _attempt(self, i: int, now: int) -> int:
@@ -382,7 +403,7 @@ class Sharing:
         k = min(self.admissions[i].offload_count(core.load(), now), cfg.offer_batch)
         if k <= 0:
             return self._pass_over(i, now)
-        peer = self._choose(i)
+        peer = self._choose(i, now)
         if peer is None:
             return self._pass_over(i, now)
         ids = core.handoff_candidates(k)
@@ -426,8 +447,15 @@ class Sharing:
         oid, p, accepted, offered, ratio, inc = reply
         if inc != self.incarnation[i]:  # meant for this node before it restarted: nobody waits for it
             return 0
-        if ratio is not None:  # (None: the offer timed out, the peer is down)
+        if ratio is not None:
             self.heard[i][p] = ratio
+            if self.unreachable[i]:
+                self.unreachable[i].pop(p, None)
+        else:  # the offer timed out (the peer is down): left out of the choice for a while, as
+            # HandoffAgent._peer_failed does (retry_s 0.5 s, doubling up to retry_max_s 15 s)
+            prev = self.unreachable[i].get(p)
+            wait_s = 0.5 if prev is None else min(prev[1] * 2, 15.0)
+            self.unreachable[i][p] = (now + int(wait_s * _NS), wait_s)
         self.accepted += len(accepted)
         core = self.cores[i]
         tasks = core.tasks
@@ -446,7 +474,8 @@ class Sharing:
         self.bounces += sum(1 for tid in chosen if tasks[tid].hops > 0)
         records = tuple(record_of(tasks[tid]) for tid in chosen)
         if self.failures:
-            self.in_flight.update(chosen)
+            for tid in chosen:
+                self.handoff_oid[tid] = oid
         self.push(now + self.delay_ns, EV_TRANSFER, p, (oid, i, records, inc))
         return 1
 
@@ -455,37 +484,37 @@ class Sharing:
         self.reserved[p].pop(oid, None)
         res = self.cores[p].adopt(list(records), self.ids[origin], now)
         self.queued[p] += len(res.adopted)
-        if self.failures:
-            self.in_flight.difference_update(r.task_id for r in records)
-            for tid in res.owned:
-                self.adopted_by[tid] = p
         if self.warm_ns < now <= self.end_ns and res.adopted:
             bucket = now // self.window_ns
             if bucket != self.rx_bucket:
                 self._herding_close()
                 self.rx_bucket = bucket
             self.round_rx[p] = self.round_rx.get(p, 0) + len(res.adopted)
-        self.push(now + self.delay_ns, EV_ACK, origin, (p, res.owned, dict(res.refused), inc))
+        self.push(now + self.delay_ns, EV_ACK, origin, (oid, p, res.owned, dict(res.refused), inc))
         return 1 + (self.claim(p, now) if self.free[p] and self.queued[p] else 0)
 
-    def _settle(self, i: int, p: int, owned: list[str], refused: list[str], now: int) -> int:
+    def _settle(
+        self, i: int, p: int, owned: list[str], refused: list[str], *, now: int, oid: int | None, counted: bool = True
+    ) -> int:
         """Node ``i``'s hand-off to ``p`` answered: ``owned`` marked handed off (archived until
-        their results come back), ``refused`` back in line; events pushed. Only tasks still
-        being handed to ``p`` (an answer can come after a restart settled them)."""
+        their results come back), ``refused`` back in line; events pushed. With failures, only
+        the tasks whose hand-off under way is offer ``oid``'s (None: any, on a restart): an
+        answer can come after a restart settled them, or after they went out again.
+        ``counted``: refusals by the peer (not tasks taken back after a restart or a timeout)."""
         core = self.cores[i]
         peer = self.ids[p]
         if self.failures:
-            tasks = core.tasks
-            owned = [
-                t for t in owned if (x := tasks.get(t)) is not None and x.status is _HANDING and x.handoff_peer == peer
-            ]
-            refused = [
-                t
-                for t in refused
-                if (x := tasks.get(t)) is not None and x.status is _HANDING and x.handoff_peer == peer
-            ]
-            for tid in owned:
-                self.adopted_by.pop(tid, None)
+            tasks, current = core.tasks, self.handoff_oid
+
+            def ours(tid: str) -> bool:
+                x = tasks.get(tid)
+                ok = x is not None and x.status is _HANDING and x.handoff_peer == peer
+                return ok and (oid is None or current.get(tid) == oid)
+
+            owned = [t for t in owned if ours(t)]
+            refused = [t for t in refused if ours(t)]
+            for tid in owned + refused:
+                current.pop(tid, None)
         pushed = 0
         if owned:
             core.finish_handoff(owned, peer, now)
@@ -497,14 +526,16 @@ class Sharing:
         if refused:
             core.abort_handoff(refused, now, peer=peer)
             self.queued[i] += len(refused)
-            self.refused += len(refused)
+            if counted:
+                self.refused += len(refused)
             if self.free[i] and self.queued[i]:
                 pushed += self.claim(i, now)
         return pushed
 
-    def _on_ack(self, i: int, now: int, ack: tuple[int, list[str], dict[str, str], int]) -> int:
-        p, owned, refused, inc = ack
-        pushed = self._settle(i, p, owned, list(refused), now)
+    def _on_ack(self, i: int, now: int, ack: tuple[int, int, list[str], dict[str, str], int]) -> int:
+        oid, p, owned, refused, inc = ack
+        lost = bool(refused) and all(why == _UNREACHABLE for why in refused.values())  # (the transfer was lost)
+        pushed = self._settle(i, p, owned, list(refused), now=now, oid=oid, counted=not lost)
         if inc != self.incarnation[i]:  # (the pass it answers died with the node)
             return pushed
         self.offering[i] = False
@@ -534,7 +565,7 @@ class Sharing:
             if self.failures:  # a restarted peer reports again what it reported before: keep the final record
                 prev = archive.get(o.task_id)
                 archive[o.task_id] = core.record_result(o, peer, prev, now)
-                self.adopted_by.pop(o.task_id, None)
+                self.handoff_oid.pop(o.task_id, None)  # (a result settles a hand-off whose answer was lost)
                 self.reported += prev is None or prev.status is _HANDED  # (a repeat is not counted)
             else:
                 core.record_result(o, peer, archive.pop(o.task_id, None), now)
@@ -569,25 +600,30 @@ class Sharing:
         self.tries[i] = self.moved[i] = self.fruitless[i] = self.not_before[i] = 0
         self.reserved[i].clear()
         self.heard[i].clear()
+        self.unreachable[i].clear()
         self.reporting[i].clear()
         self.admissions[i] = Admission(self.adm_cfg)
         self.last_release[i] = None
 
     def recover(self, i: int, now: int) -> int:
         """Node ``i`` back (its core rebuilt): the hand-offs it was making settle as the
-        runtime's would after asking each peer (the tasks the peer adopted are handed off, the
-        rest come back in line), but for those whose transfer is still on its way (its answer
-        will come); events pushed."""
+        runtime's do after a restart, by asking each peer (the core's ``task_status``): the
+        tasks the peer owns are handed off, the rest come back in line, and the peer declares
+        them unknown, so that a transfer still on its way is refused when it lands. (The
+        runtime asks a peer that is down again later; here its store answers at once.)"""
         core = self.cores[i]
-        by_peer: dict[int, tuple[list[str], list[str]]] = {}
+        by_peer: dict[int, list[str]] = {}
         for t in core.tasks.values():
-            if t.status is _HANDING and t.handoff_peer is not None and t.id not in self.in_flight:
-                p = self.index[t.handoff_peer]
-                owned, back = by_peer.setdefault(p, ([], []))
-                (owned if self.adopted_by.get(t.id) == p else back).append(t.id)
+            if t.status is _HANDING and t.handoff_peer is not None:
+                by_peer.setdefault(self.index[t.handoff_peer], []).append(t.id)
         pushed = 0
-        for p, (owned, back) in sorted(by_peer.items()):
-            pushed += self._settle(i, p, owned, back, now)
+        for p, tids in sorted(by_peer.items()):
+            peer = self.cores[p]
+            known = {**self.archive[p], **peer._reports}  # what it finished or handed on (its archive)
+            status = peer.task_status(tids, self.ids[i], now, known=known)
+            owned = [t for t in tids if status[t] is RemoteStatus.OWNED]
+            back = [t for t in tids if status[t] is not RemoteStatus.OWNED]
+            pushed += self._settle(i, p, owned, back, now=now, oid=None, counted=False)
         return pushed
 
     def _lost(self, kind: int, i: int, now: int, payload: Any) -> int:
@@ -604,8 +640,7 @@ class Sharing:
         elif kind == EV_TRANSFER:  # never adopted: the origin takes its tasks back
             oid, origin, records, inc = payload
             ids = [r.task_id for r in records]
-            self.in_flight.difference_update(ids)
-            self.push(now + self.timeout_ns, EV_ACK, origin, (i, [], dict.fromkeys(ids, "peer unreachable"), inc))
+            self.push(now + self.timeout_ns, EV_ACK, origin, (oid, i, [], dict.fromkeys(ids, _UNREACHABLE), inc))
             return 1
         elif kind == EV_REPORT:  # the reporting peer sends it again after its next commit
             p, outcomes = payload
