@@ -61,12 +61,12 @@ __all__ = ["EV_CHECK", "EV_ROUND", "LIVE_KINDS", "Sharing"]
 
 _NS = 1_000_000_000
 # event kinds past the event loop's own four (0..3)
-EV_CHECK, EV_OFFER, EV_REPLY, EV_TRANSFER, EV_ACK, EV_REPORT, EV_REPORT_ACK, EV_ROUND, EV_VIEW = range(4, 13)
-LIVE_KINDS = frozenset({EV_CHECK, EV_OFFER, EV_REPLY, EV_TRANSFER, EV_ACK, EV_REPORT, EV_REPORT_ACK})
+EV_CHECK, EV_OFFER, EV_REPLY, EV_TRANSFER, EV_ACK, EV_REPORT, EV_REPORT_ACK, EV_ROUND, EV_VIEW, EV_SETTLE = range(4, 14)
+LIVE_KINDS = frozenset({EV_CHECK, EV_OFFER, EV_REPLY, EV_TRANSFER, EV_ACK, EV_REPORT, EV_REPORT_ACK, EV_SETTLE})
+_RETRY_S, _RETRY_MAX_S = 0.5, 15.0  # HandoffConfig.retry_s, retry_max_s
 _QUEUED = TaskStatus.QUEUED
 _HANDING = TaskStatus.HANDING_OFF
 _HANDED = TaskStatus.HANDED_OFF
-_UNREACHABLE = "peer unreachable"
 
 Push = Callable[[int, int, int, Any], None]  # (ns, kind, node, payload)
 
@@ -534,8 +534,7 @@ class Sharing:
 
     def _on_ack(self, i: int, now: int, ack: tuple[int, int, list[str], dict[str, str], int]) -> int:
         oid, p, owned, refused, inc = ack
-        lost = bool(refused) and all(why == _UNREACHABLE for why in refused.values())  # (the transfer was lost)
-        pushed = self._settle(i, p, owned, list(refused), now=now, oid=oid, counted=not lost)
+        pushed = self._settle(i, p, owned, list(refused), now=now, oid=oid)
         if inc != self.incarnation[i]:  # (the pass it answers died with the node)
             return pushed
         self.offering[i] = False
@@ -557,21 +556,29 @@ class Sharing:
                     pushed += 1
         return pushed
 
+    def _record(self, i: int, p: int, o: Outcome, now: int) -> None:
+        """Node ``i`` takes ``p``'s result of a task it handed to ``p``."""
+        core, archive, peer = self.cores[i], self.archive[i], self.ids[p]
+        if not self.failures:
+            core.record_result(o, peer, archive.pop(o.task_id, None), now)
+            self.reported += 1
+            return
+        # a restarted peer reports again what it reported before: the final record is kept
+        prev = archive.get(o.task_id)
+        t = core.tasks.get(o.task_id)
+        if prev is None and t is not None and t.status is _HANDING:
+            # a result proves the peer owns it (the answer to its transfer was lost, or is not
+            # in yet): record_result finishes the hand-off
+            self.handed_off += 1
+            self.handoff_oid.pop(o.task_id, None)
+        archive[o.task_id] = core.record_result(o, peer, prev, now)
+        self.reported += prev is None or prev.status is _HANDED  # (a repeat is not counted)
+
     def _on_report(self, i: int, now: int, report: tuple[int, list[Outcome]]) -> int:
         p, outcomes = report
-        core, archive, peer = self.cores[i], self.archive[i], self.ids[p]
-        done = []
         for o in outcomes:
-            if self.failures:  # a restarted peer reports again what it reported before: keep the final record
-                prev = archive.get(o.task_id)
-                archive[o.task_id] = core.record_result(o, peer, prev, now)
-                self.handoff_oid.pop(o.task_id, None)  # (a result settles a hand-off whose answer was lost)
-                self.reported += prev is None or prev.status is _HANDED  # (a repeat is not counted)
-            else:
-                core.record_result(o, peer, archive.pop(o.task_id, None), now)
-                self.reported += 1
-            done.append(o.task_id)
-        self.push(now + self.delay_ns, EV_REPORT_ACK, p, done)
+            self._record(i, p, o, now)
+        self.push(now + self.delay_ns, EV_REPORT_ACK, p, [o.task_id for o in outcomes])
         return 1
 
     def settle_reports(self, now: int) -> None:
@@ -581,11 +588,8 @@ class Sharing:
             for p, core in enumerate(self.cores):
                 for origin, outcomes in core.pending_reports().items():
                     i = self.index[origin]
-                    archive = self.archive[i]
                     for o in outcomes:
-                        got = archive.get(o.task_id) if self.failures else archive.pop(o.task_id, None)
-                        self.cores[i].record_result(o, self.ids[p], got, now)
-                        self.reported += got is None or got.status is _HANDED
+                        self._record(i, p, o, now)
                     core.report_done([o.task_id for o in outcomes])
                 self.reporting[p].clear()
 
@@ -618,13 +622,30 @@ class Sharing:
                 by_peer.setdefault(self.index[t.handoff_peer], []).append(t.id)
         pushed = 0
         for p, tids in sorted(by_peer.items()):
-            peer = self.cores[p]
-            known = {**self.archive[p], **peer._reports}  # what it finished or handed on (its archive)
-            status = peer.task_status(tids, self.ids[i], now, known=known)
-            owned = [t for t in tids if status[t] is RemoteStatus.OWNED]
-            back = [t for t in tids if status[t] is not RemoteStatus.OWNED]
-            pushed += self._settle(i, p, owned, back, now=now, oid=None, counted=False)
+            pushed += self._ask(i, p, tids, None, now=now, delay_s=_RETRY_S)
         return pushed
+
+    def _ask(self, i: int, p: int, tids: list[str], oid: int | None, *, now: int, delay_s: float) -> int:
+        """Node ``i`` asks ``p`` which of ``tids`` (handed to it, by offer ``oid``; None: any) it
+        owns, and settles them; a peer that is down is asked again ``delay_s`` later (doubling up
+        to retry_max_s). Events pushed."""
+        if self.down[p]:
+            self.push(now + int(delay_s * _NS), EV_SETTLE, i, (oid, p, tids, min(delay_s * 2, _RETRY_MAX_S)))
+            return 1
+        peer = self.cores[p]
+        tasks, name = self.cores[i].tasks, self.ids[p]
+        tids = [t for t in tids if (x := tasks.get(t)) is not None and x.status is _HANDING and x.handoff_peer == name]
+        if not tids:
+            return 0
+        known = {**self.archive[p], **peer._reports}  # what it finished or handed on (its archive)
+        status = peer.task_status(tids, self.ids[i], now, known=known)  # (declares the rest unknown there)
+        owned = [t for t in tids if status[t] is RemoteStatus.OWNED]
+        back = [t for t in tids if status[t] is not RemoteStatus.OWNED]
+        return self._settle(i, p, owned, back, now=now, oid=oid, counted=False)
+
+    def _on_settle(self, i: int, now: int, payload: tuple[int | None, int, list[str], float]) -> int:
+        oid, p, tids, delay_s = payload
+        return self._ask(i, p, tids, oid, now=now, delay_s=delay_s)
 
     def _lost(self, kind: int, i: int, now: int, payload: Any) -> int:
         """A message to node ``i``, which is down: lost. The sender of a request learns it after
@@ -637,16 +658,22 @@ class Sharing:
             oid, origin, ids, inc = payload
             self.push(now + self.timeout_ns, EV_REPLY, origin, (oid, i, [], len(ids), None, inc))
             return 1
-        elif kind == EV_TRANSFER:  # never adopted: the origin takes its tasks back
+        elif kind == EV_TRANSFER:
+            # no answer: the origin's offer ends after the timeout, its tasks stay handing off
+            # (it cannot know whether the peer took them) until it can ask the peer, as the
+            # runtime's settle loop does: every retry_s, doubling up to retry_max_s
             oid, origin, records, inc = payload
             ids = [r.task_id for r in records]
-            self.push(now + self.timeout_ns, EV_ACK, origin, (oid, i, [], dict.fromkeys(ids, _UNREACHABLE), inc))
-            return 1
+            at = now + self.timeout_ns
+            self.push(at, EV_ACK, origin, (oid, i, [], {}, inc))
+            self.push(at + int(_RETRY_S * _NS), EV_SETTLE, origin, (oid, i, ids, _RETRY_S))
+            return 2
         elif kind == EV_REPORT:  # the reporting peer sends it again after its next commit
             p, outcomes = payload
             self.reporting[p].difference_update(o.task_id for o in outcomes)
-        # replies, answers and report acknowledgements to a node that is down: lost (its
-        # reservations expire, its restart settles its hand-offs, its peers report again)
+        # replies, answers, report acknowledgements and its own settle retries to a node that
+        # is down: lost (its reservations expire, its restart settles its hand-offs, its peers
+        # report again)
         return 0
 
     # ------------------------------------------------------------------ dispatch
@@ -672,6 +699,8 @@ class Sharing:
             return self._on_ack(i, now, payload)
         if kind == EV_REPORT:
             return self._on_report(i, now, payload)
+        if kind == EV_SETTLE:
+            return self._on_settle(i, now, payload)
         if kind == EV_REPORT_ACK:
             self.cores[i].report_done(payload)
             self.reporting[i].difference_update(payload)
