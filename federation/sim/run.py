@@ -492,45 +492,12 @@ def _simulate(
                     live += 1
                 continue
         core = cores[i]
-        if mixed:
-            if kind == _ARRIVAL:
-                x = type_rng[i]()
-                core.submit_normalized(type_batches[bisect.bisect_right(cum_weights, x * cum_weights[-1])], now)
-                arrived += 1
-                last_arrival_ns = now
-                queued[i] += 1
-                nxt = now + int(arrival_expo[i](rates[i]) * _NS)
-                if nxt < end_ns:
-                    push(heap, (nxt, next(counter), _ARRIVAL, i, lease))
-                    live += 1
-            else:
-                k = widx[lease.worker_id]
-                wfree[i][k] += 1
-                free[i] += 1
-                waiting[i][k] = False  # it claims again below, for all its free slots
-                if fail_rate and fail_rng[i]() < fail_rate:
-                    core.fail(lease, "simulated failure", now)
-                    if lease.task_id in core.tasks:
-                        retried += 1
-                        retry_wait += 1
-                    else:
-                        failed += 1
-                else:
-                    created = core.tasks[lease.task_id].created_ns
-                    core.complete(lease, b"", now)
-                    completed += 1
-                    if created >= warm_ns:
-                        d = now - created
-                        sojourn_ns.append(d)
-                        soj_type.append(type_of[lease.spec.type])
-                        if d > deadline_ns:
-                            late += 1
-            live += fill(i, now)
-            if queued[i] and sharing is not None:
-                live += sharing.arrived(i, now)
-            continue
         if kind == _ARRIVAL:
-            core.submit_normalized(batch, now)
+            if mixed:  # of a type drawn from the Zipf weights
+                x = type_rng[i]() * cum_weights[-1]
+                core.submit_normalized(type_batches[bisect.bisect_right(cum_weights, x)], now)
+            else:
+                core.submit_normalized(batch, now)
             arrived += 1
             last_arrival_ns = now
             queued[i] += 1
@@ -538,6 +505,28 @@ def _simulate(
             if nxt < end_ns:
                 push(heap, (nxt, next(counter), _ARRIVAL, i, lease))
                 live += 1
+        elif mixed:
+            k = widx[lease.worker_id]
+            wfree[i][k] += 1
+            free[i] += 1
+            waiting[i][k] = False  # it claims again below, for all its free slots
+            if fail_rate and fail_rng[i]() < fail_rate:
+                core.fail(lease, "simulated failure", now)
+                if lease.task_id in core.tasks:
+                    retried += 1
+                    retry_wait += 1
+                else:
+                    failed += 1
+            else:
+                created = core.tasks[lease.task_id].created_ns
+                core.complete(lease, b"", now)
+                completed += 1
+                if created >= warm_ns:
+                    d = now - created
+                    sojourn_ns.append(d)
+                    soj_type.append(type_of[lease.spec.type])
+                    if d > deadline_ns:
+                        late += 1
         else:
             created = core.tasks[lease.task_id].created_ns
             core.complete(lease, b"", now)
@@ -548,7 +537,9 @@ def _simulate(
                 sojourn_ns.append(d)
                 if d > deadline_ns:
                     late += 1
-        if free[i] and queued[i]:  # a slot and a task
+        if mixed:  # the grants started, every worker with free slots waiting again
+            live += fill(i, now)
+        elif free[i] and queued[i]:  # a slot and a task
             live += claim(i, now)
         if queued[i] and sharing is not None:  # every slot busy: the node looks at its load
             live += sharing.arrived(i, now)
