@@ -43,6 +43,15 @@ def test_a_sweep_resumes_with_only_the_missing_cells_and_refuses_another_sweeps_
     again = run_sweep(cfg, tmp_path, workers=1, on_cell=lambda c, r, resumed: ran.append((c.key, resumed)))
     assert sorted(resumed for _, resumed in ran) == [False, True, True]
     assert json.dumps([r["result"] for r in again]) == json.dumps([r["result"] for r in first])  # byte for byte
+    # a cell recorded with other settings than this sweep's (an older version, a hand edit) runs again
+    lines = log.read_text().splitlines()
+    rec = json.loads(lines[0])
+    rec["result"]["config"]["load"] = 0.5
+    log.write_text("\n".join([json.dumps(rec), *lines[1:]]) + "\n")
+    ran.clear()
+    third = run_sweep(cfg, tmp_path, workers=1, on_cell=lambda c, r, resumed: ran.append((c.key, resumed)))
+    assert (rec["key"], False) in ran and sorted(resumed for _, resumed in ran) == [False, True, True]
+    assert json.dumps([r["result"] for r in third]) == json.dumps([r["result"] for r in first])
     other = SweepConfig(base=_BASE, epsilons=(None,), policies=("none",), seeds=(0,))
     with pytest.raises(SweepError, match="another sweep"):
         run_sweep(other, tmp_path)

@@ -111,6 +111,14 @@ def _read_done(path: Path) -> dict[str, dict[str, Any]]:
     return done
 
 
+def _ran(rec: dict[str, Any], want: SimConfig) -> bool:
+    """Whether a recorded cell ran ``want`` (its result's config, read back as a config)."""
+    try:
+        return SimConfig.from_record(rec["result"]["config"]) == want
+    except (KeyError, TypeError, ValidationError):
+        return False
+
+
 def _prepare(cfg: SweepConfig, out_dir: Path) -> dict[str, dict[str, Any]]:
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = out_dir / "sweep.json"
@@ -190,6 +198,9 @@ def run_sweep(
         raise ValidationError("sweep.workers", f"{workers!r}", limit="1..256")
     done = _prepare(cfg, out_dir)
     cells = cfg.cells()
+    for c in cells:  # a cell whose recorded config is not this sweep's runs again (its new line wins)
+        if c.key in done and not _ran(done[c.key], c.config(cfg.base)):
+            del done[c.key]
     todo = [c for c in cells if c.key not in done]
     for c in cells:
         if c.key in done and on_cell is not None:
