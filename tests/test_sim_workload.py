@@ -151,3 +151,16 @@ def test_slow_messages_and_frequent_crashes_never_run_a_task_twice(seed: int, mo
     assert len(completions) == len(set(completions)) == r["completed"]
     assert r["completed"] + r["failures"]["failed"] == r["tasks"] and r["left_active"] == 0
     assert r["sharing"]["lost_messages"] > 0
+
+
+def test_a_transfer_after_its_reservation_expired_takes_only_the_room_left() -> None:
+    """Messages slower than the reservation: each transfer lands after the room it was promised
+    expired, so the peer looks again (as the runtime's on_transfer) and refuses what no longer
+    fits; the origin takes those back, and nothing is lost."""
+    base = {"nodes": 8, "slots": (2, 4), "load": 0.85, "spread": 0.3, "duration_s": 900.0, "net_delay_s": 0.05,
+            "policy": "random", "validate": True}  # fmt: skip
+    late = simulate(SimConfig(**base, reservation_s=0.05)).result  # type: ignore[arg-type]
+    held = simulate(SimConfig(**base)).result  # type: ignore[arg-type]
+    assert late["sharing"]["refused_at_transfer"] > 0 == held["sharing"]["refused_at_transfer"]
+    assert late["completed"] == late["tasks"] and late["left_active"] == 0
+    assert late["sharing"]["reported"] == late["sharing"]["handed_off"]

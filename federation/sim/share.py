@@ -481,8 +481,22 @@ class Sharing:
 
     def _on_transfer(self, p: int, now: int, transfer: tuple[int, int, tuple[HandoffRecord, ...], int]) -> int:
         oid, origin, records, inc = transfer
-        self.reserved[p].pop(oid, None)
-        res = self.cores[p].adopt(list(records), self.ids[origin], now)
+        reserved = self.reserved[p]
+        reservation = reserved.pop(oid, None)
+        core = self.cores[p]
+        recs = list(records)
+        # what it finished or handed on (its archive): a transfer after a restart may repeat one
+        known = {**self.archive[p], **core._reports} if self.failures else None
+        no_room: dict[str, str] = {}
+        if reservation is None or reservation[1] <= now:  # expired (or lost in a restart): room now?
+            fresh = [r for r in recs if r.task_id not in core.tasks and (known is None or r.task_id not in known)]
+            held = sum(k for k, exp in reserved.values() if exp > now)
+            room = self.admissions[p].accept_count(core.load(), len(fresh), now, reserved=held)
+            no_room = {r.task_id: "no room (the offer's reservation expired)" for r in fresh[room:]}
+            recs = [r for r in recs if r.task_id not in no_room]
+        res = core.adopt(recs, self.ids[origin], now, known=known)
+        if no_room:
+            res.refused.update(no_room)
         self.queued[p] += len(res.adopted)
         if self.warm_ns < now <= self.end_ns and res.adopted:
             bucket = now // self.window_ns
