@@ -2,11 +2,13 @@
 
 Every node is a :class:`~node.core.Core` (the same object the runtime drives, with
 ``MemoryStore``'s semantics: nothing is written anywhere) with one worker of ``slots``
-concurrency. Events, in virtual nanoseconds, from one heap: a task arrives at a node (the core's
-``submit``, then ``claim`` while a slot is free), a task's service ends (``complete``, then
-``claim`` again), a periodic tick (the core's ``tick``, and its outbox drained, as the
-runtime's group commit does), burst switches, and with a sharing policy the hand-off messages
-and federation rounds, which :class:`~federation.sim.share.Sharing` handles.
+concurrency (or, in a mixed workload, workers of several skills with waiting claims). Events, in
+virtual nanoseconds, from one heap: a task arrives at a node (the core's ``submit``, then
+``claim`` while a slot is free), a task's service ends (``complete`` or ``fail``, then ``claim``
+again), a periodic tick (the core's ``tick``, and its outbox drained, as the runtime's group
+commit does), burst switches, node failures and recoveries (the core rebuilt with the runtime's
+``rebuild_core``), and with a sharing policy the hand-off messages and federation rounds, which
+:class:`~federation.sim.share.Sharing` handles.
 
 **Randomness is simulation-only**: arrival gaps and service times come from ``random.Random``
 streams seeded from the config's seed, one per node and purpose, so the same config gives the

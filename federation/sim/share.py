@@ -20,6 +20,11 @@ is the deployed node's code:
   (:func:`federation.privacy.pipeline.build_release`, the node's accountant and ledger), merged by
   :class:`federation.aggregate.Aggregator`; the view reaches the nodes ``view_delay_s`` later
   (a period by default: with the next round's query, as deployed).
+* **Node failures** (``mtbf_s``): messages to a node that is down are lost; the sender of a
+  request hears nothing for ``rpc_timeout_s``, leaves the peer out of its choice for a while
+  (``HandoffAgent._peer_failed``'s back-off) and, for a transfer, asks the peer with the core's
+  ``task_status`` until it answers (the runtime's settle loop); a restarted node asks about the
+  hand-offs it was making the same way (:meth:`Sharing.recover`).
 
 What differs from the runtime, and why: the runtime's agent is asyncio and store-bound (~1 ms
 per offer), far too slow to drive millions of tasks, so its decisions run here as events; an
@@ -28,8 +33,10 @@ slot busy, instead of polling every ``check_s`` whatever happens (the same decis
 millions of idle checks); a pass makes at most ``offers_per_pass`` offers (the runtime's tries
 every peer, which at 1,000 peers would be 1,000 offers); offers run one at a time per node
 (the runtime runs two); peer choice samples two candidates directly (``choose_peer`` scans the
-peer list, O(peers) per offer). The noise is the simulation's seeded generator
-(:mod:`federation.sim.noise`), never OpenDP's.
+peer list, O(peers) per offer); a peer that is down is asked about a lost transfer straight from
+its store once it is back (the runtime asks over the network, the same answer); a restarted
+node keeps its analytics windows (the runtime resets them). The noise is the simulation's seeded
+generator (:mod:`federation.sim.noise`), never OpenDP's.
 """
 
 from __future__ import annotations
