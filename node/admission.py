@@ -195,6 +195,8 @@ class AdaptivePolicy:
         fed = None if view is None else view.federation_load
         if view is None or fed is None or not math.isfinite(fed):
             return cfg.threshold
+        if self._seen_at == view.at_ns and self._current is not None:
+            return self._current  # this view is folded in and answered for: the answer stands
         view_var = (view.federation_load_sd or 0.0) ** 2
         if self._seen_at != view.at_ns:  # a new view: fold it in once
             self._seen_at = view.at_ns
