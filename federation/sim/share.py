@@ -145,6 +145,7 @@ class Sharing:
         self.offer_seq = itertools.count()
         # the federation view's per-node loads, once one arrived (None: a node it has no summary of)
         self.view_loads: list[float | None] | None = None
+        self.view_mean: float | None = None  # of the view's known loads
         self.oracle = cfg.policy == "oracle"
         self.oracle_at = 0
         self.oracle_view: FederationView | None = None
@@ -306,7 +307,7 @@ class Sharing:
         if self.view_round != view.round:  # every node gets the same view in a round
             self.view_round = view.round
             nodes = view.nodes
-            self.view_loads = [max(0.0, nodes[nid].load.value) if nid in nodes else None for nid in self.ids]
+            self._set_view_loads([max(0.0, nodes[nid].load.value) if nid in nodes else None for nid in self.ids])
         return self.admissions[i].threshold(self.cores[i].load(), now)
 
     def _herding_close(self) -> None:
@@ -329,7 +330,7 @@ class Sharing:
                 continue
             share = (min(1.0, occ[i] / total) if total > 0 else 0.0) if present[i] else None
             adm.update(FederationView(at_ns=now, load_share=share, federation_load=fed, federation_load_sd=sd))
-        self.view_loads = loads
+        self._set_view_loads(loads)
 
     # ------------------------------------------------------------------ hand-off
 
@@ -389,15 +390,21 @@ class Sharing:
         heard, view = self.heard[i], self.view_loads
         if view is None and not heard:
             return a  # nothing known: a random peer
-        # a peer known from neither: the mean of the known (as choose_peer scores unknown peers)
-        known = [v for v in view if v is not None] if view is not None else []
-        pool = known or list(heard.values())
-        unknown = sum(pool) / len(pool) if pool else 0.0
-        va = view[a] if view is not None else None
-        vb = view[b] if view is not None else None
-        la = heard.get(a, unknown if va is None else va)
-        lb = heard.get(b, unknown if vb is None else vb)
+        # what a peer said in its last reply, else the view's load of it
+        la = heard.get(a, view[a] if view is not None else None)
+        lb = heard.get(b, view[b] if view is not None else None)
+        if la is None or lb is None:  # known from neither: the mean of the known (as choose_peer)
+            unknown = self.view_mean
+            if unknown is None:
+                unknown = sum(heard.values()) / len(heard) if heard else 0.0
+            la = unknown if la is None else la
+            lb = unknown if lb is None else lb
         return a if la <= lb else b
+
+    def _set_view_loads(self, loads: list[float | None]) -> None:
+        self.view_loads = loads
+        known = [v for v in loads if v is not None]
+        self.view_mean = sum(known) / len(known) if known else None
 
     def _attempt(self, i: int, now: int) -> int:
         """One offer of node ``i``'s pass, if admission finds it too loaded; events pushed."""
