@@ -176,6 +176,7 @@ def simulate(
             f"flower: {fl['rounds']} rounds through Flower's simulation engine, {fl['missing']} node-rounds "
             f"without a summary, {fl['errors']} ClientApp errors"
             + ("" if lat is None else f"; round latency p50 {lat['p50']:.2f} s, max {lat['max']:.2f} s (wall)")
+            + ("; the engine started on its second try" if res.engine.get("starts", 1) > 1 else "")
         )
         if fl["missing"] or fl["errors"]:
             out.print("  (not the event path's result: some rounds went without some nodes)")

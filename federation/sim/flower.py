@@ -98,6 +98,7 @@ class _Bridge:
         self.now = 0
         self.open = False  # a round is under way: the simulator waits (the nodes answer only then)
         self.error: BaseException | None = None  # why the ServerApp stopped, if it failed
+        self.stopping = threading.Event()  # the engine ended (or failed): the ServerApp stops waiting
         self._due: queue.Queue[int | None] = queue.Queue()  # simulator -> ServerApp: a round's ns, None: the end
         self._over: queue.Queue[object] = queue.Queue()  # ServerApp -> simulator: the round is over
         self.rounds: list[RoundResult] = []
@@ -134,6 +135,7 @@ class _Bridge:
         self._over.put(True)
 
     def stopped(self) -> None:
+        self.stopping.set()
         self._over.put(_STOPPED)
 
     # the simulated nodes, for the gRPC service ---------------------------------------------
@@ -313,48 +315,19 @@ def simulate_flower(
     try:
         for k, v in _FLWR_ENV.items():
             os.environ.setdefault(k, v)
-        from flwr.simulation import run_simulation  # noqa: PLC0415 - Flower only on this path
-
-        from federation.sim import flower_apps  # noqa: PLC0415
-
-        bridge = _Bridge(run_cfg, ServerSettings(period_s=cfg.period_s, ttl_s=ttl_s), nodes_wait_s)
-        outcome: dict[str, Any] = {}
-
-        def run_sim() -> None:
-            try:
-                outcome["result"] = simulate(run_cfg, progress, rounds=bridge)
-            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread, re-raised there
-                outcome["error"] = e
-            finally:
-                bridge.end()
-
+        settings = ServerSettings(period_s=cfg.period_s, ttl_s=ttl_s)
         t0 = time.perf_counter()
-        with _nodes_server(bridge) as address, _flower_quiet():
-            os.environ[ADDRESS_ENV] = address
-            _Active.bridge = bridge
-            sim = threading.Thread(target=run_sim, name="fedcoord-sim", daemon=True)
-            sim.start()
+        for attempt in (1, 2):
+            bridge = _Bridge(run_cfg, settings, nodes_wait_s)
             try:
-                run_simulation(
-                    server_app=flower_apps.server,
-                    client_app=flower_apps.client,
-                    num_supernodes=cfg.nodes,
-                    backend_config={"client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0}},
-                )
-            except Exception as e:
-                bridge.stopped()
-                sim.join()
-                raise EngineError(f"Flower's simulation engine failed: {e}") from e
-            finally:
-                _Active.bridge = None
-            bridge.stopped()  # (the ServerApp ended: a simulator still waiting for a round stops)
-            sim.join()
-        if "error" in outcome:
-            err = outcome["error"]
-            if isinstance(err, FedcoordError):
-                raise err
-            raise EngineError(f"the simulation failed: {err!r}") from err
-        res: SimResult = outcome["result"]
+                res = _run_engine(bridge, progress, cpus_per_client)
+                break
+            except _StartFailed as e:
+                # Ray's head did not come up (seen once here: its GCS never wrote its port file):
+                # nothing ran yet, and the run is reproducible, so it starts over once
+                if attempt == 2:
+                    raise EngineError(f"Flower's simulation engine failed to start, twice: {e.reason}") from e
+                log.warning("Flower's simulation engine failed to start (%s): starting again", e.reason)
         result = dict(res.result)
         result["flower"] = {"rounds": len(bridge.rounds), "missing": bridge.missing, "errors": bridge.errors}
         wall = time.perf_counter() - t0
@@ -362,11 +335,64 @@ def simulate_flower(
         engine = {
             "engine": "flower",
             "wall_s": wall,
+            "starts": attempt,
             "round_latency_s": {"p50": lat[len(lat) // 2], "max": lat[-1]} if lat else None,
         }
         return SimResult(result, wall, res.result["events"] / wall if wall > 0 else 0.0, engine)
     finally:
         _Active.lock.release()
+
+
+class _StartFailed(EngineError):
+    """Flower's engine failed before its first round."""
+
+
+def _run_engine(bridge: _Bridge, progress: Callable[[float], None] | None, cpus_per_client: float) -> SimResult:
+    """One run of the simulator with its rounds through Flower's engine."""
+    from flwr.simulation import run_simulation  # noqa: PLC0415 - Flower only on this path
+
+    from federation.sim import flower_apps  # noqa: PLC0415
+
+    outcome: dict[str, Any] = {}
+
+    def run_sim() -> None:
+        try:
+            outcome["result"] = simulate(bridge.cfg, progress, rounds=bridge)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread, re-raised there
+            outcome["error"] = e
+        finally:
+            bridge.end()
+
+    with _nodes_server(bridge) as address, _flower_quiet():
+        os.environ[ADDRESS_ENV] = address
+        _Active.bridge = bridge
+        sim = threading.Thread(target=run_sim, name="fedcoord-sim", daemon=True)
+        sim.start()
+        try:
+            run_simulation(
+                server_app=flower_apps.server,
+                client_app=flower_apps.client,
+                num_supernodes=bridge.cfg.nodes,
+                backend_config={"client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0}},
+            )
+        except Exception as e:
+            bridge.stopped()
+            sim.join()
+            cause = e.__cause__ or e
+            if not bridge.rounds:
+                raise _StartFailed(f"{type(cause).__name__}: {cause}") from e
+            raise EngineError(f"Flower's simulation engine failed: {e}") from e
+        finally:
+            _Active.bridge = None
+        bridge.stopped()  # (the ServerApp ended: a simulator still waiting for a round stops)
+        sim.join()
+    if "error" in outcome:
+        err = outcome["error"]
+        if isinstance(err, FedcoordError):
+            raise err
+        raise EngineError(f"the simulation failed: {err!r}") from err
+    res: SimResult = outcome["result"]
+    return res
 
 
 def active() -> _Bridge:

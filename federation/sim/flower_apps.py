@@ -34,6 +34,8 @@ def _server_main(grid: Grid, context: Context) -> None:
         # every SuperNode registered before the first round (the engine starts them with Ray)
         deadline = time.monotonic() + bridge.nodes_wait_s
         while len(list(grid.get_node_ids())) < bridge.cfg.nodes:
+            if bridge.stopping.is_set():  # the engine failed to start: nobody is coming
+                return
             if time.monotonic() > deadline:
                 raise EngineError(
                     f"{len(list(grid.get_node_ids()))} of {bridge.cfg.nodes} SuperNodes after {bridge.nodes_wait_s:g} s"
