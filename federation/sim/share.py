@@ -45,6 +45,7 @@ import dataclasses
 import itertools
 import math
 import random
+from collections import ChainMap
 from collections.abc import Callable
 from typing import Any
 
@@ -499,8 +500,7 @@ class Sharing:
         reservation = reserved.pop(oid, None)
         core = self.cores[p]
         recs = list(records)
-        # what it finished or handed on (its archive): a transfer after a restart may repeat one
-        known = {**self.archive[p], **core._reports} if self.failures else None
+        known = self._known(p) if self.failures else None  # (a transfer after a restart may repeat one)
         no_room: dict[str, str] = {}
         if reservation is None or reservation[1] <= now:  # expired (or lost in a restart): room now?
             fresh = [r for r in recs if r.task_id not in core.tasks and (known is None or r.task_id not in known)]
@@ -665,11 +665,15 @@ class Sharing:
         tids = [t for t in tids if (x := tasks.get(t)) is not None and x.status is _HANDING and x.handoff_peer == name]
         if not tids:
             return 0
-        known = {**self.archive[p], **peer._reports}  # what it finished or handed on (its archive)
-        status = peer.task_status(tids, self.ids[i], now, known=known)  # (declares the rest unknown there)
+        status = peer.task_status(tids, self.ids[i], now, known=self._known(p))  # (the rest: unknown there)
         owned = [t for t in tids if status[t] is RemoteStatus.OWNED]
         back = [t for t in tids if status[t] is not RemoteStatus.OWNED]
         return self._settle(i, p, owned, back, now=now, oid=oid, counted=False)
+
+    def _known(self, p: int) -> ChainMap[str, Task]:
+        """What node ``p`` finished or handed on (its archive, as the runtime reads it): a view,
+        not a copy (with failures the archive keeps every final record)."""
+        return ChainMap(self.cores[p]._reports, self.archive[p])
 
     def _on_settle(self, i: int, now: int, payload: tuple[int | None, int, list[str], float]) -> int:
         oid, p, tids, delay_s = payload
