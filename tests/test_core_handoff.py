@@ -383,6 +383,23 @@ def test_hand_off_candidates_are_the_last_in_line_first() -> None:
     assert a.handoff_candidates(3, exclude={low}) == [c1, c0]  # offered already
 
 
+def test_hand_off_candidates_skip_cancelled_entries_and_tasks_at_the_hop_limit() -> None:
+    # a priority with no cancelled entry in line is read straight from its deque's tail; one with
+    # a cancelled entry (left in line for lazy removal) is scanned: both give the live tasks only
+    a = node("a", max_hops=1)
+    m0, m1, m2 = a.submit([TaskSpec("job") for _ in range(3)], S)
+    [h0, h1] = a.submit([TaskSpec("job", priority=Priority.HIGH) for _ in range(2)], 2 * S)
+    assert a.handoff_candidates(2) == [m2, m1]
+    a.cancel(m2, 3 * S)  # its entry stays in the MEDIUM deque
+    assert a.handoff_candidates(2) == [m1, m0]
+    assert a.handoff_candidates(10) == [m1, m0, h1, h0]
+    b = node("b", max_hops=1)
+    [t] = handed(a, b, 1)  # one hop: at b's limit, so never offered on
+    [fresh] = b.submit([TaskSpec("job")], 10 * S)
+    assert b.tasks[t].hops == 1 and b.handoff_candidates(5) == [fresh]
+    b.validate()
+
+
 def test_idempotency_keys_stay_with_the_origin() -> None:
     a, b = node("a"), node("b")
     [x] = a.submit([TaskSpec("job", idempotency_key="k", payload=b"p")], S)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Iterator, Sequence
+from itertools import islice
 
 from node.model import PRIORITY_ORDER, Task, TaskStatus
 
@@ -111,8 +112,17 @@ class ReadyQueues:
         they are in line order already, last in line first)."""
         out: list[Task] = []
         sources = 0
+        stale = self.stale
         for cls in self.classes.values():
-            for dq in cls.deques:
+            if not cls.size:
+                continue
+            for rank, dq in enumerate(cls.deques):
+                if not dq:
+                    continue
+                if not stale[rank]:  # no cancelled entry of this priority anywhere: all are queued
+                    out.extend(islice(reversed(dq), n))
+                    sources += 1
+                    continue
                 taken = 0
                 for t in reversed(dq):
                     if taken >= n:
