@@ -34,7 +34,6 @@ import dataclasses
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from operator import attrgetter
 from typing import NamedTuple
 
 from node.core.engine import Engine
@@ -55,8 +54,6 @@ from node.model import Task, TaskSpec, TaskStatus, check_id, check_name, check_r
 __all__ = ["AdoptResult", "HandoffRecord", "Outcome", "RemoteStatus", "Transfers"]
 
 _FINAL = (COMPLETED, FAILED, CANCELLED)
-_HOPS = attrgetter("hops")
-_ID = attrgetter("id")
 TOMBSTONE_S = 86_400.0  # how long a "declared unknown" is remembered (far beyond any RPC deadline)
 
 
@@ -154,19 +151,14 @@ class Transfers(Engine):
         line_key = self._queues.line_key
         dependents = self._deps.dependents
         found, in_order = self._queues.tails(n + len(exclude))
-        if not exclude and not dependents:  # the common case: only the hop limit to check
-            tails = found if not found or max(map(_HOPS, found)) < max_hops else [t for t in found if t.hops < max_hops]
-        else:
-            tails = [
-                t
-                for t in found
-                if t.hops < max_hops
-                and t.id not in exclude
-                and (t.id not in dependents or not self._has_dependents(t.id))
-            ]
+        tails = [
+            t
+            for t in found
+            if t.hops < max_hops and t.id not in exclude and (t.id not in dependents or not self._has_dependents(t.id))
+        ]
         if not in_order:  # (from one deque they are in line order already: a deque is sorted by line key)
             tails.sort(key=line_key, reverse=True)
-        return list(map(_ID, tails[:n]))
+        return [t.id for t in tails[:n]]
 
     def begin_handoff(self, task_ids: Sequence[str], peer: str, now_ns: int) -> None:
         """Ready tasks -> ``handing_off`` to ``peer``, out of line (all or nothing)."""
