@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import signal
 import sys
 from pathlib import Path
@@ -42,6 +43,9 @@ def node(
     listen: Annotated[str | None, typer.Option(help="gRPC address host:port [default: 127.0.0.1:50051].")] = None,
     metrics_listen: Annotated[
         str | None, typer.Option(help="Prometheus address host:port, '' for none [default: 127.0.0.1:9464].")
+    ] = None,
+    dashboard_listen: Annotated[
+        str | None, typer.Option(help="Web node view address host:port, '' for none [default: 127.0.0.1:9465].")
     ] = None,
     redis_url: Annotated[str | None, typer.Option(help="Redis to keep tasks in [default: an embedded one].")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Embedded Redis data [default: ./data/NODE_ID].")] = None,
@@ -88,6 +92,7 @@ def node(
         "node_id": node_id,
         "listen": listen,
         "metrics_listen": metrics_listen,
+        "dashboard_listen": dashboard_listen,
         "redis_url": redis_url,
         "data_dir": data_dir,
         "tokens_file": tokens,
@@ -148,18 +153,59 @@ def _join(cfg: Any, superlink: str, ca: Path | None, token: str | None) -> Any:
     )
 
 
+def _operator_token(cfg: Any) -> tuple[str, str]:
+    """The node view's operator token, and where the operator finds it: the configured one, or
+    a random one written to ``<data_dir>/dashboard-token`` (owner-only)."""
+    if cfg.dashboard_operator_token is not None:
+        return cfg.dashboard_operator_token, "the configured dashboard_operator_token"
+    import secrets  # noqa: PLC0415
+
+    path = (Path(cfg.data_dir) / "dashboard-token").resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token, str(path)
+
+
 async def _run(cfg: Any, join: Any = None) -> None:
     from node.rpc.serve import Serving, serve  # noqa: PLC0415
 
+    signalled = asyncio.Event()  # SIGTERM or Ctrl-C: the dashboard stops first, then the node drains
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signalled.set)
     keeper: list[Any] = []
+    dashboard: list[Any] = []
+    sock = None
+    if cfg.dashboard_listen:
+        from fedcoord.dashboard.server import bind  # noqa: PLC0415
+
+        sock = bind(cfg.dashboard_listen)  # OSError (address in use) before the node starts
+
+    async def relay() -> None:
+        await signalled.wait()
+        for d in dashboard:
+            await d.stop()
+        stop.set()
+
+    relay_task = loop.create_task(relay())
 
     def ready(s: Serving) -> None:
         # one line on stdout that scripts (and tests) can wait for
         print(f"serving {s.config.node_id} on {s.address} metrics {s.metrics_url or '-'}", flush=True)
+        if sock is not None:
+            from fedcoord.dashboard import Access, DashboardServer  # noqa: PLC0415
+            from fedcoord.dashboard.node_app import node_app  # noqa: PLC0415
+
+            token, where = _operator_token(s.config)
+            access = Access(token, s.config.dashboard_viewer_token)
+            d = DashboardServer(node_app(s.node, access), sock=sock)
+            d.start()
+            dashboard.append(d)
+            print(f"dashboard {d.url} (operator token: {where})", flush=True)
         if join is not None:
             from federation.join import SuperNodeKeeper  # noqa: PLC0415
 
@@ -170,6 +216,11 @@ async def _run(cfg: Any, join: Any = None) -> None:
     try:
         await serve(cfg, stop, on_ready=ready)
     finally:
+        relay_task.cancel()
+        for d in dashboard:
+            await d.stop()
+        if sock is not None:
+            sock.close()
         for k in keeper:
             k.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,12 +102,59 @@ def test_node_serves_plaintext_on_loopback_and_drains_on_sigterm(
     assert p2.stop() == 0
 
 
+def test_node_serves_its_web_view_and_stops_with_a_stream_open(
+    tmp_path: Path, redis_url: str, started: list[NodeProc]
+) -> None:
+    """The second line names the node view's URL and where its operator token is; SIGTERM
+    with a page's live stream open still drains and exits 0 at once (the stream is ended)."""
+    args = ["--node-id", "wn1", "--listen", "127.0.0.1:0", "--metrics-listen", "", "--insecure"]
+    p = NodeProc([*args, "--redis-url", redis_url, "--dashboard-listen", "127.0.0.1:0"], tmp_path)
+    started.append(p)
+    p.wait_serving()
+    assert p.proc.stdout is not None
+    line = p.proc.stdout.readline()
+    assert line.startswith("dashboard http://127.0.0.1:"), line
+    url = line.split()[1]
+    token_file = Path(line.split("operator token: ")[1].rstrip(")\n"))
+    assert token_file == (tmp_path / "data" / "wn1" / "dashboard-token").resolve()
+    assert token_file.stat().st_mode & 0o077 == 0  # the owner's only
+    token = token_file.read_text().strip()
+    req = urllib.request.Request(url + "api/workers/nobody/remove", method="POST", data=b"")
+    req.add_header("Authorization", f"Bearer {token}")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=10)
+    assert e.value.code == 404  # the token was taken: the worker is unknown
+    e.value.close()
+    stream = urllib.request.urlopen(url + "api/stream", timeout=10)
+    assert stream.readline() == b"retry: 1000\n"
+    t0 = time.monotonic()
+    assert p.stop() == 0
+    assert time.monotonic() - t0 < 10, "the open stream held the node up"
+    stream.close()
+
+
+def test_a_taken_dashboard_address_is_refused_before_serving(tmp_path: Path, redis_url: str) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        r = subprocess.run(
+            [*FEDCOORD, "node", "--node-id", "bad", "--redis-url", redis_url, "--metrics-listen", "", "--insecure",
+             "--listen", "127.0.0.1:0", "--dashboard-listen", f"127.0.0.1:{port}"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    assert "Address already in use" in r.stderr and "Traceback" not in r.stderr
+    assert "serving" not in r.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--listen", "0.0.0.0:0", "--insecure"], "loopback"),
         (["--listen", "127.0.0.1:0"], "TLS"),
         (["--listen", "127.0.0.1:0", "--insecure", "--log-format", "xml"], "log_format"),
+        (["--listen", "127.0.0.1:0", "--insecure", "--dashboard-listen", "localhost"], "dashboard_listen"),
     ],
 )
 def test_unsafe_or_bad_settings_are_refused_before_serving(

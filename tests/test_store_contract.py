@@ -653,6 +653,46 @@ def test_core_outbox_round_trip(store_factory: StoreFactory) -> None:
     f.run(body())
 
 
+def test_dead_letters_are_indexed_newest_first_and_leave_when_requeued(store_factory: StoreFactory) -> None:
+    """Tasks failed for good by the real core are listed (newest first, paged, counted without a
+    scan); a requeue takes one out in the same commit; entries past the retention are not listed."""
+    f = store_factory
+
+    async def body() -> None:
+        s = await f.make("n1", retention_s=3600, bucket_s=600)
+        await s.acquire()
+        core = Core(CoreConfig(node_id="n1"))
+        now = f.now_ns()
+        core.register_worker(WorkerSpec("w1", concurrency=8), now)
+        ids = core.submit([TaskSpec("resize", b"%d" % k) for k in range(4)], now)
+        leases = {lease.task_id: lease for lease in core.claim("w1", 4, now)}
+        core.complete(leases[ids[0]], b"ok", now + 1)
+        for k, tid in enumerate(ids[1:]):  # failed for good, one millisecond apart
+            core.fail(leases[tid], "boom", now + (k + 1) * 1_000_000, retry=False)
+        await s.write(encode_batch(core.drain(), now + 5_000_000, with_events=False))
+        assert await s.dead_letters(0, 10) == (3, [ids[3], ids[2], ids[1]])
+        assert await s.dead_letters(1, 1) == (3, [ids[2]])
+        assert await s.dead_letters(5, 10) == (3, [])
+
+        record = decode_task((await s.get_finished([ids[2]]))[ids[2]])
+        core.requeue(record, now + 6_000_000)
+        await s.write(encode_batch(core.drain(), now + 6_000_000, with_events=False))
+        assert await s.dead_letters(0, 10) == (2, [ids[3], ids[1]])
+        (lease,) = core.claim("w1", 1, now + 6_000_000)
+        core.complete(lease, b"ok at last", now + 6_500_000)
+        # another one fails again, in one commit with its requeue: listed again
+        record = decode_task((await s.get_finished([ids[1]]))[ids[1]])
+        core.requeue(record, now + 7_000_000)
+        (lease,) = core.claim("w1", 1, now + 7_000_000)
+        core.fail(lease, "boom again", now + 8_000_000, retry=False)
+        await s.write(encode_batch(core.drain(), now + 8_000_000, with_events=False))
+        assert await s.dead_letters(0, 10) == (2, [ids[1], ids[3]])
+        # an hour and more later, past the retention: not listed any more
+        assert await s.dead_letters(0, 10, now_ns=now + 3601 * NS) == (0, [])
+
+    f.run(body())
+
+
 def test_batch_with_every_section_is_applied_whole(store_factory: StoreFactory) -> None:
     f = store_factory
 

@@ -58,14 +58,22 @@ class MinuteRow:
     timed_out: int = 0
     completion_s: LogHistogram = field(default_factory=LogHistogram)
     queue_wait_s: LogHistogram = field(default_factory=LogHistogram)
+    # The acceptance threshold and the load ratio as last sampled in the minute (each tick), and
+    # the highest load ratio sampled: the node's own threshold history. None: not sampled.
+    threshold: float | None = None
+    load_ratio: float | None = None
+    load_ratio_max: float | None = None
 
     def to_json(self) -> bytes:
-        d = {
+        d: dict[str, Any] = {
             k: getattr(self, k)
             for k in ("minute_ms", "submitted", "completed", "failed", "cancelled", "retried", "timed_out")
         }
         d["completion_s"] = self.completion_s.to_dict()
         d["queue_wait_s"] = self.queue_wait_s.to_dict()
+        for k in ("threshold", "load_ratio", "load_ratio_max"):
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k)
         return orjson.dumps(d)
 
     @classmethod
@@ -81,6 +89,9 @@ class MinuteRow:
             timed_out=int(d["timed_out"]),
             completion_s=LogHistogram.from_dict(d["completion_s"]),
             queue_wait_s=LogHistogram.from_dict(d["queue_wait_s"]),
+            threshold=_opt_float(d.get("threshold")),
+            load_ratio=_opt_float(d.get("load_ratio")),
+            load_ratio_max=_opt_float(d.get("load_ratio_max")),
         )
 
     def summary(self) -> dict[str, Any]:
@@ -96,6 +107,9 @@ class MinuteRow:
             "completion_p99_s": self.completion_s.quantile(0.99),
             "queue_wait_p50_s": self.queue_wait_s.quantile(0.5),
             "queue_wait_p99_s": self.queue_wait_s.quantile(0.99),
+            "threshold": self.threshold,
+            "load_ratio": self.load_ratio,
+            "load_ratio_max": self.load_ratio_max,
         }
 
 
@@ -208,6 +222,16 @@ class Analytics:
         m.completion_s.add_many(done)
         m.queue_wait_s.add_many(waits)
         return done
+
+    def sample(self, now_ns: int, threshold: float, load_ratio: float) -> None:
+        """The threshold and load now, into the current minute (the last sample of a minute and
+        its highest load are kept)."""
+        self.roll(now_ns)
+        m = self.minute
+        m.threshold = threshold
+        m.load_ratio = load_ratio
+        if m.load_ratio_max is None or load_ratio > m.load_ratio_max:
+            m.load_ratio_max = load_ratio
 
     def take_unsaved(self) -> list[MinuteRow]:
         """Minutes closed since the last call (by :meth:`roll`, whoever called it): the rows
@@ -368,6 +392,10 @@ class Analytics:
             wall_s=wall,
             throughput_per_s=done / wall,
         )
+
+
+def _opt_float(v: Any) -> float | None:
+    return None if v is None else float(v)
 
 
 def _minute_of(ns: int) -> int:

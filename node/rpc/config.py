@@ -52,6 +52,7 @@ from node.runtime.config import NodeConfig
 from node.runtime.handoff import HandoffConfig
 
 __all__ = [
+    "DEFAULT_DASHBOARD_LISTEN",
     "DEFAULT_LISTEN",
     "DEFAULT_METRICS_LISTEN",
     "ENV_PREFIX",
@@ -70,6 +71,7 @@ __all__ = [
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
+DEFAULT_DASHBOARD_LISTEN = "127.0.0.1:9465"
 ENV_PREFIX = "FEDCOORD_"
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -142,6 +144,11 @@ class ServerConfig:
     node_id: str
     listen: str = DEFAULT_LISTEN  # gRPC address: host:port (port 0: any free port) or unix:path
     metrics_listen: str = DEFAULT_METRICS_LISTEN  # Prometheus /metrics, host:port; "" disables it
+    dashboard_listen: str = DEFAULT_DASHBOARD_LISTEN  # the web node view, host:port; "" disables it
+    # Actions on the node view need this token (None: a random one, written to
+    # <data_dir>/dashboard-token); with a viewer token set, reads need one of the two.
+    dashboard_operator_token: str | None = field(default=None, repr=False)
+    dashboard_viewer_token: str | None = field(default=None, repr=False)
     redis_url: str | None = None  # None: an embedded redis-server in data_dir
     data_dir: Path | None = None  # None: ./data/<node_id> (set at construction, never None after)
     insecure: bool = False  # plaintext when there is no TLS certificate (loopback only)
@@ -218,7 +225,16 @@ _SECTIONS: dict[str, tuple[type[Any], tuple[str, ...]]] = {
 }
 _NOT_KEYS = {"core.node_id": "it is the top-level node_id", "handoff.peers": "they are the keys of [peers]"}
 _SECRET_KEYS = frozenset(
-    {"tokens.client", "tokens.worker", "tokens.peer", "tokens.federation", "tokens.admin", "peer_token"}
+    {
+        "tokens.client",
+        "tokens.worker",
+        "tokens.peer",
+        "tokens.federation",
+        "tokens.admin",
+        "peer_token",
+        "dashboard_operator_token",
+        "dashboard_viewer_token",
+    }
 )
 
 
@@ -532,6 +548,12 @@ def _check_server(c: ServerConfig) -> None:
         parse_address(c.listen, "listen")
     if c.metrics_listen:
         parse_address(c.metrics_listen, "metrics_listen")
+    if c.dashboard_listen:
+        parse_address(c.dashboard_listen, "dashboard_listen")
+    for key in ("dashboard_operator_token", "dashboard_viewer_token"):
+        tok = getattr(c, key)
+        if tok is not None and (len(tok) < 8 or any(ch.isspace() for ch in tok)):
+            raise ValidationError(key, "shorter than 8 characters or has white space")
     if c.redis_url is not None and "://" not in c.redis_url:
         raise ValidationError("redis_url", f"{c.redis_url!r} is not a URL (redis://host:port/0, unix:///path)")
     for peer, addr in c.peers.items():

@@ -25,6 +25,7 @@ import logging
 import os
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -62,6 +63,7 @@ __all__ = ["HandoffAgent", "HandoffConfig", "HandoffResult", "StepHook"]
 log = logging.getLogger("fedcoord.handoff")
 StepHook = Callable[[str, str], Awaitable[None]]
 _NS = 1_000_000_000
+RECENT_KEPT = 4096  # settled hand-offs remembered (peer, tasks), for the dashboard
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +135,8 @@ class HandoffAgent:
         self._begin_lock = asyncio.Lock()
         self._wake = asyncio.Event()  # something to settle or report
         self.stats: dict[str, int] = {"offers": 0, "handed_off": 0, "adopted": 0, "refused": 0, "reported": 0}
+        # (wall ns, peer, tasks) per settled hand-off, this process: who got what lately
+        self.recent: deque[tuple[int, str, int]] = deque(maxlen=RECENT_KEPT)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -346,6 +350,8 @@ class HandoffAgent:
         res.unsettled = missing
         self.stats["handed_off"] += len(owned)
         self.stats["refused"] += len(back)
+        if owned:
+            self.recent.append((time.time_ns(), peer, len(owned)))
         if missing:
             self.wake()
 

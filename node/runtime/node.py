@@ -31,6 +31,7 @@ from node.admission import Admission, FederationView
 from node.analytics import Analytics, MinuteRow, NodeStats, PerformanceReport
 from node.analytics.window import Windows, WindowSummary
 from node.core import Core, HeartbeatReply, Load, Outbox, WorkerInfo
+from node.core.queries import QueueLine, TaskPage, TaskQuery, explain, find_tasks, queue_lines
 from node.core.story import StoryEntry
 from node.embedded import EmbeddedRedis
 from node.errors import (
@@ -45,7 +46,7 @@ from node.errors import (
 )
 from node.events import EventHub, Subscription
 from node.handoff import HandoffTransport
-from node.model import Lease, Task, TaskSpec, TaskStatus, WorkerSpec, check_batch, check_name
+from node.model import Lease, Priority, Task, TaskSpec, TaskStatus, WorkerSpec, check_batch, check_name
 from node.runtime.committer import GroupCommitter
 from node.runtime.config import NodeConfig, NodeState, default_data_dir
 from node.runtime.handoff import HandoffAgent, StepHook
@@ -227,7 +228,7 @@ class LocalNode:
                 wake=self._committer.wake,
                 max_s=cfg.tick_max_s,
                 each_minute=self._history.write,
-                each_tick=lambda now: self._privacy.snapshot(self._windows, self._core, now),
+                each_tick=self._each_tick,
             ),
         )
         loops.spawn(
@@ -495,6 +496,11 @@ class LocalNode:
                 except CorruptRecordError as e:
                     log.error("node %s: corrupt archived record: %s", self.node_id, e)
         return found
+
+    def _each_tick(self, now_ns: int) -> None:
+        self._privacy.snapshot(self._windows, self._core, now_ns)
+        load = self._core.load()
+        self._analytics.sample(now_ns, self.admission.threshold(load, now_ns), load.ratio)
 
     async def _durable(self) -> None:
         """Wait until everything the core did so far is durable (at once if it already is)."""
@@ -816,6 +822,51 @@ class LocalNode:
         """The task's transitions as this process saw them, oldest first (kept for the last
         ``CoreConfig.story_tasks`` tasks; empty when that is 0, the default)."""
         return self._core.story(task_id)
+
+    # ------------------------------------------------------------------ looking at the node
+    # (cheap reads for the dashboard and status views: counters, no scan of the tasks)
+
+    def status_counts(self) -> dict[TaskStatus, int]:
+        """Active tasks by status."""
+        return self._check().status_counts()
+
+    def type_counts(self) -> dict[str, int]:
+        """Active tasks by type."""
+        return self._check().type_counts()
+
+    def queue_depths(self) -> dict[Priority, int]:
+        """Ready tasks in line by priority."""
+        return self._check().queue_depths()
+
+    def oldest_queued_age_s(self) -> float:
+        """How long the ready task that has waited longest has been in line (0: none)."""
+        oldest = self._check().oldest_queued_ns()
+        return 0.0 if oldest is None else max(0.0, (self._now() - oldest) / 1e9)
+
+    def queue_lines(self) -> list[QueueLine]:
+        """Every non-empty line: requirement class and priority, depth, oldest, who may take it."""
+        return queue_lines(self._check())
+
+    def totals(self) -> dict[str, int]:
+        """Cumulative counts, as kept in the store (they survive restarts)."""
+        return dict(self._analytics.totals)
+
+    def find_tasks(self, query: TaskQuery) -> TaskPage:
+        """A page of active tasks matching ``query``, newest first (see :mod:`node.core.queries`)."""
+        return find_tasks(self._check(), query)
+
+    def explain(self, task: Task) -> list[str]:
+        """Why ``task`` is where it is (waiting on dependencies, no capable worker, a backoff,
+        handed off and to whom, ...)."""
+        return explain(self._check(), task, self._now())
+
+    async def dead_letters(self, offset: int = 0, limit: int = 50) -> tuple[int, list[Task]]:
+        """Dead letters (failed here for good, within the retention), newest first: how many,
+        and a page of their records. From the store's index: right after a restart too."""
+        self._check()
+        total, ids = await self._store.dead_letters(offset, limit, now_ns=self._now())
+        found = await self._finished(ids)
+        return total, [found[tid] for tid in ids if tid in found and found[tid].status is TaskStatus.FAILED]
 
     async def history(self, minutes: int = 60) -> list[dict[str, Any]]:
         """Per-minute analytics of the last ``minutes`` (up to 24 h), oldest first; the current,

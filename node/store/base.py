@@ -221,6 +221,12 @@ class Store(abc.ABC):
         by the same clock: pass it as ``now_ns`` (default: this machine's wall clock)."""
 
     @abc.abstractmethod
+    async def dead_letters(self, offset: int, limit: int, *, now_ns: int | None = None) -> tuple[int, list[str]]:
+        """Dead letters (tasks failed for good here, not requeued since) within the retention
+        period: how many there are, and the ids of ``limit`` of them from ``offset``, newest
+        first. Read from an index kept with each commit: no scan of the archive."""
+
+    @abc.abstractmethod
     async def get_idempotency(self, keys: Sequence[str]) -> dict[str, str]: ...
 
     @abc.abstractmethod

@@ -122,6 +122,7 @@ def _name(v: str) -> str:
 
 _PRIORITY = {p.value: p for p in Priority}
 _QUEUED = TaskStatus.QUEUED
+_FAILED = TaskStatus.FAILED
 _HANDING_OFF = TaskStatus.HANDING_OFF
 _MEDIUM = Priority.MEDIUM
 _STATUS = {st.value: st for st in TaskStatus}
@@ -240,6 +241,8 @@ class WriteBatch:
     reports: list[tuple[str, bytes]] = field(default_factory=list)  # results to report to another node
     reports_done: list[str] = field(default_factory=list)  # ... acknowledged
     refused: list[tuple[str, int]] = field(default_factory=list)  # ids declared unknown (id, ns)
+    dead: list[tuple[str, int]] = field(default_factory=list)  # failed for good here: (id, finish time ms)
+    undead: list[str] = field(default_factory=list)  # dead letters requeued
 
     def __bool__(self) -> bool:
         return bool(
@@ -255,6 +258,8 @@ class WriteBatch:
             or self.reports
             or self.reports_done
             or self.refused
+            or self.dead
+            or self.undead
         )
 
 
@@ -265,10 +270,13 @@ def encode_batch(out: Outbox, now_ns: int, *, with_events: bool) -> WriteBatch:
     counters: dict[str, int] = {k: v for k, v in out.counters.items() if v}
     finished: list[tuple[str, bytes]] = []
     by_kind: dict[tuple[TaskStatus, str], int] = {}
+    dead: list[tuple[str, int]] = []
     for tid, t in out.finished.items():
         finished.append((tid, encode_task(t)))
         k = (t.status, t.spec.type)
         by_kind[k] = by_kind.get(k, 0) + 1
+        if t.status is _FAILED:  # a dead letter: indexed for listing (the dashboard, requeue)
+            dead.append((tid, (t.finished_ns or now_ns) // 1_000_000))
     for (st, ttype), n in by_kind.items():
         counters[st.value] = counters.get(st.value, 0) + n
         counters[f"type:{ttype}:{st.value}"] = n
@@ -288,4 +296,6 @@ def encode_batch(out: Outbox, now_ns: int, *, with_events: bool) -> WriteBatch:
         reports=[(tid, encode_task(t)) for tid, t in out.reports.items()],
         reports_done=sorted(out.reports_done),
         refused=sorted(out.refused.items()),
+        dead=dead,
+        undead=list(out.requeued),
     )

@@ -21,6 +21,9 @@ key                         type    holds
                                     until the node it came from acknowledges the result
 ``fc:N:refused``            zset    task ids declared unknown to a peer that asked
                                     (score: ns); their late transfers are refused (24 h)
+``fc:N:dead``               zset    dead letters: ids of tasks failed for good here
+                                    (score: finish time, Unix ms); a requeue takes
+                                    its id out, entries past the retention are trimmed
 ``fc:N:privacy``            hash    privacy ledger totals: releases, refused, rho_total,
                                     worst_rho, last_window (never reset)
 ``fc:N:privacy:releases``   zset    one JSON entry per release (window, rho, mechanism,
@@ -91,6 +94,10 @@ class NodeKeys:
     @property
     def refused(self) -> str:
         return self.base + "refused"
+
+    @property
+    def dead(self) -> str:
+        return self.base + "dead"
 
     @property
     def privacy(self) -> str:

@@ -88,16 +88,17 @@ return out
 """
 
 # One group commit.
-# KEYS: owner, epoch, active, workers, counters, done bucket, [reports, refused, handoffs: only when
-#       the batch has hand-off state], idempotency keys...
+# KEYS: owner, epoch, active, workers, counters, done bucket, dead letters, [reports, refused,
+#       handoffs: only when the batch has hand-off state], idempotency keys...
 # ARGV: token, epoch, lock ttl ms, the section sizes in one string ("nu nf nw nd nc nr nrd nref ni
-#       nid": upserts, finished, workers, dropped workers, counters, reports, reports done, refused,
-#       intents, intents done), bucket expire-at (s), idempotency ttl (s), channel ('' = no event),
-#       event message, refused cutoff (ns: older refused ids are dropped),
+#       nid ndead nundead": upserts, finished, workers, dropped workers, counters, reports, reports
+#       done, refused, intents, intents done, dead letters, dead letters requeued), bucket
+#       expire-at (s), idempotency ttl (s), channel ('' = no event), event message, refused cutoff
+#       (ns: older refused ids are dropped), dead-letter cutoff (ms: older entries are dropped),
 #       then upserts (id, json)..., finished (id, json)..., workers (id, json)..., dropped ids...,
 #       counters (field, delta)..., reports (id, json)..., reports done (ids)...,
 #       refused (ns, id)..., intents done (ids)..., intents (id, peer)...,
-#       one task id per idempotency key.
+#       requeued dead letters (ids)..., dead letters (ms, id)..., one task id per idempotency key.
 # (Every argument costs the client packing time on every commit: sizes travel as one string, and
 # the hand-off keys only when used.)
 FLUSH = (
@@ -106,10 +107,11 @@ FLUSH = (
 local n = {}
 for x in string.gmatch(ARGV[4], '%d+') do n[#n + 1] = tonumber(x) end
 local nu, nf, nw, nd, nc, nr, nrd, nref, ni, nid = n[1], n[2], n[3], n[4], n[5], n[6], n[7], n[8], n[9], n[10]
+local ndead, nundead = n[11], n[12]
 local handoff_keys = (nr + nrd + nref + ni + nid) > 0
-local first_idem_key = handoff_keys and 10 or 7
+local first_idem_key = handoff_keys and 11 or 8
 local CHUNK = 7000
-local i = 10
+local i = 11
 
 -- The argument cursor: each section below takes its arguments from ARGV[i] on and moves i past them.
 local function each_chunk(cmd, key, n)  -- cmd key arg ... for n arguments, in chunks (CHUNK is even)
@@ -148,14 +150,19 @@ for j = i, i + 2 * nc - 1, 2 do                 -- counters
 end
 i = i + 2 * nc
 if handoff_keys then
-  hset_pairs(KEYS[7], nr)                       -- reports
-  each_chunk('HDEL', KEYS[7], nrd)              -- reports acknowledged
+  hset_pairs(KEYS[8], nr)                       -- reports
+  each_chunk('HDEL', KEYS[8], nrd)              -- reports acknowledged
   if nref > 0 then                              -- ids declared unknown, and those expired
-    each_chunk('ZADD', KEYS[8], 2 * nref)
-    redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', '(' .. ARGV[9])
+    each_chunk('ZADD', KEYS[9], 2 * nref)
+    redis.call('ZREMRANGEBYSCORE', KEYS[9], '-inf', '(' .. ARGV[9])
   end
-  each_chunk('HDEL', KEYS[9], nid)              -- hand-off intents ended (before new ones:
-  hset_pairs(KEYS[9], ni)                       --   a task may end one and begin another at once)
+  each_chunk('HDEL', KEYS[10], nid)             -- hand-off intents ended (before new ones:
+  hset_pairs(KEYS[10], ni)                      --   a task may end one and begin another at once)
+end
+each_chunk('ZREM', KEYS[7], nundead)            -- dead letters requeued (before new ones: a task
+if ndead > 0 then                               --   may be requeued and fail again at once)
+  each_chunk('ZADD', KEYS[7], 2 * ndead)        -- dead letters, and those past the retention
+  redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', '(' .. ARGV[10])
 end
 for k = first_idem_key, #KEYS do
   redis.call('SET', KEYS[k], ARGV[i], 'EX', ARGV[6])

@@ -48,6 +48,7 @@ class _NodeData:
     handoffs: dict[str, str] = field(default_factory=dict)
     reports: dict[str, bytes] = field(default_factory=dict)
     refused: dict[str, int] = field(default_factory=dict)
+    dead: dict[str, int] = field(default_factory=dict)  # dead letters: id -> finish time ms
     ledger: LedgerState = field(default_factory=LedgerState)
     ledger_trimmed_until_us: int | None = None
 
@@ -179,6 +180,13 @@ class MemoryStore(Store):
             cutoff = batch.now_ns - REFUSED_KEEP_S * 1_000_000_000
             for tid in [tid for tid, at in d.refused.items() if at < cutoff]:
                 del d.refused[tid]
+        for tid in batch.undead:  # requeued ones first, as the Redis script does
+            d.dead.pop(tid, None)
+        if batch.dead:
+            d.dead.update(batch.dead)
+            cutoff_ms = batch.now_ns // 1_000_000 - int(self.retention_s * 1000)
+            for tid in [tid for tid, at in d.dead.items() if at < cutoff_ms]:
+                del d.dead[tid]
         if batch.events is not None:
             self.backend.published.setdefault(self.node_id, []).append(batch.events)
 
@@ -221,6 +229,12 @@ class MemoryStore(Store):
                 if tid not in found and tid in bucket:
                     found[tid] = bucket[tid]
         return found
+
+    async def dead_letters(self, offset: int, limit: int, *, now_ns: int | None = None) -> tuple[int, list[str]]:
+        at_s = self.backend.clock() if now_ns is None else now_ns / 1e9
+        cutoff_ms = int(at_s * 1000) - int(self.retention_s * 1000)
+        live = sorted(((at, tid) for tid, at in self._d.dead.items() if at >= cutoff_ms), reverse=True)
+        return len(live), [tid for _, tid in live[offset : offset + limit]]
 
     async def get_idempotency(self, keys: Sequence[str]) -> dict[str, str]:
         self._expire()

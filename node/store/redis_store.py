@@ -244,7 +244,7 @@ class RedisStore(Store):
         """KEYS and ARGV of the flush script (see :data:`node.store.lua.FLUSH`)."""
         k = self.keys
         bucket = bucket_of(batch.now_ns / 1e9, self.bucket_s)
-        keys = [k.owner, k.epoch, k.active, k.workers, k.counters, k.done(bucket)]
+        keys = [k.owner, k.epoch, k.active, k.workers, k.counters, k.done(bucket), k.dead]
         handoff = batch.reports or batch.reports_done or batch.refused or batch.intents or batch.intents_done
         if handoff:
             keys += (k.reports, k.refused, k.handoffs)
@@ -253,7 +253,7 @@ class RedisStore(Store):
         sizes = (
             f"{len(batch.upserts)} {len(batch.finished)} {len(batch.workers)} {len(batch.dropped_workers)} "
             f"{len(counters)} {len(batch.reports)} {len(batch.reports_done)} {len(batch.refused)} "
-            f"{len(batch.intents)} {len(batch.intents_done)}"
+            f"{len(batch.intents)} {len(batch.intents_done)} {len(batch.dead)} {len(batch.undead)}"
         )
         args: list[Any] = [
             tok.encode(),
@@ -265,6 +265,7 @@ class RedisStore(Store):
             k.events if batch.events is not None else "",
             batch.events or b"",
             batch.now_ns - REFUSED_KEEP_S * 1_000_000_000,
+            batch.now_ns // 1_000_000 - int(self.retention_s * 1000),
         ]
         for pairs in (batch.upserts, batch.finished, batch.workers):
             for a, b in pairs:
@@ -286,6 +287,10 @@ class RedisStore(Store):
             for tid, peer in batch.intents:
                 args.append(tid)
                 args.append(peer)
+        args.extend(batch.undead)
+        for tid, at_ms in batch.dead:
+            args.append(at_ms)
+            args.append(tid)
         args.extend(tid for _, tid in batch.idempotency)
         return keys, args
 
@@ -360,6 +365,14 @@ class RedisStore(Store):
         keys = [self.keys.done(b) for b in buckets]
         flat = await self._script("FIND_FINISHED", keys, list(ids))
         return {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
+
+    async def dead_letters(self, offset: int, limit: int, *, now_ns: int | None = None) -> tuple[int, list[str]]:
+        cutoff_ms = int(search_time_s(now_ns) * 1000) - int(self.retention_s * 1000)
+        pipe = self._aio.pipeline(transaction=False)
+        pipe.zcount(self.keys.dead, cutoff_ms, "+inf")
+        pipe.zrevrangebyscore(self.keys.dead, "+inf", cutoff_ms, start=offset, num=limit)
+        total, ids = await self._call(pipe.execute())
+        return int(total), [tid.decode() for tid in ids]
 
     async def get_idempotency(self, keys: Sequence[str]) -> dict[str, str]:
         if not keys:

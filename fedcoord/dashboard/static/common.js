@@ -1,0 +1,81 @@
+// Shared by both views: the token, JSON calls, the live stream with its stale banner, formatting.
+"use strict";
+const FC = (() => {
+  const params = new URLSearchParams(location.search);
+  if (params.get("token")) sessionStorage.setItem("fc-token", params.get("token"));
+  const token = () => sessionStorage.getItem("fc-token") || "";
+  const setToken = (t) => { if (t) sessionStorage.setItem("fc-token", t); else sessionStorage.removeItem("fc-token"); };
+  const headers = () => (token() ? { Authorization: "Bearer " + token() } : {});
+
+  async function get(path) {
+    const r = await fetch(path, { headers: headers(), cache: "no-store" });
+    const body = await r.json().catch(() => ({ error: r.statusText }));
+    if (!r.ok) throw new Error(body.error || r.statusText);
+    return body;
+  }
+  async function post(path) {
+    const r = await fetch(path, { method: "POST", headers: headers() });
+    const body = await r.json().catch(() => ({ error: r.statusText }));
+    if (!r.ok) throw new Error(body.error || r.statusText);
+    return body;
+  }
+
+  // The live stream: `onData` gets every snapshot. While the connection is down the page says
+  // its data is stale (since when) and EventSource keeps reconnecting on its own.
+  function live(path, onData) {
+    const badge = document.getElementById("live");
+    const stale = document.getElementById("stale");
+    let lastOk = null, es = null;
+    const down = () => {
+      badge.textContent = "reconnecting"; badge.className = "off";
+      const since = lastOk ? new Date(lastOk).toLocaleTimeString() : "the start";
+      stale.textContent = "Connection lost: the data below is stale (last update " + since + "). Reconnecting...";
+      stale.className = "show";
+    };
+    const open = () => {
+      const q = token() ? (path.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token()) : "";
+      es = new EventSource(path + q);
+      es.onmessage = (ev) => {
+        lastOk = Date.now();
+        badge.textContent = "live"; badge.className = "on"; stale.className = "";
+        const data = JSON.parse(ev.data);
+        if (data.error) { badge.textContent = "error"; badge.className = "off"; stale.textContent = data.error; stale.className = "show"; return; }
+        onData(data);
+      };
+      es.onerror = () => { down(); if (es.readyState === EventSource.CLOSED) setTimeout(open, 1000); };
+    };
+    open();
+    // A stream that stops sending (a hung server) is stale too: the server sends at least a keepalive.
+    setInterval(() => { if (lastOk && Date.now() - lastOk > 20000) down(); }, 2000);
+  }
+
+  const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+  const num = (v, d = 0) => (v === null || v === undefined ? "–" : Number(v).toLocaleString(undefined, { maximumFractionDigits: d, minimumFractionDigits: d }));
+  const pct = (v) => (v === null || v === undefined ? "–" : (100 * v).toFixed(0) + "%");
+  const secs = (v) => {
+    if (v === null || v === undefined) return "–";
+    if (v < 1) return (v * 1000).toFixed(0) + " ms";
+    if (v < 120) return v.toFixed(1) + " s";
+    if (v < 7200) return (v / 60).toFixed(1) + " min";
+    return (v / 3600).toFixed(1) + " h";
+  };
+  const tag = (s) => `<span class="tag ${esc(s)}">${esc(s)}</span>`;
+  const table = (el, head, rows, empty) => {
+    el.innerHTML = "<thead><tr>" + head.map((h) => `<th class="${h.num ? "num" : ""}">${esc(h.t)}</th>`).join("") + "</tr></thead><tbody>" +
+      (rows.length ? rows.join("") : `<tr><td colspan="${head.length}" class="muted">${esc(empty)}</td></tr>`) + "</tbody>";
+  };
+  const chart = (id) => {
+    const c = echarts.init(document.getElementById(id), null, { renderer: "canvas" });
+    window.addEventListener("resize", () => c.resize());
+    return c;
+  };
+  function tokenBox() {
+    const box = document.getElementById("token");
+    if (!box) return;
+    box.value = token();
+    box.addEventListener("change", () => { setToken(box.value.trim()); location.reload(); });
+  }
+  return { get, post, live, esc, num, pct, secs, tag, table, chart, token, tokenBox };
+})();
+// A token given in the address is kept for this tab and taken out of the address bar.
+if (new URLSearchParams(location.search).get("token")) history.replaceState(null, "", location.pathname);
