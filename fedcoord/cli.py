@@ -219,6 +219,7 @@ def _register_services() -> None:
     from fedcoord.cmd_aggregator import AGGREGATOR_HELP, aggregator  # noqa: PLC0415
     from fedcoord.cmd_certs import certs  # noqa: PLC0415
     from fedcoord.cmd_client import status, submit  # noqa: PLC0415
+    from fedcoord.cmd_dashboard import DASHBOARD_HELP, dashboard  # noqa: PLC0415
     from fedcoord.cmd_node import NODE_HELP, node  # noqa: PLC0415
     from fedcoord.cmd_privacy import privacy  # noqa: PLC0415
     from fedcoord.cmd_simulate import SIMULATE_HELP, simulate  # noqa: PLC0415
@@ -234,6 +235,7 @@ def _register_services() -> None:
     app.command("status")(status)
     app.command("certs")(certs)
     app.command("simulate", help=SIMULATE_HELP)(simulate)
+    app.command("dashboard", help=DASHBOARD_HELP)(dashboard)
     privacy.command("sweep", help=SWEEP_HELP)(sweep)
     app.add_typer(privacy, name="privacy")  # privacy status, privacy sweep
 

@@ -20,9 +20,10 @@ privacy-filtered summary each round and sends back the federation's view. Nodes 
 `fedcoord node --federation HOST:PORT` (plus `--federation-ca` for TLS).
 
 One line per round (--json: one JSON object per round) on stdout: participants, missing replies,
-the federation's load. A SuperLink that dies is restarted and the run submitted again; Ctrl-C
-stops both. TLS is the default (--tls-cert, --tls-key, --tls-ca); plaintext only on loopback
-and only with --insecure.
+the federation's load. The federation view, a live web page of the same rounds (privacy-filtered
+numbers only), is served on --dashboard-listen (default 127.0.0.1:9466; its URL is printed).
+A SuperLink that dies is restarted and the run submitted again; Ctrl-C stops both. TLS is the
+default (--tls-cert, --tls-key, --tls-ca); plaintext only on loopback and only with --insecure.
 
 Exit status: 0 stopped, 1 it could not start, 2 bad options."""
 
@@ -52,6 +53,13 @@ def aggregator(
     tls_ca: Annotated[Path | None, typer.Option(help="The CA that signed it (SuperNodes check against it).")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="Plaintext (loopback addresses only).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per round on stdout.")] = False,
+    dashboard_listen: Annotated[
+        str,
+        typer.Option(
+            help="The federation view (web page) on host:port; '' for none.",
+            envvar="FEDCOORD_FEDERATION_DASHBOARD_LISTEN",
+        ),
+    ] = "127.0.0.1:9466",
 ) -> None:
     from federation.launch import FlowerError, FlowerHome, wait_listening  # noqa: PLC0415
     from node.rpc.auth import is_loopback  # noqa: PLC0415
@@ -92,6 +100,15 @@ def aggregator(
         home.stop_all()
         raise typer.Exit(1) from None
     typer.echo(f"aggregator on {listen} (run {run_id}); nodes join with: fedcoord node --federation {listen}", err=True)
+    view = None
+    if dashboard_listen:
+        from fedcoord.cmd_dashboard import start_federation_view  # noqa: PLC0415
+
+        try:
+            view = start_federation_view(status, dashboard_listen)
+            typer.echo(f"federation view {view.url}", err=True)
+        except (OSError, ValueError) as e:  # the federation runs on without its page
+            typer.echo(f"fedcoord aggregator: no federation view on {dashboard_listen}: {e}", err=True)
     seen = len(status.read_text().splitlines()) if status.exists() else 0
     try:
         while not stopping["now"]:
@@ -114,6 +131,8 @@ def aggregator(
     except KeyboardInterrupt:
         pass
     finally:
+        if view is not None:
+            view.stop_thread()
         if link.alive:
             with contextlib.suppress(FlowerError, OSError):  # the processes stop below either way
                 home.stop_run(FEDERATION, run_id, timeout_s=20)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -74,6 +75,15 @@ def simulate(
     ] = "event",
     validate: Annotated[bool, typer.Option("--validate", help="Check every core's invariants at the end.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="The result as JSON on stdout.")] = False,
+    rounds_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--rounds-file",
+            help="Write each round's merged view there, as a real aggregator's rounds.jsonl (needs --policy seed "
+            "or adaptive and an --epsilon): `fedcoord dashboard --rounds-file` shows it.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     from federation.sim import SimConfig  # noqa: PLC0415
     from federation.sim import simulate as run_event  # noqa: PLC0415
@@ -103,6 +113,19 @@ def simulate(
             check_config(cfg)
     except ValidationError as e:
         raise typer.BadParameter(str(e)) from None
+    if rounds_file is not None and (engine != "event" or eps is None or policy not in ("seed", "adaptive")):
+        raise typer.BadParameter(
+            "the rounds are merged with noise only with --policy seed or adaptive, an --epsilon and --engine event",
+            param_hint="--rounds-file",
+        )
+    writer = None
+    if rounds_file is not None:
+        from federation.sim.rounds_file import RoundsWriter  # noqa: PLC0415
+
+        try:
+            writer = RoundsWriter(rounds_file)
+        except OSError as e:
+            raise typer.BadParameter(f"{rounds_file}: {e.strerror}", param_hint="--rounds-file") from None
     run = run_event if engine == "event" else simulate_flower
     console = Console(stderr=True)
     if eps is not None and policy not in ("seed", "adaptive"):
@@ -113,10 +136,16 @@ def simulate(
     ) as bar:  # fmt: skip
         job = bar.add_task("sim", total=duration_s)
         try:
-            res = run(cfg, progress=lambda t: bar.update(job, completed=min(t, duration_s)))
+            tick = lambda t: bar.update(job, completed=min(t, duration_s))  # noqa: E731
+            res = run_event(cfg, progress=tick, on_view=writer) if writer is not None else run(cfg, progress=tick)
         except FedcoordError as e:
             console.print(f"[red]error:[/red] {e}")
             raise typer.Exit(1) from None
+        finally:
+            if writer is not None:
+                writer.close()
+    if writer is not None:
+        console.print(f"{writer.written} rounds written to {rounds_file}")
     r = res.result
     if json_out:
         extra: dict[str, object] = {"wall_s": round(res.wall_s, 3), "events_per_s": round(res.events_per_s)}

@@ -23,7 +23,8 @@ SuperLink, one SuperNode per node, the federation's rounds, demo workers of uneq
 skewed demo workload (most tasks go to the first node), so that thresholds change and hand-offs
 happen. Needs no configuration and no service.
 
-The dashboard shows per node its queue, load, threshold, hand-offs in and out and the privacy
+A web dashboard (the federation view, linking each node's own view) is served on a loopback port
+printed at start. The terminal view shows per node its queue, load, threshold, hand-offs in and out and the privacy
 budget left; per round the participants, missing replies and the federation's load. Children
 that die are restarted (a SuperLink on its database, with the run submitted again). Ctrl-C (or
 --duration) stops everything and leaves no process behind; --json prints a final report.
@@ -38,6 +39,8 @@ def _dashboard(snap: dict[str, Any]) -> Group:
         "eps: privacy budget per task the next release leaves",
         expand=False,
     )
+    if snap.get("dashboard"):
+        nodes.title = f"{nodes.title}\ndashboard {snap['dashboard']}"
     # short headers: the table fits an 80-column terminal
     for col in ("node", "queue", "leased", "load", "thr", "out", "in", "done", "eps"):
         nodes.add_column(col, justify="right" if col != "node" else "left")
@@ -121,6 +124,14 @@ def up(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print a final report as JSON on stdout (no live view).")
     ] = False,
+    dashboard_listen: Annotated[
+        str,
+        typer.Option(
+            help="The federation view (web page, linking each node's view) on host:port; '' for none "
+            "[default: a free port on loopback, printed].",
+            envvar="FEDCOORD_FEDERATION_DASHBOARD_LISTEN",
+        ),
+    ] = "127.0.0.1:0",
 ) -> None:
     from federation.launch import FlowerError  # noqa: PLC0415
     from federation.up import Federation, UpConfig  # noqa: PLC0415
@@ -136,6 +147,7 @@ def up(
         stopping["now"] = True
 
     old = signal.signal(signal.SIGTERM, on_signal)
+    view = None
     t0 = time.monotonic()
     code = 0
     try:
@@ -145,8 +157,18 @@ def up(
             console.print(f"fedcoord up: the federation could not start: {e}")
             code = 1
             return
+        if dashboard_listen:
+            from fedcoord.cmd_dashboard import start_federation_view  # noqa: PLC0415
+
+            try:
+                view = start_federation_view(fed.status_file, dashboard_listen, node_links=fed.node_links)
+                fed.dashboard_url = view.url
+            except (OSError, ValueError) as e:
+                console.print(f"fedcoord up: no federation view on {dashboard_listen}: {e}")
         if not json_out:
             console.print(f"[bold]federation up[/bold] in {root} (Ctrl-C stops it)")
+            if view is not None:
+                console.print(f"[bold]dashboard[/bold] {view.url}")
         live = None if json_out or not console.is_terminal else Live(console=console, refresh_per_second=1)
         if live is not None:
             live.start()
@@ -172,6 +194,8 @@ def up(
     finally:
         if not json_out:
             console.print("[dim]stopping...[/dim]")
+        if view is not None:
+            view.stop_thread()
         fed.stop()
         signal.signal(signal.SIGTERM, old)
         if data_dir is None:

@@ -331,7 +331,7 @@ class Aggregator:
             federation_load=fed_load,
             completion_quantiles_s=_quantiles(hist, self._edges, self._quantiles, var_sum),
             completed_in_histogram=Estimate(n_hist, math.sqrt(n_bins * var_sum)),
-            nodes=_nodes(ss, occupied, capacity, variance),
+            nodes=_nodes(ss, occupied, capacity, variance, cells=cells, n_types=n_types, window_s=window_s),
         )
 
 
@@ -340,6 +340,10 @@ def _nodes(
     occupied: np.ndarray[Any, Any],
     capacity: np.ndarray[Any, Any],
     variance: np.ndarray[Any, Any],
+    *,
+    cells: np.ndarray[Any, Any],
+    n_types: int,
+    window_s: float,
 ) -> dict[str, NodeEstimate]:
     """One :class:`NodeEstimate` per summary, the divisions done once over the arrays."""
     sd = np.sqrt(variance)
@@ -347,10 +351,26 @@ def _nodes(
     divisor = np.where(has_slots, capacity, 1).astype(np.float64)
     load = np.where(has_slots, occupied / divisor, occupied)
     load_sd = np.where(has_slots, sd / divisor, sd)
+    per_s = 1.0 / window_s if window_s > 0 else 0.0
+    out_at, in_at = COUNT_FIELDS.index("handed_off_out") * n_types, COUNT_FIELDS.index("handed_off_in") * n_types
+    moved_out = (cells[:, out_at : out_at + n_types].sum(axis=1) * per_s).tolist()
+    moved_in = (cells[:, in_at : in_at + n_types].sum(axis=1) * per_s).tolist()
+    moved_sd = (np.sqrt(n_types * variance) * per_s).tolist()
     return {
-        s.node_id: NodeEstimate(s.node_id, s.window, Estimate(o, d), c, Estimate(lo, ld))
-        for s, o, d, c, lo, ld in zip(
-            ss, occupied.tolist(), sd.tolist(), capacity.tolist(), load.tolist(), load_sd.tolist(), strict=True
+        s.node_id: NodeEstimate(
+            s.node_id, s.window, Estimate(o, d), c, Estimate(lo, ld), Estimate(mo, msd), Estimate(mi, msd)
+        )
+        for s, o, d, c, lo, ld, mo, mi, msd in zip(
+            ss,
+            occupied.tolist(),
+            sd.tolist(),
+            capacity.tolist(),
+            load.tolist(),
+            load_sd.tolist(),
+            moved_out,
+            moved_in,
+            moved_sd,
+            strict=True,
         )
     }
 

@@ -171,7 +171,7 @@ def view_to_records(v: GlobalView) -> dict[str, Any]:
     nodes = [v.nodes[i] for i in ids]
     n["nodes.window"] = [x.window for x in nodes]
     n["nodes.capacity"] = [x.capacity for x in nodes]
-    for k in ("occupied", "load"):
+    for k in ("occupied", "load", "handed_off_out_per_s", "handed_off_in_per_s"):
         n[f"nodes.{k}.value"] = [float(getattr(x, k).value) for x in nodes]
         n[f"nodes.{k}.sd"] = [float(getattr(x, k).sd) for x in nodes]
     names: dict[str, Any] = {
@@ -206,12 +206,21 @@ def view_from_records(n: Mapping[str, Any], names: Mapping[str, Any]) -> GlobalV
             raise SchemaError("view: quantile lists do not line up")
         cols = [n["nodes.window"], n["nodes.capacity"], n["nodes.occupied.value"], n["nodes.occupied.sd"],
                 n["nodes.load.value"], n["nodes.load.sd"]]  # fmt: skip
-        if any(len(c) != len(ids) for c in cols):
+        zeros = [0.0] * len(ids)  # (hand-offs per node: absent in views from before they were released)
+        moved = [
+            n.get(f"nodes.{k}.{x}", zeros)
+            for k in ("handed_off_out_per_s", "handed_off_in_per_s")
+            for x in ("value", "sd")
+        ]
+        if any(len(c) != len(ids) for c in (*cols, *moved)):
             raise SchemaError("view: node lists do not line up with nodes.id")
         nodes = {
-            i: NodeEstimate(i, int(w), Estimate(float(ov), float(osd)), int(c), Estimate(float(lv), float(lsd)))
-            for i, w, c, ov, osd, lv, lsd in zip(ids, *cols, strict=True)
-        }
+            i: NodeEstimate(
+                i, int(w), Estimate(float(ov), float(osd)), int(c), Estimate(float(lv), float(lsd)),
+                Estimate(float(mo), float(mos)), Estimate(float(mi), float(mis)),
+            )
+            for i, w, c, ov, osd, lv, lsd, mo, mos, mi, mis in zip(ids, *cols, *moved, strict=True)
+        }  # fmt: skip
         dropped_nodes, reasons = list(names["dropped.node"]), list(names["dropped.reason"])
         if len(dropped_nodes) != len(reasons):
             raise SchemaError("view: dropped lists do not line up")

@@ -100,7 +100,20 @@ class RoundResult:
                 "dropped": [list(d) for d in v.dropped],
                 "federation_load": {"value": v.federation_load.value, "sd": v.federation_load.sd},
                 "capacity": v.capacity,
-                "nodes": {k: {"load": n.load.value, "load_sd": n.load.sd} for k, n in v.nodes.items()},
+                "nodes": {
+                    k: {
+                        "load": n.load.value,
+                        "load_sd": n.load.sd,
+                        "occupied": n.occupied.value,
+                        "capacity": n.capacity,
+                        "handed_off_out_per_s": n.handed_off_out_per_s.value,
+                        "handed_off_in_per_s": n.handed_off_in_per_s.value,
+                    }
+                    for k, n in v.nodes.items()
+                },
+                "handed_off_per_s": v.handed_off_per_s.value,
+                "throughput_per_s": sum(e.value for e in v.throughput_per_s.values()),
+                "completion_quantiles_s": [q.to_record() for q in v.completion_quantiles_s],
                 "thresholds": self.thresholds,
                 "policies": self.policies,
                 "budget_left": self.budget_left,

@@ -85,10 +85,15 @@ class _Node:
     proc: Proc
     worker: Proc
     supernode: Proc | None = None
+    dashboard_port: int = 0
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}/"
 
 
 @dataclass
@@ -104,6 +109,7 @@ class Federation:
     submitted: int = 0
     started_at: float = 0.0
     first_round_s: float | None = None
+    dashboard_url: str | None = None  # the federation view, when the launcher serves one
     _stop: threading.Event = field(default_factory=threading.Event)
     _workload: threading.Thread | None = None
     _lock: IO[str] | None = None
@@ -134,9 +140,11 @@ class Federation:
         progress(f"starting {cfg.nodes} nodes")
         for i, (nid, port) in enumerate(zip(ids, ports, strict=True)):
             peers = [f"--peer={other}=127.0.0.1:{p}" for other, p in zip(ids, ports, strict=True) if other != nid]
+            dport = free_port()  # its node view (kept across restarts: the federation view links to it)
             argv = [
                 sys.executable, "-m", "fedcoord", "node", "--node-id", nid, "--listen", f"127.0.0.1:{port}",
-                "--insecure", "--metrics-listen", "", "--data-dir", str(self.root / "nodes" / nid), *peers,
+                "--insecure", "--metrics-listen", "", "--dashboard-listen", f"127.0.0.1:{dport}",
+                "--data-dir", str(self.root / "nodes" / nid), *peers,
             ]  # fmt: skip
             proc = Proc(nid, argv, self.root / "logs" / f"{nid}.log", env).start()
             slots = cfg.slots[i % len(cfg.slots)]
@@ -145,7 +153,7 @@ class Federation:
                 "--default", "sleep", "--time-scale", str(cfg.task_s / 5), "--concurrency", str(slots),
             ]  # fmt: skip
             worker = Proc(f"{nid}-worker", wargv, self.root / "logs" / f"{nid}-worker.log", self.home.env)
-            self.nodes.append(_Node(nid, port, proc, worker))
+            self.nodes.append(_Node(nid, port, proc, worker, dashboard_port=dport))
         progress("starting the Flower SuperLink")  # meanwhile: the nodes start in parallel
         self.superlink_port = free_port()
         self.superlink = self.home.superlink(self.superlink_port).start()
@@ -259,6 +267,10 @@ class Federation:
 
     # ------------------------------------------------------------------ reading
 
+    def node_links(self) -> dict[str, str]:
+        """Node id -> URL of its node view."""
+        return {n.node_id: n.dashboard_url for n in self.nodes}
+
     def rounds(self) -> list[dict[str, Any]]:
         out = read_rounds(self.status_file)
         if out and self.first_round_s is None:
@@ -299,6 +311,8 @@ class Federation:
             "last_round": rounds[-1] if rounds else None,
             "first_round_s": None if self.first_round_s is None else round(self.first_round_s, 1),
             "restarts": dict(self.restarts),
+            "dashboard": self.dashboard_url,
+            "node_views": self.node_links(),
         }
 
     # ------------------------------------------------------------------ stopping

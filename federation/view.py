@@ -63,6 +63,10 @@ class NodeEstimate:
     occupied: Estimate  # occupied slots (noisy)
     capacity: int  # the released capacity bucket (lower edge)
     load: Estimate  # occupied / capacity (capacity 0: occupied itself, as the node reads it)
+    # Tasks it handed to peers and took from peers, per second, summed over types (noisy). Which
+    # peer is not released: a count per pair of nodes would be one more cell to pay for.
+    handed_off_out_per_s: Estimate = Estimate(0.0, 0.0)
+    handed_off_in_per_s: Estimate = Estimate(0.0, 0.0)
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -71,16 +75,21 @@ class NodeEstimate:
             "occupied": self.occupied.to_record(),
             "capacity": self.capacity,
             "load": self.load.to_record(),
+            "handed_off_out_per_s": self.handed_off_out_per_s.to_record(),
+            "handed_off_in_per_s": self.handed_off_in_per_s.to_record(),
         }
 
     @classmethod
     def from_record(cls, d: Mapping[str, Any]) -> NodeEstimate:
+        zero = {"value": 0.0, "sd": 0.0}
         return cls(
             str(d["node_id"]),
             int(d["window"]),
             Estimate.from_record(d["occupied"]),
             int(d["capacity"]),
             Estimate.from_record(d["load"]),
+            Estimate.from_record(d.get("handed_off_out_per_s", zero)),
+            Estimate.from_record(d.get("handed_off_in_per_s", zero)),
         )
 
 

@@ -21,6 +21,7 @@ os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 # Nodes that tests start serve their web view on a free port (the default, 9465, is one per machine)
 os.environ.setdefault("FEDCOORD_DASHBOARD_LISTEN", "127.0.0.1:0")
+os.environ.setdefault("FEDCOORD_FEDERATION_DASHBOARD_LISTEN", "127.0.0.1:0")
 
 
 def free_port() -> int:

@@ -137,6 +137,11 @@ def test_sums_and_rates_are_exact() -> None:
     assert list(v.nodes) == ["n1", "n2", "n3"]
     assert (n1.window, n1.capacity, n1.occupied.value, n1.occupied.sd) == (7, 8, 4.0, 2.0)
     assert (n1.load.value, n1.load.sd) == (0.5, 0.25)
+    # per node, summed over types: n1 out 3 + 0 + 1, in 0 + 2 + 0; n2 out 1, in 1; n3 none
+    per_node = {k: (n.handed_off_out_per_s.value, n.handed_off_in_per_s.value) for k, n in v.nodes.items()}
+    assert {k: pytest.approx(v) for k, v in per_node.items()} == {"n1": (0.4, 0.2), "n2": (0.1, 0.1), "n3": (0.0, 0.0)}
+    assert n1.handed_off_out_per_s.sd == pytest.approx(math.sqrt(3 * 4.0) / WINDOW_S)
+    assert n2.handed_off_in_per_s.sd == pytest.approx(math.sqrt(3 * 9.0) / WINDOW_S)
     assert (n2.window, n2.capacity, n2.occupied.value, n2.occupied.sd, n2.load.value, n2.load.sd) == (
         9, 2, 6.0, 3.0, 3.0, 1.5)  # fmt: skip
     # capacity 0: the load is the occupied count itself, with its sd

@@ -32,6 +32,7 @@ import numpy as np
 
 from federation.sim.config import SimConfig
 from federation.sim.share import LIVE_KINDS, Sharing
+from federation.view import GlobalView
 from node.core import Core, CoreConfig
 from node.model import Lease, Limits, TaskSpec, TaskStatus, WorkerSpec, normalize_specs
 
@@ -74,6 +75,7 @@ def simulate(
     progress: Callable[[float], None] | None = None,
     *,
     rounds: Callable[[Sharing, int], None] | None = None,
+    on_view: Callable[[Sharing, GlobalView, int], None] | None = None,
 ) -> SimResult:
     """Run ``cfg`` to its end: arrivals stop at ``duration_s``, then every task still in the
     system runs to completion. ``progress`` is called at every tick with the virtual seconds
@@ -81,7 +83,9 @@ def simulate(
     given, runs the federation's rounds instead of the simulator (the Flower engine path,
     :mod:`federation.sim.flower`): it is called at each round's virtual time and returns when
     the round is over, having asked the nodes through :meth:`Sharing.release` and
-    :meth:`Sharing.apply_view`.
+    :meth:`Sharing.apply_view`. ``on_view`` sees each round's merged view when the simulator
+    runs the rounds with noise (``fedcoord simulate --rounds-file``: the federation dashboard's
+    input).
 
     While it runs, the cyclic garbage collector runs less often (``gc.set_threshold(100_000,
     50, 100)``, put back after): the run allocates millions of short-lived, acyclic objects and
@@ -89,7 +93,7 @@ def simulate(
     old = gc.get_threshold()
     gc.set_threshold(100_000, 50, 100)
     try:
-        return _simulate(cfg, progress, rounds)
+        return _simulate(cfg, progress, rounds, on_view)
     finally:
         gc.set_threshold(*old)
 
@@ -149,7 +153,10 @@ def node_rates(cfg: SimConfig) -> list[float]:
 
 
 def _simulate(
-    cfg: SimConfig, progress: Callable[[float], None] | None, rounds: Callable[[Sharing, int], None] | None
+    cfg: SimConfig,
+    progress: Callable[[float], None] | None,
+    rounds: Callable[[Sharing, int], None] | None,
+    on_view: Callable[[Sharing, GlobalView, int], None] | None = None,
 ) -> SimResult:
     t0 = time.perf_counter()
     n = cfg.nodes
@@ -317,6 +324,7 @@ def _simulate(
             push=push_event,
             claim=fill if mixed else claim,
             external=rounds,
+            on_view=on_view,
         )
         if cfg.sharing
         else None

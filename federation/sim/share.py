@@ -97,8 +97,10 @@ class Sharing:
         push: Push,
         claim: Callable[[int, int], int],
         external: Callable[[Sharing, int], None] | None = None,
+        on_view: Callable[[Sharing, GlobalView, int], None] | None = None,
     ):
         self.cfg = cfg
+        self.on_view = on_view  # sees each round's merged view (``fedcoord simulate --rounds-file``)
         self.cores = cores
         self.slots = slots
         self.free = free
@@ -252,6 +254,8 @@ class Sharing:
                     agg.add(summary)
             self._spent(now, self.round_worst)
             gv = agg.view(round=self.rounds, now_ns=now)
+            if self.on_view is not None:
+                self.on_view(self, gv, now)
             nodes = gv.nodes
             occ = [max(0.0, nodes[nid].occupied.value) if nid in nodes else 0.0 for nid in self.ids]
             loads = [max(0.0, nodes[nid].load.value) if nid in nodes else None for nid in self.ids]

@@ -1,0 +1,77 @@
+"""``fedcoord dashboard``: the federation view of a rounds file, on its own."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from fedcoord.dashboard.server import DashboardServer
+
+__all__ = ["DASHBOARD_HELP", "dashboard", "start_federation_view"]
+
+DASHBOARD_HELP = """Serve the federation view (a web page, live) of a rounds file: the one a running
+`fedcoord aggregator --dir DIR` writes (DIR/rounds.jsonl), or one written by
+`fedcoord simulate --rounds-file`. `fedcoord up` and `fedcoord aggregator` serve this view
+themselves; this command is for a file elsewhere, or for a simulation.
+
+The page shows only what the federation saw: privacy-filtered loads with their uncertainty,
+thresholds, hand-off rates, rounds, budgets and completion quantiles. Ctrl-C stops.
+
+Example:
+
+  fedcoord simulate --nodes 100 --policy adaptive --epsilon 1 --duration-s 600 --rounds-file r.jsonl
+  fedcoord dashboard --rounds-file r.jsonl
+"""
+
+DEFAULT_LISTEN = "127.0.0.1:9466"
+
+
+def start_federation_view(
+    rounds_file: Path, listen: str, *, node_links: Callable[[], Mapping[str, str]] | None = None
+) -> DashboardServer:
+    """The federation view on a thread of its own; returns the server (``.url``, ``.stop_thread()``).
+    Raises OSError when the address is taken."""
+    from fedcoord.dashboard import Access, DashboardServer  # noqa: PLC0415
+    from fedcoord.dashboard.fed_app import federation_app  # noqa: PLC0415
+
+    app = federation_app(rounds_file, Access.generated(), node_links=node_links)
+    server = DashboardServer(app, listen)
+    server.start_thread()
+    return server
+
+
+def dashboard(
+    *,
+    rounds_file: Annotated[
+        Path, typer.Option("--rounds-file", dir_okay=False, help="The rounds file (JSON lines) to show.")
+    ],
+    listen: Annotated[str, typer.Option(help="The page's address, host:port.")] = DEFAULT_LISTEN,
+) -> None:
+    from fedcoord.dashboard.server import parse_listen  # noqa: PLC0415
+
+    try:
+        parse_listen(listen)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--listen") from None
+    if not rounds_file.exists():
+        typer.echo(f"note: {rounds_file} does not exist yet; the page waits for its first round", err=True)
+    try:
+        server = start_federation_view(rounds_file, listen)
+    except OSError as e:
+        typer.echo(f"fedcoord dashboard: {listen}: {e.strerror}", err=True)
+        raise typer.Exit(1) from None
+    print(f"federation view {server.url} of {rounds_file}", flush=True)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    try:
+        done.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop_thread()

@@ -1,0 +1,62 @@
+"""The federation view: a Starlette app over the rounds file the ServerApp writes, served by
+``fedcoord up`` and ``fedcoord aggregator`` (on a thread of their own).
+
+Page: ``/``. API: ``/api/federation`` (JSON) and ``/api/stream`` (server-sent events of it).
+Reads only: the federation view has no actions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from fedcoord.dashboard.access import Access, Role
+from fedcoord.dashboard.fed_model import RoundsTail, federation_view
+from fedcoord.dashboard.web import Live, guarded, json, page, static_routes, stream
+
+__all__ = ["federation_app"]
+
+
+def federation_app(
+    rounds_file: Path,
+    access: Access,
+    *,
+    node_links: Callable[[], Mapping[str, str]] | None = None,
+    live: Live | None = None,
+) -> Any:
+    """``node_links``: node id -> URL of its node view, when the launcher knows them."""
+    live = live or Live()
+    tail = RoundsTail(rounds_file)
+
+    async def snapshot() -> dict[str, Any]:
+        return federation_view(tail.read(), node_links=node_links() if node_links else None)
+
+    async def view(_: Request) -> Response:
+        return json(await snapshot())
+
+    async def live_stream(request: Request) -> Response:
+        return await stream(request, live, snapshot)
+
+    async def info(request: Request) -> Response:
+        return json({"role": access.role_of(request) or "viewer", "rounds_file": str(rounds_file)})
+
+    def read(handler: Any) -> Any:
+        return guarded(access, Role.VIEWER, handler)
+
+    app = Starlette(
+        routes=[
+            Route("/", page("federation.html")),
+            Route("/api/info", read(info)),
+            Route("/api/federation", read(view)),
+            Route("/api/stream", read(live_stream)),
+            *static_routes(),
+        ]
+    )
+    app.state.live = live
+    return app

@@ -1,0 +1,169 @@
+"""What the federation view shows, from the rounds the ServerApp records (``rounds.jsonl``).
+
+Only what the federation itself saw: each round's merged view of the nodes' privacy-filtered
+summaries (noisy loads with their standard deviations, hand-off rates per node, completion
+quantiles from the merged histograms) and what the nodes answered (the threshold each set, its
+release status, the budget it has left). Never a node's raw counts. Hand-offs are drawn from
+each node's released out and in rates: which peer got a task is not released (a count per pair
+of nodes would be one more noisy cell per pair), so the flows go from senders to receivers
+through the federation, not pair by pair.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import deque
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RoundsTail", "federation_view"]
+
+KEEP_ROUNDS = 720  # rounds kept for the charts (an hour at one round every 5 s)
+
+
+class RoundsTail:
+    """Reads new lines of a rounds file as they are appended (a partly written last line waits
+    for the next read; a file replaced or cut short is read again from its start)."""
+
+    def __init__(self, path: Path, keep: int = KEEP_ROUNDS):
+        self.path = path
+        self.rounds: deque[dict[str, Any]] = deque(maxlen=keep)
+        self._offset = 0
+        self._inode: int | None = None
+
+    def read(self) -> list[dict[str, Any]]:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return list(self.rounds)
+        if st.st_ino != self._inode or st.st_size < self._offset:
+            self._inode, self._offset = st.st_ino, 0
+            self.rounds.clear()
+        if st.st_size > self._offset:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                chunk = f.read(st.st_size - self._offset)
+            end = chunk.rfind(b"\n") + 1  # whole lines only
+            for line in chunk[:end].splitlines():
+                try:
+                    self.rounds.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a SuperLink killed mid-write
+            self._offset += end
+        return list(self.rounds)
+
+
+def _natural(name: str) -> list[Any]:
+    """n2 before n10."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def _health(node: str, r: Mapping[str, Any]) -> str:
+    if node in r.get("participants", ()):
+        return "reporting"
+    if node in r.get("missing", ()):
+        return "missing"
+    for who, why in r.get("dropped", ()):
+        if who == node:
+            return f"dropped: {why}"
+    reason = r.get("reasons", {}).get(node)
+    return f"no summary: {reason}" if reason else "not in this round"
+
+
+def federation_view(
+    rounds: Iterable[Mapping[str, Any]],
+    *,
+    node_links: Mapping[str, str] | None = None,
+    flows_s: float = 300.0,
+    series: int = 240,
+) -> dict[str, Any]:
+    """The federation view's JSON: nodes as of the last round, the rounds, budgets over time,
+    completion quantiles, and the hand-off flows over the last ``flows_s``."""
+    rs = list(rounds)
+    links = dict(node_links or {})
+    if not rs:
+        return {"rounds": [], "nodes": [], "flows": {"out": {}, "in": {}}, "quantiles": [], "budget": {}, "last": None}
+    last = rs[-1]
+    known: dict[str, None] = {}
+    for r in rs:
+        for k in (*r.get("nodes", {}), *r.get("thresholds", {}), *r.get("missing", ())):
+            known.setdefault(k, None)
+    for k in links:
+        known.setdefault(k, None)
+    nodes = []
+    for nid in sorted(known, key=_natural):
+        est = last.get("nodes", {}).get(nid)
+        occupied = est.get("occupied") if est else None
+        capacity = est.get("capacity") if est else None
+        queue = None if occupied is None or capacity is None else max(0.0, occupied - capacity)
+        nodes.append(
+            {
+                "id": nid,
+                "health": _health(nid, last),
+                "load": est.get("load") if est else None,
+                "load_sd": est.get("load_sd") if est else None,
+                "occupied": occupied,
+                "capacity": capacity,
+                "queue": queue,  # occupied beyond capacity: the released estimate of its line
+                "threshold": last.get("thresholds", {}).get(nid),
+                "policy": last.get("policies", {}).get(nid),
+                "release": last.get("statuses", {}).get(nid),
+                "budget_left": last.get("budget_left", {}).get(nid),
+                "handed_off_out_per_s": est.get("handed_off_out_per_s") if est else None,
+                "handed_off_in_per_s": est.get("handed_off_in_per_s") if est else None,
+                "url": links.get(nid),
+            }
+        )
+    since = last["started_ns"] - int(flows_s * 1e9)
+    recent = [r for r in rs if r["started_ns"] >= since]
+    out: dict[str, float] = {}
+    into: dict[str, float] = {}
+    for r in recent:
+        for nid, est in r.get("nodes", {}).items():
+            out[nid] = out.get(nid, 0.0) + max(0.0, est.get("handed_off_out_per_s") or 0.0) / len(recent)
+            into[nid] = into.get(nid, 0.0) + max(0.0, est.get("handed_off_in_per_s") or 0.0) / len(recent)
+    tail = rs[-series:]
+    budget: dict[str, list[tuple[int, float | None]]] = {}
+    for r in tail:
+        for nid, left in r.get("budget_left", {}).items():
+            budget.setdefault(nid, []).append((r["started_ns"] // 1_000_000, left))
+    return {
+        "last": {
+            "round": last["round"],
+            "started_ns": last["started_ns"],
+            "latency_s": last.get("latency_s"),
+            "participants": len(last.get("participants", ())),
+            "missing": list(last.get("missing", ())),
+            "asked": last.get("asked"),
+            "federation_load": last.get("federation_load"),
+            "capacity": last.get("capacity"),
+            "handed_off_per_s": last.get("handed_off_per_s"),
+            "throughput_per_s": last.get("throughput_per_s"),
+            "errors": last.get("errors", []),
+        },
+        "nodes": nodes,
+        "rounds": [
+            {
+                "round": r["round"],
+                "at_ms": r["started_ns"] // 1_000_000,
+                "latency_s": r.get("latency_s"),
+                "participants": len(r.get("participants", ())),
+                "missing": len(r.get("missing", ())),
+                "load": (r.get("federation_load") or {}).get("value"),
+                "load_sd": (r.get("federation_load") or {}).get("sd"),
+                "handed_off_per_s": r.get("handed_off_per_s"),
+                "throughput_per_s": r.get("throughput_per_s"),
+            }
+            for r in tail
+        ],
+        "flows": {
+            "out": {k: round(v, 4) for k, v in out.items() if v > 0},
+            "in": {k: round(v, 4) for k, v in into.items() if v > 0},
+        },
+        "flows_s": flows_s,
+        "quantiles": last.get("completion_quantiles_s", []),
+        "budget": budget,
+    }
