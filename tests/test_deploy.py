@@ -91,3 +91,70 @@ def test_dockerfiles_copy_only_what_exists() -> None:
         for src in re.findall(r"^COPY\s+(.+?)\s+\S+\s*$", dockerfile.read_text(), re.M):
             for part in src.split():
                 assert (ROOT / part).exists(), f"{dockerfile.name}: COPY {part}: not in the repository"
+
+
+# ---------------------------------------------------------------------------- metrics: Prometheus, Grafana
+
+
+def exported_metrics() -> set[str]:
+    """Every series name a node's /metrics can have: the families in node/rpc/metrics.py, with
+    the suffixes Prometheus gives counters and histograms."""
+    src = (ROOT / "node" / "rpc" / "metrics.py").read_text()
+    families = set(re.findall(r'"(fedcoord_[a-z_]+)"', src))
+    assert {"fedcoord_load_ratio", "fedcoord_tasks", "fedcoord_commit_duration_seconds"} <= families
+    return families | {f + s for f in families for s in ("_total", "_bucket", "_sum", "_count")}
+
+
+def grafana_dashboard() -> dict[str, Any]:
+    import json  # noqa: PLC0415
+
+    data: dict[str, Any] = json.loads((DEPLOY / "grafana" / "dashboards" / "fedcoord.json").read_text())
+    return data
+
+
+def test_the_grafana_dashboard_queries_only_metrics_a_node_exports() -> None:
+    dash = grafana_dashboard()
+    known = exported_metrics()
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    assert len(exprs) >= 12
+    used = {m for e in exprs for m in re.findall(r"\b(fedcoord_[a-z_]+)", e)}
+    assert used <= known, f"not exported: {sorted(used - known)}"
+    assert {"fedcoord_load_ratio", "fedcoord_admission_threshold", "fedcoord_queue_depth"} <= used
+    for e in exprs:  # brackets balance, and every selector is filtered to the chosen nodes
+        assert e.count("(") == e.count(")") and e.count("{") == e.count("}"), e
+        assert all(sel.startswith('node=~"$node"') for sel in re.findall(r"fedcoord_[a-z_]+\{([^}]*)\}", e)), e
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    for p in dash["panels"]:  # no two panels overlap on the 24-column grid
+        g = p["gridPos"]
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24
+    cells = [(p["gridPos"]["y"] + dy, p["gridPos"]["x"] + dx) for p in dash["panels"]
+             for dy in range(p["gridPos"]["h"]) for dx in range(p["gridPos"]["w"])]  # fmt: skip
+    assert len(cells) == len(set(cells))
+
+
+def test_grafana_and_prometheus_are_wired_to_the_nodes() -> None:
+    services = compose()["services"]
+    prom, graf = services["prometheus"], services["grafana"]
+    prom_cfg = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = {
+        t: c["labels"]["node"]
+        for job in prom_cfg["scrape_configs"]
+        for c in job["static_configs"]
+        for t in c["targets"]
+    }
+    for node in ("n1", "n2", "n3"):
+        cmd = [str(a) for a in services[node]["command"]]
+        port = cmd[cmd.index("--metrics-listen") + 1].rsplit(":", 1)[1]
+        assert targets[f"{node}:{port}"] == node
+    for svc in (prom, graf):
+        for vol in svc["volumes"]:
+            src = vol.split(":")[0]
+            if src.startswith("./"):
+                assert (DEPLOY / src).exists(), vol
+    ds = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yaml").read_text())
+    (source,) = ds["datasources"]
+    assert source["url"] == "http://prometheus:9090"
+    uids = {p["datasource"]["uid"] for p in grafana_dashboard()["panels"]}
+    assert uids == {source["uid"]}
+    assert all(port.startswith("127.0.0.1:") for svc in (prom, graf) for port in svc["ports"])
