@@ -18,6 +18,7 @@ import asyncio
 import gc
 import logging
 import random
+import subprocess
 import sys
 import time
 from typing import Any
@@ -154,6 +155,19 @@ async def run(args: argparse.Namespace, res: Result) -> None:
         server = RedisServer().run()
         res["redis"] = {"mode": "private redis-server, TCP loopback", "version": server.version(), "url": server.url}
         node = await LocalNode.start(NODE_ID, server.url)
+    dash = viewer = None
+    if args.dashboard != "off":  # the node view open and updating, its viewer in another process
+        from fedcoord.dashboard import Access, DashboardServer  # noqa: PLC0415
+        from fedcoord.dashboard.node_app import node_app  # noqa: PLC0415
+
+        dash = DashboardServer(node_app(node, Access.generated()), "127.0.0.1:0")
+        dash.start()
+        viewer = subprocess.Popen(
+            [sys.executable, "-m", "bench._viewer", dash.url, args.dashboard, str(args.timeout_s)],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        await asyncio.sleep(5.0 if args.dashboard == "browser" else 1.0)  # the page is open and live
+        res["dashboard"] = {"mode": args.dashboard, "url": dash.url}
     try:
         c = Counters(args.tasks, args.max_backlog)
         for i in range(args.workers):
@@ -198,6 +212,11 @@ async def run(args: argparse.Namespace, res: Result) -> None:
             counters, active = store.run_sync(lambda r: (r.hgetall(keys.counters), r.hlen(keys.active)))
             stored = {"counters": {_text(k): int(v) for k, v in counters.items()}, "active_records": active}
     finally:
+        if viewer is not None:
+            viewer.kill()
+            viewer.wait()
+        if dash is not None:
+            await dash.stop()
         await node.close()
         if server is not None:
             server.stop()
@@ -263,6 +282,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--gc-tune", action="store_true", help="gc.set_threshold(100_000, 50, 100) first")
     p.add_argument("--timeout-s", type=float, default=600.0)
+    p.add_argument(
+        "--dashboard",
+        choices=("off", "stream", "browser"),
+        default="off",
+        help="serve the node view while it runs, watched by another process: its live stream and the task "
+        "pages it fetches (stream), or a headless Chromium on the page (browser)",
+    )
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args(argv)
     install_signal_handlers()

@@ -85,11 +85,19 @@ def run(args: argparse.Namespace, res: Result) -> None:
     address = f"127.0.0.1:{_free_port()}"
     node_args = ["node", "--node-id", NODE_ID, "--listen", address, "--insecure", "--metrics-listen", ""]
     node_args += ["--data-dir", str(tmp / "node"), "--log-level", "warning"]
-    with process(node_args, tmp / "node.log") as node:
+    node_args += ["--dashboard-listen", "127.0.0.1:0" if args.dashboard != "off" else ""]
+    with process(node_args, tmp / "node.log") as node, contextlib.ExitStack() as viewers:
         assert node.stdout is not None
         line = node.stdout.readline()
         if not line.startswith("serving"):
             raise RuntimeError(f"the node did not start: {(tmp / 'node.log').read_text()[-2000:]}")
+        if args.dashboard != "off":  # the node view open and updating, its viewer in another process
+            url = node.stdout.readline().split()[1]
+            viewer = subprocess.Popen([sys.executable, "-m", "bench._viewer", url, args.dashboard, "3600"])
+            viewers.callback(viewer.wait)
+            viewers.callback(viewer.kill)  # (callbacks run last in, first out: kill, then wait)
+            time.sleep(5.0 if args.dashboard == "browser" else 1.0)
+            res["dashboard"] = {"mode": args.dashboard, "url": url}
         worker_args = ["worker", "--node", address, "--insecure", "--id", "w1", "--default", "noop"]
         worker_args += ["--concurrency", str(args.concurrency), "--log-format", "text"]
         with process(worker_args, tmp / "worker.log") as worker, NodeClient(address, insecure=True) as client:
@@ -168,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", type=positive_int, default=100_000, help="tasks to submit, one submit_one each")
     p.add_argument("--concurrency", type=positive_int, default=256, help="the worker's concurrency")
     p.add_argument("--rate", type=float, default=0.0, help="pace the producer (tasks/s); 0: as fast as it goes")
+    p.add_argument(
+        "--dashboard",
+        choices=("off", "stream", "browser"),
+        default="off",
+        help="the node's web view open while it runs: its live stream and task pages (stream), or Chromium",
+    )
     args = p.parse_args(argv)
     if args.rate < 0:
         p.error("--rate must be >= 0")

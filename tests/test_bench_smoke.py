@@ -37,6 +37,10 @@ CASES = {
     "claim_grpc": ["--tasks", "200", "--warmup", "20"],
     "federation": ["--calls", "20", "--active", "500", "--view-nodes", "10", "--federation-s", "0"],
     "sim": ["--nodes", "5", "--hours", "0.1"],
+    "durable --dashboard": ["--tasks", "3000", "--batch", "500", "--dashboard", "stream"],
+    "e2e --dashboard": ["--tasks", "2000", "--concurrency", "32", "--dashboard", "stream"],
+    "dashboard --node": ["--node", "--tasks", "3000", "--repeat", "2", "--page-loads", "1"],
+    "dashboard --federation": ["--federation", "--nodes", "10", "--rounds", "12", "--watch-s", "3"],
     "federation_throughput": ["--tasks", "2000", "--pairs", "1", "--period-s", "2", "--concurrency", "32"],
     "privacy": [
         "--active",

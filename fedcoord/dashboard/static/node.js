@@ -5,7 +5,7 @@
   const { esc, num, pct, secs, tag, table } = FC;
   const ACTIVE = ["pending", "queued", "assigned", "in_progress", "handing_off"];
   const PRIOS = ["critical", "high", "medium", "low"];
-  let role = "viewer", offset = 0, limit = 50, selected = null, lastTotals = "", lastActive = "";
+  let role = "viewer", offset = 0, limit = 50, selected = null, lastTotals = "", lastActive = "", lastDead = "";
   FC.tokenBox();
 
   $("status-boxes").innerHTML = ACTIVE.map((s) => `<label><input type="checkbox" value="${s}"> ${s}</label>`).join(" ");
@@ -50,10 +50,21 @@
     const to = o.handoff ? Object.entries(o.handoff.to_peers) : [];
     table($("handoffs"), [{ t: "peer" }, { t: "tasks handed off", num: 1 }],
       to.map(([p, n]) => `<tr><td>${esc(p)}</td><td class="num">${num(n)}</td></tr>`), o.handoff ? "none lately" : "hand-off is off on this node");
-    // What changed decides what to fetch again.
+    // What changed decides what to fetch again (at most once a second: a busy node changes all the time).
     const totals = JSON.stringify(o.totals), active = JSON.stringify(o.active);
-    if (active !== lastActive || totals !== lastTotals) { lastActive = active; loadTasks(); if (selected) loadDetail(selected); }
-    if (totals !== lastTotals) { lastTotals = totals; loadDead(); }
+    const dead = `${o.totals.failed || 0}/${o.totals.requeued || 0}`;  // dead letters change only with these
+    if (active !== lastActive || totals !== lastTotals) { lastActive = active; lastTotals = totals; refetch.tasks = true; }
+    if (dead !== lastDead) { lastDead = dead; refetch.dead = true; }
+    flush();
+  }
+  const refetch = { tasks: false, dead: false };
+  let lastFetch = 0, timer = null;
+  function flush() {
+    const wait = lastFetch + 1000 - Date.now();
+    if (wait > 0) { if (!timer) timer = setTimeout(() => { timer = null; flush(); }, wait); return; }
+    lastFetch = Date.now();
+    if (refetch.tasks) { refetch.tasks = false; loadTasks(); if (selected) loadDetail(selected); }
+    if (refetch.dead) { refetch.dead = false; loadDead(); }
   }
 
   function query() {
