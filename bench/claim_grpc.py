@@ -112,6 +112,7 @@ def run(args: argparse.Namespace, res: Result) -> None:
     tmp = make_temp_dir("claim-grpc")
     address = f"127.0.0.1:{_free_port()}"
     node_args = ["node", "--node-id", "bench-claim", "--listen", address, "--insecure", "--metrics-listen", ""]
+    node_args += ["--dashboard-listen", ""]  # no web view (nor its default port)
     with process([*node_args, "--data-dir", str(tmp / "node"), "--log-level", "warning"], tmp / "node.log") as node:
         assert node.stdout is not None
         if not node.stdout.readline().startswith("serving"):

@@ -97,6 +97,7 @@ async def _fill(node: LocalNode, n: int) -> None:
 def bench_node(args: argparse.Namespace, res: Result) -> None:
     server = RedisServer().run()
     loop = asyncio.new_event_loop()
+    node = None
     try:
         node = loop.run_until_complete(LocalNode.start("bench-dash", server.url, config=NodeConfig()))
         loop.run_until_complete(_fill(node, args.tasks))
@@ -124,7 +125,8 @@ def bench_node(args: argparse.Namespace, res: Result) -> None:
             "history 60 min": "api/history?minutes=60",
             "report": "api/report",
         }
-        first = urllib.request.urlopen(u + "api/tasks?limit=1", timeout=30).read()
+        with urllib.request.urlopen(u + "api/tasks?limit=1", timeout=30) as r:
+            first = r.read()
         import orjson  # noqa: PLC0415
 
         calls["task detail"] = "api/tasks/" + orjson.loads(first)["tasks"][0]["id"]
@@ -158,6 +160,11 @@ def bench_node(args: argparse.Namespace, res: Result) -> None:
         res["page_load_median_ms"] = round(statistics.median(loads), 1)  # (reported: no target of its own)
         res["tasks_in_node"] = args.tasks
     finally:
+        if node is not None:  # on the loop's thread when it runs (the dashboard's), else here
+            if loop.is_running():
+                asyncio.run_coroutine_threadsafe(node.close(), loop).result(30)
+            else:
+                loop.run_until_complete(node.close())
         server.stop()
 
 

@@ -59,6 +59,7 @@ def _one_run(
     node_id = f"bench-{label}"
     address = f"127.0.0.1:{_free_port()}"
     node_args = ["node", "--node-id", node_id, "--listen", address, "--insecure", "--metrics-listen", ""]
+    node_args += ["--dashboard-listen", ""]  # no web view (nor its default port)
     node_args += ["--data-dir", str(tmp / node_id), "--log-level", "warning"]
     if federation is not None:
         node_args += ["--federation", federation]
@@ -114,14 +115,15 @@ def run(args: argparse.Namespace, res: Result) -> None:
         print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
         link = f"127.0.0.1:{_free_port()}"
         agg_dir = tmp / f"aggregator{pair}"
-        agg_args = ["aggregator", "--listen", link, "--dir", str(agg_dir), "--insecure"]
+        agg_args = ["aggregator", "--listen", link, "--dir", str(agg_dir), "--insecure", "--dashboard-listen", ""]
         agg_args += ["--period-s", str(args.period_s), "--ttl-s", "15"]
         with process(agg_args, tmp / f"aggregator{pair}.log"):
             if args.contended:  # Flower busy on the machine with another node; this one not in it
                 rounds_file = agg_dir / "rounds.jsonl"
                 by = f"bystander{pair}"
                 by_args = ["node", "--node-id", by, "--listen", f"127.0.0.1:{_free_port()}", "--insecure"]
-                by_args += ["--metrics-listen", "", "--data-dir", str(tmp / by), "--federation", link]
+                by_args += ["--metrics-listen", "", "--dashboard-listen", "", "--data-dir", str(tmp / by)]
+                by_args += ["--federation", link]
                 with process(by_args, tmp / f"{by}.log") as bystander:
                     _wait(_took_part(rounds_file, by), 120, f"{by} taking part in a round", [bystander])
                     runs.append({**_one_run(args, tmp, f"contended{pair}", None, None), "mode": "contended"})

@@ -39,9 +39,14 @@ def start_federation_view(
     Raises OSError when the address is taken."""
     from fedcoord.dashboard import Access, DashboardServer  # noqa: PLC0415
     from fedcoord.dashboard.fed_app import federation_app  # noqa: PLC0415
+    from fedcoord.dashboard.server import bind  # noqa: PLC0415
+    from fedcoord.dashboard.web import trusted_for  # noqa: PLC0415
 
-    app = federation_app(rounds_file, Access.generated(), node_links=node_links)
-    server = DashboardServer(app, listen)
+    sock = bind(listen)
+    app = federation_app(
+        rounds_file, Access.generated(), node_links=node_links, trusted_hosts=trusted_for(sock.getsockname()[0])
+    )
+    server = DashboardServer(app, sock=sock)
     server.start_thread()
     return server
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import signal
 import sys
@@ -16,6 +17,8 @@ import typer
 from node.errors import FedcoordError
 
 __all__ = ["NODE_HELP", "node"]
+
+log = logging.getLogger("fedcoord.dashboard")
 
 NODE_HELP = """Run a node: the task manager served over gRPC, with health checking, reflection and a
 Prometheus /metrics endpoint, on an embedded Redis unless --redis-url names one.
@@ -164,6 +167,7 @@ def _operator_token(cfg: Any) -> tuple[str, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(24)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # (an existing file keeps its mode through O_CREAT)
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     return token, str(path)
@@ -187,9 +191,11 @@ async def _run(cfg: Any, join: Any = None) -> None:
 
     async def relay() -> None:
         await signalled.wait()
-        for d in dashboard:
-            await d.stop()
-        stop.set()
+        try:
+            for d in dashboard:
+                await d.stop()
+        finally:
+            stop.set()  # the node drains whatever the dashboard did
 
     relay_task = loop.create_task(relay())
 
@@ -199,10 +205,17 @@ async def _run(cfg: Any, join: Any = None) -> None:
         if sock is not None:
             from fedcoord.dashboard import Access, DashboardServer  # noqa: PLC0415
             from fedcoord.dashboard.node_app import node_app  # noqa: PLC0415
+            from fedcoord.dashboard.web import trusted_for  # noqa: PLC0415
 
             token, where = _operator_token(s.config)
             access = Access(token, s.config.dashboard_viewer_token)
-            d = DashboardServer(node_app(s.node, access), sock=sock)
+            host = sock.getsockname()[0]
+            trusted = trusted_for(host)
+            if trusted is None and access.viewer_token is None:
+                log.warning(
+                    "the node view listens on %s with no dashboard_viewer_token: anyone who reaches it reads it", host
+                )
+            d = DashboardServer(node_app(s.node, access, trusted_hosts=trusted), sock=sock)
             d.start()
             dashboard.append(d)
             print(f"dashboard {d.url} (operator token: {where})", flush=True)

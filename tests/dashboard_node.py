@@ -31,7 +31,9 @@ class DashboardNode:
         node_id: str = "n1",
         viewer_token: str | None = None,
         listen: str = "127.0.0.1:0",
+        trusted_hosts: list[str] | None = None,
     ):
+        self.trusted_hosts = trusted_hosts
         self.redis_url = redis_url
         self.config = config
         self.node_id = node_id
@@ -58,7 +60,7 @@ class DashboardNode:
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
         async with LocalNode.open(self.node_id, self.redis_url, config=self.config) as node:
-            server = DashboardServer(node_app(node, self.access), self.listen)
+            server = DashboardServer(node_app(node, self.access, trusted_hosts=self.trusted_hosts), self.listen)
             server.start()
             self.node, self.url, self.port = node, server.url, server.port
             self._ready.set()

@@ -54,6 +54,15 @@ def test_node_view_is_live_acts_and_reconnects_after_a_restart(redis_url: str) -
             page.wait_for_selector(f"button[data-requeue='{dead[0]}']:not([disabled])", timeout=10_000)
             page.click(f"button[data-requeue='{dead[0]}']")
             page.wait_for_function("document.querySelector('#c-dead').textContent === '1'", timeout=5_000)
+
+            # What a task says is shown as text, never run as HTML.
+            evil = '<img src=x onerror="window.__xss=1">'
+            (bad,) = _fail_for_good(d, 1, worker="wx", error=evil)
+            page.wait_for_selector(f"button[data-requeue='{bad}']", timeout=5_000)
+            assert evil in (page.locator("#dead tbody").text_content() or "")
+            assert page.evaluate("window.__xss") is None and page.locator("#dead img").count() == 0
+            page.click(f"button[data-requeue='{bad}']")
+            page.wait_for_function("document.querySelector('#c-dead').textContent === '1'", timeout=5_000)
             tab.shot("dashboard-node.png")
             assert tab.errors == []
 
@@ -67,6 +76,7 @@ def test_node_view_is_live_acts_and_reconnects_after_a_restart(redis_url: str) -
             page.wait_for_function("document.querySelector('#live').textContent === 'live'", timeout=15_000)
             assert not page.locator("#stale.show").count()
             page.wait_for_function("document.querySelector('#c-dead').textContent === '1'", timeout=5_000)
-            page.wait_for_function("document.querySelector('#c-ready').textContent === '5'", timeout=5_000)
-            assert d2.sync(lambda node: node.load().ready) == 5
+            # 4 queued, and the 2 dead letters requeued
+            page.wait_for_function("document.querySelector('#c-ready').textContent === '6'", timeout=5_000)
+            assert d2.sync(lambda node: node.load().ready) == 6
         page.close()

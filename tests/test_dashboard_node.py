@@ -5,6 +5,8 @@ live stream, and that it is right after a restart (it keeps no copy of its own).
 from __future__ import annotations
 
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -12,9 +14,10 @@ from typing import Any
 import orjson
 import pytest
 
+from node.errors import StoreUnavailableError
 from node.model import Priority, TaskSpec, TaskStatus, WorkerSpec
 from node.runtime.node import LocalNode
-from tests.conftest import wait_until
+from tests.conftest import RedisServer, wait_until
 from tests.dashboard_node import OPERATOR, VIEWER, DashboardNode, http
 from tests.test_runtime import fast_config
 
@@ -25,18 +28,23 @@ def dn(redis_url: str) -> Iterator[DashboardNode]:
         yield d
 
 
-def _fail_for_good(d: DashboardNode, n: int, worker: str = "wf") -> list[str]:
+def _fail_for_good(d: DashboardNode, n: int, worker: str = "wf", error: str = "ValueError: boom") -> list[str]:
     """``n`` tasks of type ``doomed`` submitted, claimed by ``worker`` and failed without retry."""
+
+    cap = f"doom-{worker}"  # only this worker takes them (not one requeued from an earlier call)
 
     async def go(node: LocalNode) -> list[str]:
         ids = await node.submit(
-            [TaskSpec("doomed", b"%d" % k, max_retries=0, priority=Priority.CRITICAL) for k in range(n)]
+            [
+                TaskSpec("doomed", b"%d" % k, max_retries=0, priority=Priority.CRITICAL, required_capabilities=(cap,))
+                for k in range(n)
+            ]
         )
-        await node.register_worker(WorkerSpec(worker, capabilities=("doom",), concurrency=n))
+        await node.register_worker(WorkerSpec(worker, capabilities=(cap,), concurrency=n))
         leases = await node.claim(worker, n)
         assert {lease.task_id for lease in leases} == set(ids)
         for lease in leases:
-            await node.fail(lease, "ValueError: boom", retry=False)
+            await node.fail(lease, error, retry=False)
         await node.deregister_worker(worker)
         return ids
 
@@ -236,3 +244,80 @@ def test_task_ids_and_statuses_are_the_cores(dn: DashboardNode) -> None:
     ids = dn.call(lambda node: node.submit([TaskSpec("x") for _ in range(2)]))
     _, r = http(dn.url + "api/tasks")
     assert {t["id"]: t["status"] for t in r["tasks"]} == dict.fromkeys(ids, TaskStatus.QUEUED.value)
+
+
+def test_ids_with_a_slash_are_opened_requeued_and_removed(dn: DashboardNode) -> None:
+    async def go(node: LocalNode) -> None:
+        await node.submit([TaskSpec("doomed", id="job/2026/1", max_retries=0)])
+        await node.register_worker(WorkerSpec("pool/a", concurrency=1))
+        (lease,) = await node.claim("pool/a", 1)
+        await node.fail(lease, "ValueError: boom", retry=False)
+
+    dn.call(go)
+    status, t = http(dn.url + "api/tasks/" + urllib.parse.quote("job/2026/1", safe=""))
+    assert status == 200 and t["id"] == "job/2026/1" and t["status"] == "failed"
+    assert http(dn.url + "api/tasks/job/2026/1")[1]["id"] == "job/2026/1"
+    assert http(dn.url + "api/dead/job/2026/1/requeue", method="POST", token=OPERATOR) == (
+        200,
+        {"requeued": "job/2026/1"},
+    )
+    assert http(dn.url + "api/workers/pool/a/remove", method="POST", token=OPERATOR) == (200, {"removed": "pool/a"})
+
+
+def test_a_token_in_the_address_never_acts(dn: DashboardNode) -> None:
+    """A token in a URL ends up in logs: it reads at most (on the stream), whichever token it is."""
+    dn.call(lambda node: node.register_worker(WorkerSpec("w1", concurrency=1)))
+    status, _ = http(dn.url + f"api/workers/w1/remove?token={OPERATOR}", method="POST")
+    assert status == 401
+    assert len(http(dn.url + "api/overview")[1]["workers"]) == 1
+
+
+def test_reads_by_token_in_the_address_only_on_the_stream(redis_url: str) -> None:
+    with DashboardNode(redis_url, config=fast_config(), viewer_token=VIEWER) as d:
+        assert http(d.url + f"api/overview?token={VIEWER}")[0] == 401
+        with urllib.request.urlopen(d.url + f"api/stream?token={VIEWER}", timeout=10) as r:
+            assert r.readline() == b"retry: 1000\n"
+        with urllib.request.urlopen(d.url + f"api/stream?token={OPERATOR}", timeout=10) as r:  # viewer at most
+            assert r.readline() == b"retry: 1000\n"
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(d.url + "api/stream?token=wrong-token", timeout=10)
+        assert e.value.code == 401
+        e.value.close()
+
+
+def test_a_node_that_lost_its_store_says_so(own_redis: RedisServer) -> None:
+    """Redis gone: the overview answers with the node's state and why; the other reads 503."""
+    with DashboardNode(own_redis.url, config=fast_config()) as d:
+        d.call(lambda node: node.submit([TaskSpec("x")]))
+        own_redis.kill()
+
+        async def write(node: LocalNode) -> str:
+            try:
+                await node.submit([TaskSpec("y")])
+            except StoreUnavailableError as e:  # the commit fails: the node degrades
+                return str(e)
+            return "written"
+
+        assert d.call(write) != "written"
+
+        def degraded() -> dict[str, Any] | None:
+            o = http(d.url + "api/overview")[1]
+            return o if o.get("state") == "degraded" else None
+
+        o = wait_until(degraded, timeout_s=30, what="the node to notice its store is gone")
+        assert "unavailable" in o["error"]
+        status, body = http(d.url + "api/tasks")
+        assert status == 503 and "unavailable" in body["error"]
+
+
+def test_a_page_on_loopback_answers_to_loopback_names_only(redis_url: str) -> None:
+    """A DNS-rebinding site cannot read it: another Host is refused."""
+    from fedcoord.dashboard.web import LOOPBACK_HOSTS  # noqa: PLC0415
+
+    with DashboardNode(redis_url, config=fast_config(), trusted_hosts=LOOPBACK_HOSTS) as d:
+        assert http(d.url + "api/overview")[0] == 200
+        req = urllib.request.Request(d.url + "api/overview", headers={"Host": "evil.example:80"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code == 400
+        e.value.close()

@@ -4,6 +4,7 @@ against a running node. Ports are swapped for free ones; nothing else is changed
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -34,8 +35,9 @@ def _free_ports(text: str) -> str:
 @pytest.mark.slow
 def test_readme_two_node_example_runs_and_hands_off(tmp_path: Path) -> None:
     script = _free_ports(_block("sh", "export N1=")).replace("F=.venv/bin/fedcoord", f"F={BIN}/fedcoord")
+    env = {k: v for k, v in os.environ.items() if k != "FEDCOORD_DASHBOARD_LISTEN"}  # the README's ports, as written
     r = subprocess.run(
-        ["bash", "-e", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=240, check=False
+        ["bash", "-e", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=240, check=False, env=env
     )
     logs = {p.name: p.read_text()[-3000:] for p in tmp_path.glob("*.log")}
     assert r.returncode == 0, f"{r.stdout}\n{r.stderr}\n{logs}"

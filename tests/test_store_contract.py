@@ -10,6 +10,7 @@ moves the fake clock a little, on Redis it sleeps a little.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import socket
 import subprocess
@@ -720,6 +721,47 @@ def test_batch_with_every_section_is_applied_whole(store_factory: StoreFactory) 
         assert set(await s.get_finished(["old", "all-up"])) == {"old"}
         assert await s.get_idempotency(["all-key"]) == {"all-key": "all-up"}
         assert listener.next_message() == batch.events
+
+    f.run(body())
+
+
+def test_dead_letters_with_hand_off_state_and_idempotency_keys_in_one_batch(store_factory: StoreFactory) -> None:
+    """Every optional section at once: the script's keys shift with hand-off state (the dead
+    letters' key stays 7th, idempotency keys move): each section still lands in its key; and far
+    more dead letters than the script unpacks at once (7000)."""
+    f = store_factory
+    n = 9000
+
+    async def body() -> None:
+        s = await f.make("n1")
+        await s.acquire()
+        now = f.now_ns()
+        failed = [make_task(f"d{i:05d}", status=TaskStatus.FAILED, now_ns=now) for i in range(n)]
+        report = make_task("rep", status=TaskStatus.COMPLETED, now_ns=now)
+        base = full_batch(f, "mix", finish=None)
+        batch = dataclasses.replace(
+            base,
+            finished=upserts(*failed),
+            dead=[(t.id, now // 1_000_000 + i) for i, t in enumerate(failed)],
+            undead=["never-dead"],
+            reports=upserts(report),
+            refused=[("gone-id", now)],
+            intents=[("mix-up", "n2")],
+        )
+        await s.write(batch)
+        total, newest = await s.dead_letters(0, 3)
+        assert (total, newest) == (n, [f"d{n - 1:05d}", f"d{n - 2:05d}", f"d{n - 3:05d}"])
+        assert (await s.dead_letters(n - 1, 5))[1] == ["d00000"]
+        snap = await s.load()
+        assert ids_of(snap.tasks) == {"mix-up"}
+        assert snap.handoffs == {"mix-up": "n2"}
+        assert [decode_task(r).id for r in snap.reports] == ["rep"]
+        assert set(snap.refused) == {"gone-id"}
+        assert await s.get_idempotency(["mix-key"]) == {"mix-key": "mix-up"}
+        assert snap.counters == {"submitted": 1, "mix-only": 1}
+        # the requeue of all but one, in one batch
+        await s.write(WriteBatch(undead=[t.id for t in failed[1:]], now_ns=f.now_ns()))
+        assert await s.dead_letters(0, 10) == (1, ["d00000"])
 
     f.run(body())
 

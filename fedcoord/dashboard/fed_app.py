@@ -11,14 +11,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from fedcoord.dashboard.access import Access, Role
+from fedcoord.dashboard.access import Access
 from fedcoord.dashboard.fed_model import RoundsTail, federation_view
-from fedcoord.dashboard.web import Live, guarded, json, page, static_routes, stream
+from fedcoord.dashboard.web import Guard, Live, build_app, json, page, stream
 
 __all__ = ["federation_app"]
 
@@ -29,9 +28,11 @@ def federation_app(
     *,
     node_links: Callable[[], Mapping[str, str]] | None = None,
     live: Live | None = None,
+    trusted_hosts: list[str] | None = None,
 ) -> Any:
     """``node_links``: node id -> URL of its node view, when the launcher knows them."""
     live = live or Live()
+    guard = Guard(access)
     tail = RoundsTail(rounds_file)
 
     async def snapshot() -> dict[str, Any]:
@@ -44,19 +45,12 @@ def federation_app(
         return await stream(request, live, snapshot)
 
     async def info(request: Request) -> Response:
-        return json({"role": access.role_of(request) or "viewer", "rounds_file": str(rounds_file)})
+        return json({"role": access.role_of(request) or "viewer", "needs_token": access.viewer_token is not None})
 
-    def read(handler: Any) -> Any:
-        return guarded(access, Role.VIEWER, handler)
-
-    app = Starlette(
-        routes=[
-            Route("/", page("federation.html")),
-            Route("/api/info", read(info)),
-            Route("/api/federation", read(view)),
-            Route("/api/stream", read(live_stream)),
-            *static_routes(),
-        ]
-    )
-    app.state.live = live
-    return app
+    routes = [
+        Route("/", page("federation.html")),
+        Route("/api/info", guard.read(info)),
+        Route("/api/federation", guard.read(view)),
+        Route("/api/stream", guard.read(live_stream, stream=True)),
+    ]
+    return build_app(routes, live, trusted_hosts=trusted_hosts)

@@ -25,34 +25,46 @@ KEEP_ROUNDS = 720  # rounds kept for the charts (an hour at one round every 5 s)
 
 
 class RoundsTail:
-    """Reads new lines of a rounds file as they are appended (a partly written last line waits
-    for the next read; a file replaced or cut short is read again from its start)."""
+    """Reads new lines of a rounds file as they are appended. A partly written last line waits
+    for the next read; a file replaced, cut short or rewritten from its start (its first line
+    changed) is read again; a long file is read from its last ``start_bytes`` only (the charts
+    keep ``keep`` rounds)."""
 
-    def __init__(self, path: Path, keep: int = KEEP_ROUNDS):
+    def __init__(self, path: Path, keep: int = KEEP_ROUNDS, start_bytes: int = 8 << 20):
         self.path = path
+        self.start_bytes = start_bytes
         self.rounds: deque[dict[str, Any]] = deque(maxlen=keep)
         self._offset = 0
         self._inode: int | None = None
+        self._head = b""  # the file's first bytes when it was last read: a rewrite changes them
 
     def read(self) -> list[dict[str, Any]]:
         try:
             st = os.stat(self.path)
-        except FileNotFoundError:
-            return list(self.rounds)
-        if st.st_ino != self._inode or st.st_size < self._offset:
-            self._inode, self._offset = st.st_ino, 0
-            self.rounds.clear()
-        if st.st_size > self._offset:
             with open(self.path, "rb") as f:
+                head = f.read(256)
+                if st.st_ino != self._inode or st.st_size < self._offset or not head.startswith(self._head):
+                    self._inode, self._head = st.st_ino, head
+                    self.rounds.clear()
+                    self._offset = max(0, st.st_size - self.start_bytes)
+                    if self._offset:  # start at a line's beginning
+                        f.seek(self._offset - 1)
+                        self._offset += len(f.readline()) - 1
+                elif len(self._head) < len(head):
+                    self._head = head
+                if st.st_size <= self._offset:
+                    return list(self.rounds)
                 f.seek(self._offset)
                 chunk = f.read(st.st_size - self._offset)
-            end = chunk.rfind(b"\n") + 1  # whole lines only
-            for line in chunk[:end].splitlines():
-                try:
-                    self.rounds.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a SuperLink killed mid-write
-            self._offset += end
+        except FileNotFoundError:
+            return list(self.rounds)
+        end = chunk.rfind(b"\n") + 1  # whole lines only
+        for line in chunk[:end].splitlines():
+            try:
+                self.rounds.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut short by a SuperLink killed mid-write
+        self._offset += end
         return list(self.rounds)
 
 

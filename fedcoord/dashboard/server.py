@@ -91,11 +91,13 @@ class DashboardServer:
         self._server.should_exit = True
 
     async def stop(self) -> None:
+        """Stop serving (open streams end at once); never raises: a server that failed is logged."""
         self._closing()
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:
+            await asyncio.wait([task])  # (not `await task`: that would take a cancellation of ours)
+            if not task.cancelled() and task.exception() is not None:
+                log.error("the dashboard server failed: %r", task.exception())
         self._sock.close()
 
     # -- on a thread of its own

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import shutil
 import sys
 import tarfile
@@ -26,6 +27,8 @@ FILES = {"package/dist/echarts.min.js": "echarts.min.js", "package/LICENSE": "LI
 
 
 def fetch(version: str) -> str:
+    if not re.fullmatch(r"\d+\.\d+\.\d+", version):
+        raise ValueError(f"{version!r} is not a version (like 6.1.0)")
     with urllib.request.urlopen(f"{REGISTRY}/{version}", timeout=60) as r:
         meta = json.load(r)
     want = meta["dist"]["shasum"]

@@ -747,6 +747,8 @@ def _node_estimate_to_pb(n: NodeEstimate) -> fpb.NodeEstimate:
         occupied=_estimate_to_pb(n.occupied),
         capacity=n.capacity,
         load=_estimate_to_pb(n.load),
+        handed_off_out_per_s=_estimate_to_pb(n.handed_off_out_per_s),
+        handed_off_in_per_s=_estimate_to_pb(n.handed_off_in_per_s),
     )
 
 
@@ -863,7 +865,10 @@ def _node_estimate(field: str, key: str, m: fpb.NodeEstimate) -> NodeEstimate:
         name, v = ("window", m.window) if m.window < 0 else ("capacity", m.capacity)
         raise ValidationError(field, f"{at}{name}: must not be negative, got {v}", limit=">= 0")
     occupied = _estimate(field, m.occupied, f"{at}occupied.")
-    return NodeEstimate(key, m.window, occupied, m.capacity, _estimate(field, m.load, f"{at}load."))
+    load = _estimate(field, m.load, f"{at}load.")
+    moved_out = _estimate(field, m.handed_off_out_per_s, f"{at}handed_off_out_per_s.")
+    moved_in = _estimate(field, m.handed_off_in_per_s, f"{at}handed_off_in_per_s.")
+    return NodeEstimate(key, m.window, occupied, m.capacity, load, moved_out, moved_in)
 
 
 def _dropped(field: str, m: fpb.Dropped) -> tuple[str, str]:

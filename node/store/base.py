@@ -30,6 +30,7 @@ __all__ = [
     "Store",
     "bucket_of",
     "buckets_to_search",
+    "dead_cutoff_ms",
     "owned_message",
     "search_time_s",
     "spent_since",
@@ -271,6 +272,11 @@ class Store(abc.ABC):
 
 def wall_s() -> float:
     return time.time()
+
+
+def dead_cutoff_ms(at_s: float, retention_s: float) -> int:
+    """Dead letters that failed before this (Unix ms) are past the retention: not listed, trimmed."""
+    return int(at_s * 1000) - int(retention_s * 1000)
 
 
 def search_time_s(now_ns: int | None) -> float:

@@ -25,6 +25,7 @@ from node.store.base import (
     Store,
     bucket_of,
     buckets_to_search,
+    dead_cutoff_ms,
     owned_message,
     spent_since,
     wall_s,
@@ -184,7 +185,7 @@ class MemoryStore(Store):
             d.dead.pop(tid, None)
         if batch.dead:
             d.dead.update(batch.dead)
-            cutoff_ms = batch.now_ns // 1_000_000 - int(self.retention_s * 1000)
+            cutoff_ms = dead_cutoff_ms(batch.now_ns / 1e9, self.retention_s)
             for tid in [tid for tid, at in d.dead.items() if at < cutoff_ms]:
                 del d.dead[tid]
         if batch.events is not None:
@@ -232,7 +233,7 @@ class MemoryStore(Store):
 
     async def dead_letters(self, offset: int, limit: int, *, now_ns: int | None = None) -> tuple[int, list[str]]:
         at_s = self.backend.clock() if now_ns is None else now_ns / 1e9
-        cutoff_ms = int(at_s * 1000) - int(self.retention_s * 1000)
+        cutoff_ms = dead_cutoff_ms(at_s, self.retention_s)
         live = sorted(((at, tid) for tid, at in self._d.dead.items() if at >= cutoff_ms), reverse=True)
         return len(live), [tid for _, tid in live[offset : offset + limit]]
 

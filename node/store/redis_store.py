@@ -42,6 +42,7 @@ from node.store.base import (
     Store,
     bucket_of,
     buckets_to_search,
+    dead_cutoff_ms,
     owned_message,
     search_time_s,
 )
@@ -265,7 +266,7 @@ class RedisStore(Store):
             k.events if batch.events is not None else "",
             batch.events or b"",
             batch.now_ns - REFUSED_KEEP_S * 1_000_000_000,
-            batch.now_ns // 1_000_000 - int(self.retention_s * 1000),
+            dead_cutoff_ms(batch.now_ns / 1e9, self.retention_s),
         ]
         for pairs in (batch.upserts, batch.finished, batch.workers):
             for a, b in pairs:
@@ -367,7 +368,7 @@ class RedisStore(Store):
         return {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
 
     async def dead_letters(self, offset: int, limit: int, *, now_ns: int | None = None) -> tuple[int, list[str]]:
-        cutoff_ms = int(search_time_s(now_ns) * 1000) - int(self.retention_s * 1000)
+        cutoff_ms = dead_cutoff_ms(search_time_s(now_ns), self.retention_s)
         pipe = self._aio.pipeline(transaction=False)
         pipe.zcount(self.keys.dead, cutoff_ms, "+inf")
         pipe.zrevrangebyscore(self.keys.dead, "+inf", cutoff_ms, start=offset, num=limit)

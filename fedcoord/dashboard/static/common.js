@@ -21,32 +21,39 @@ const FC = (() => {
   }
 
   // The live stream: `onData` gets every snapshot. While the connection is down the page says
-  // its data is stale (since when) and EventSource keeps reconnecting on its own.
-  function live(path, onData) {
+  // its data is stale (since when) and keeps reconnecting; a stream that went silent (no
+  // snapshot, no keepalive for 20 s) is closed and opened again. `tokenInUrl`: the server needs a
+  // token for reads (EventSource cannot send a header; a token in an address is viewer-only).
+  function live(path, onData, tokenInUrl) {
     const badge = document.getElementById("live");
     const stale = document.getElementById("stale");
-    let lastOk = null, es = null;
-    const down = () => {
+    let lastOk = null, lastByte = Date.now(), es = null;
+    const say = (text) => { stale.textContent = text; stale.className = "show"; };
+    const down = async () => {
       badge.textContent = "reconnecting"; badge.className = "off";
       const since = lastOk ? new Date(lastOk).toLocaleTimeString() : "the start";
-      stale.textContent = "Connection lost: the data below is stale (last update " + since + "). Reconnecting...";
-      stale.className = "show";
+      say("Connection lost: the data below is stale (last update " + since + "). Reconnecting...");
+      try {  // why: a token the server wants, or the server away
+        const r = await fetch("/api/info", { headers: headers(), cache: "no-store" });
+        if (r.status === 401 || r.status === 403) say("This page needs a token: enter it above (the operator token works too).");
+      } catch (e) { /* away: the message above stands */ }
     };
     const open = () => {
-      const q = token() ? (path.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token()) : "";
+      if (es) es.close();
+      const q = tokenInUrl && token() ? (path.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token()) : "";
       es = new EventSource(path + q);
+      lastByte = Date.now();
       es.onmessage = (ev) => {
-        lastOk = Date.now();
+        lastOk = lastByte = Date.now();
         badge.textContent = "live"; badge.className = "on"; stale.className = "";
         const data = JSON.parse(ev.data);
-        if (data.error) { badge.textContent = "error"; badge.className = "off"; stale.textContent = data.error; stale.className = "show"; return; }
+        if (data.error && !data.state) { badge.textContent = "error"; badge.className = "off"; say(data.error); return; }
         onData(data);
       };
       es.onerror = () => { down(); if (es.readyState === EventSource.CLOSED) setTimeout(open, 1000); };
     };
     open();
-    // A stream that stops sending (a hung server) is stale too: the server sends at least a keepalive.
-    setInterval(() => { if (lastOk && Date.now() - lastOk > 20000) down(); }, 2000);
+    setInterval(() => { if (Date.now() - lastByte > 20000) { down(); open(); } }, 2000);
   }
 
   const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);

@@ -90,5 +90,6 @@
       ],
     });
   }
-  FC.live("/api/stream", render);
+  FC.get("/api/info").then((i) => FC.live("/api/stream", render, i.needs_token))
+    .catch((e) => { $("stale").textContent = e.message; $("stale").className = "show"; });
 })();

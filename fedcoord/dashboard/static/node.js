@@ -13,15 +13,13 @@
   const thChart = FC.chart("threshold-chart");
   const tpChart = FC.chart("throughput-chart");
 
-  FC.get("/api/info").then((i) => {
-    role = i.role;
-    $("node-id").textContent = i.node_id;
-    $("role").textContent = "role: " + i.role;
-    document.title = "fedcoord node " + i.node_id;
-    if (i.federation_url) { $("fed-link").href = i.federation_url; $("fed-link").hidden = false; }
-  }).catch((e) => { $("role").textContent = e.message; });
-
   function render(o) {
+    if (o.error) {  // the node is not serving (its store down, taken over, closing): say so
+      $("state").textContent = o.state; $("state").className = "tag unhealthy";
+      $("stale").textContent = `Node ${o.node_id} is ${o.state}: ${o.error}. The data below is from before.`;
+      $("stale").className = "show";
+      return;
+    }
     $("state").textContent = o.state; $("state").className = "tag " + (o.state === "serving" ? "healthy" : "unknown");
     $("c-load").textContent = pct(o.load.ratio);
     $("c-threshold").textContent = pct(o.threshold);
@@ -153,6 +151,13 @@
   $("prev").addEventListener("click", () => { offset = Math.max(0, offset - limit); loadTasks(); });
   $("next").addEventListener("click", () => { offset += limit; loadTasks(); });
 
-  FC.live("/api/stream", render);
-  loadHistory(); setInterval(loadHistory, 10000);
+  FC.get("/api/info").then((i) => {
+    role = i.role;
+    $("node-id").textContent = i.node_id;
+    $("role").textContent = "role: " + i.role;
+    document.title = "fedcoord node " + i.node_id;
+    FC.live("/api/stream", render, i.needs_token);
+    loadDead();  // (its buttons follow the role)
+    loadHistory(); setInterval(loadHistory, 10000);
+  }).catch((e) => { $("role").textContent = e.message; $("stale").textContent = e.message + ": enter a token above."; $("stale").className = "show"; });
 })();

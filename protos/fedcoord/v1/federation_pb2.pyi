@@ -85,18 +85,22 @@ class QuantileEstimate(_message.Message):
     def __init__(self, q: _Optional[float] = ..., value: _Optional[float] = ..., low: _Optional[float] = ..., high: _Optional[float] = ...) -> None: ...
 
 class NodeEstimate(_message.Message):
-    __slots__ = ("node_id", "window", "occupied", "capacity", "load")
+    __slots__ = ("node_id", "window", "occupied", "capacity", "load", "handed_off_out_per_s", "handed_off_in_per_s")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     OCCUPIED_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     LOAD_FIELD_NUMBER: _ClassVar[int]
+    HANDED_OFF_OUT_PER_S_FIELD_NUMBER: _ClassVar[int]
+    HANDED_OFF_IN_PER_S_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     window: int
     occupied: Estimate
     capacity: int
     load: Estimate
-    def __init__(self, node_id: _Optional[str] = ..., window: _Optional[int] = ..., occupied: _Optional[_Union[Estimate, _Mapping]] = ..., capacity: _Optional[int] = ..., load: _Optional[_Union[Estimate, _Mapping]] = ...) -> None: ...
+    handed_off_out_per_s: Estimate
+    handed_off_in_per_s: Estimate
+    def __init__(self, node_id: _Optional[str] = ..., window: _Optional[int] = ..., occupied: _Optional[_Union[Estimate, _Mapping]] = ..., capacity: _Optional[int] = ..., load: _Optional[_Union[Estimate, _Mapping]] = ..., handed_off_out_per_s: _Optional[_Union[Estimate, _Mapping]] = ..., handed_off_in_per_s: _Optional[_Union[Estimate, _Mapping]] = ...) -> None: ...
 
 class Dropped(_message.Message):
     __slots__ = ("node_id", "reason")
