@@ -83,6 +83,7 @@ class RoundResult:
     thresholds: dict[str, float] = field(default_factory=dict)  # fedcoord node -> threshold it set
     policies: dict[str, str] = field(default_factory=dict)
     budget_left: dict[str, float] = field(default_factory=dict)  # fedcoord node -> epsilon left
+    budget_spent: dict[str, float] = field(default_factory=dict)  # ... epsilon its tasks still counting spent
     statuses: dict[str, str] = field(default_factory=dict)  # fedcoord node -> release status
     reasons: dict[str, str] = field(default_factory=dict)  # fedcoord node -> why it sent no summary
     errors: list[str] = field(default_factory=list)
@@ -117,6 +118,7 @@ class RoundResult:
                 "thresholds": self.thresholds,
                 "policies": self.policies,
                 "budget_left": self.budget_left,
+                "budget_spent": self.budget_spent,
                 "statuses": self.statuses,
                 "reasons": self.reasons,
                 "errors": self.errors,
@@ -226,6 +228,7 @@ def run_round(
                 log.warning("round %d: node %s sent no summary (%s): %s", round_no, node, o.status.value, o.reason)
         if o.privacy is not None:
             res.budget_left[node] = o.privacy.epsilon_left
+            res.budget_spent[node] = o.privacy.epsilon_current
     return res, {sn for sn, r in replies.items() if not r.has_error()}
 
 

@@ -53,7 +53,9 @@ def test_the_model_shows_nodes_rounds_flows_budgets_and_quantiles(sim_rounds: li
     assert v["flows"]["out"].get("n0", 0.0) == pytest.approx(want, abs=1e-4)
     assert sum(v["flows"]["out"].values()) > 0 and sum(v["flows"]["in"].values()) > 0
     assert len(v["rounds"]) == len(rounds)
-    assert set(v["budget"]) == {f"n{i}" for i in range(12)}
+    assert set(v["budget"]) == set(v["budget_spent"]) == {f"n{i}" for i in range(12)}
+    assert all(0 <= x <= 1.0 + 1e-9 for pts in v["budget_spent"].values() for _, x in pts)  # epsilon 1 per task
+    assert n0["budget_spent"] == last["budget_spent"]["n0"]
     assert [q["q"] for q in v["quantiles"]] == [q["q"] for q in last["completion_quantiles_s"]]
 
 

@@ -124,6 +124,7 @@ def federation_view(
                 "policy": last.get("policies", {}).get(nid),
                 "release": last.get("statuses", {}).get(nid),
                 "budget_left": last.get("budget_left", {}).get(nid),
+                "budget_spent": last.get("budget_spent", {}).get(nid),
                 "handed_off_out_per_s": est.get("handed_off_out_per_s") if est else None,
                 "handed_off_in_per_s": est.get("handed_off_in_per_s") if est else None,
                 "url": links.get(nid),
@@ -139,9 +140,13 @@ def federation_view(
             into[nid] = into.get(nid, 0.0) + max(0.0, est.get("handed_off_in_per_s") or 0.0) / len(recent)
     tail = rs[-series:]
     budget: dict[str, list[tuple[int, float | None]]] = {}
+    spent: dict[str, list[tuple[int, float | None]]] = {}
     for r in tail:
+        at_ms = r["started_ns"] // 1_000_000
         for nid, left in r.get("budget_left", {}).items():
-            budget.setdefault(nid, []).append((r["started_ns"] // 1_000_000, left))
+            budget.setdefault(nid, []).append((at_ms, left))
+        for nid, x in r.get("budget_spent", {}).items():
+            spent.setdefault(nid, []).append((at_ms, x))
     return {
         "last": {
             "round": last["round"],
@@ -178,4 +183,5 @@ def federation_view(
         "flows_s": flows_s,
         "quantiles": last.get("completion_quantiles_s", []),
         "budget": budget,
+        "budget_spent": spent,
     }

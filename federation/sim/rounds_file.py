@@ -27,14 +27,16 @@ class RoundsWriter:
 
     def __call__(self, sh: Sharing, view: GlobalView, now: int) -> None:
         assert self._f is not None
-        thresholds, policies, budget, statuses = {}, {}, {}, {}
+        thresholds, policies, budget, spent, statuses = {}, {}, {}, {}, {}
         for i, nid in enumerate(sh.ids):
             if sh.down[i]:
                 continue
             adm = sh.admissions[i]
             thresholds[nid] = round(adm.threshold(sh.cores[i].load(), now), 4)
             policies[nid] = str(adm.cfg.policy)
-            budget[nid] = round(_privacy_status(sh, i).epsilon_left, 6)
+            status = _privacy_status(sh, i)
+            budget[nid] = round(status.epsilon_left, 6)
+            spent[nid] = round(status.epsilon_current, 6)
             statuses[nid] = "released" if nid in view.nodes else "refused"
         expected = [nid for i, nid in enumerate(sh.ids) if not sh.down[i]]
         missing = tuple(sorted(set(expected) - set(view.participants)))
@@ -42,7 +44,7 @@ class RoundsWriter:
         v = dataclasses.replace(view, at_ns=at, missing=missing)
         r = RoundResult(
             round=view.round, started_ns=at, latency_s=0.0, asked=len(expected), view=v,
-            thresholds=thresholds, policies=policies, budget_left=budget, statuses=statuses,
+            thresholds=thresholds, policies=policies, budget_left=budget, budget_spent=spent, statuses=statuses,
         )  # fmt: skip
         self._f.write(r.to_json() + "\n")
         self._f.flush()

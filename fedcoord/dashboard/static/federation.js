@@ -8,8 +8,21 @@
   const grid = { left: 50, right: 50, top: 30, bottom: 30 };
   const htag = (h) => `<span class="tag ${h === "reporting" ? "healthy" : h.startsWith("missing") ? "unhealthy" : "unknown"}">${esc(h)}</span>`;
 
+  // No new round for three periods: the aggregator (or its SuperLink) is away or restarting.
+  let lastView = null;
+  setInterval(() => {
+    if (!lastView || !lastView.last || lastView.rounds.length < 2) return;
+    const r = lastView.rounds, period = (r[r.length - 1].at_ms - r[0].at_ms) / (r.length - 1);
+    const age = Date.now() - lastView.last.started_ns / 1e6;
+    if (age > 3 * period + 5000 && $("live").textContent === "live") {
+      $("stale").textContent = `No round for ${Math.round(age / 1000)} s (rounds came every ${Math.round(period / 1000)} s): the aggregator may be restarting; the numbers below are from round #${lastView.last.round}.`;
+      $("stale").className = "show";
+    }
+  }, 2000);
+
   function render(v) {
-    if (!v.last) { $("c-round").textContent = "waiting"; return; }
+    lastView = v;
+    if (!v.last) { $("c-round").textContent = "waiting for the first round"; return; }
     const L = v.last;
     $("c-round").textContent = "#" + L.round + " " + time(L.started_ns / 1e6);
     $("c-participants").textContent = L.participants + " / " + (L.asked ?? "?");
@@ -22,10 +35,10 @@
     $("missing").textContent = L.missing.length ? "missing replies: " + L.missing.join(", ") : "";
     $("flows-min").textContent = Math.round(v.flows_s / 60);
 
-    table($("nodes"), [{ t: "node" }, { t: "health" }, { t: "load", num: 1 }, { t: "± sd", num: 1 }, { t: "queue (est.)", num: 1 }, { t: "capacity", num: 1 }, { t: "threshold", num: 1 }, { t: "policy" }, { t: "out / s", num: 1 }, { t: "in / s", num: 1 }, { t: "release" }, { t: "budget left", num: 1 }, { t: "" }],
+    table($("nodes"), [{ t: "node" }, { t: "health" }, { t: "load", num: 1 }, { t: "± sd", num: 1 }, { t: "queue (est.)", num: 1 }, { t: "capacity", num: 1 }, { t: "threshold", num: 1 }, { t: "policy" }, { t: "out / s", num: 1 }, { t: "in / s", num: 1 }, { t: "release" }, { t: "eps spent", num: 1 }, { t: "eps left", num: 1 }, { t: "" }],
       v.nodes.map((n) => `<tr><td>${esc(n.id)}</td><td>${htag(n.health)}</td>` +
         `<td class="num">${pct(n.load)}</td><td class="num">${pct(n.load_sd)}</td><td class="num">${num(n.queue, 1)}</td><td class="num">${num(n.capacity)}</td><td class="num">${pct(n.threshold)}</td><td>${esc(n.policy || "")}</td>` +
-        `<td class="num">${num(n.handed_off_out_per_s, 2)}</td><td class="num">${num(n.handed_off_in_per_s, 2)}</td><td>${esc(n.release || "")}</td><td class="num">${num(n.budget_left, 3)}</td>` +
+        `<td class="num">${num(n.handed_off_out_per_s, 2)}</td><td class="num">${num(n.handed_off_in_per_s, 2)}</td><td>${esc(n.release || "")}</td><td class="num">${num(n.budget_spent, 3)}</td><td class="num">${num(n.budget_left, 3)}</td>` +
         `<td>${n.url ? `<a href="${esc(n.url)}" target="_blank">node view</a>` : ""}</td></tr>`),
       "no node has reported yet");
 
@@ -78,7 +91,10 @@
     charts.budget.setOption({
       animation: false, grid, tooltip: { trigger: "axis" }, legend: { top: 0, type: "scroll" },
       xAxis: { type: "time" }, yAxis: { type: "value", name: "epsilon left" },
-      series: Object.entries(v.budget).slice(0, 50).map(([k, pts]) => ({ name: k, type: "line", showSymbol: false, data: pts })),
+      series: [
+        ...Object.entries(v.budget).slice(0, 25).map(([k, pts]) => ({ name: k + " left", type: "line", showSymbol: false, data: pts })),
+        ...Object.entries(v.budget_spent || {}).slice(0, 25).map(([k, pts]) => ({ name: k + " spent", type: "line", showSymbol: false, lineStyle: { type: "dashed" }, data: pts })),
+      ],
     }, { replaceMerge: ["series"] });
     charts.quantiles.setOption({
       animation: false, grid, tooltip: { trigger: "axis" },
