@@ -38,10 +38,12 @@ __all__ = [
     "RedisServer",
     "Result",
     "check",
+    "cpu_s",
     "environment",
     "make_specs",
     "make_temp_dir",
     "percentile",
+    "process_tree",
     "rss_bytes",
     "summarize_ns",
 ]
@@ -128,6 +130,40 @@ def rss_bytes() -> int:
     """Resident set size of this process now (from /proc/self/statm)."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * _PAGE
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name (which may hold spaces and parentheses)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def cpu_s(*pids: int) -> float:
+    """User + system CPU seconds of processes (from /proc; one that is gone counts 0)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            f = _stat_fields(pid)
+        except FileNotFoundError:
+            continue
+        ticks += int(f[11]) + int(f[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants now (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                children.setdefault(int(_stat_fields(int(p.name))[1]), []).append(int(p.name))
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+    seen, todo = [], [pid]
+    while todo:
+        q = todo.pop()
+        seen.append(q)
+        todo.extend(children.get(q, ()))
+    return seen
 
 
 def peak_rss_bytes() -> int:

@@ -28,7 +28,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench._common import RedisServer, Result, install_signal_handlers, positive_int
+from bench._common import RedisServer, Result, cpu_s, install_signal_handlers, positive_int, process_tree
 from fedcoord.dashboard import Access, DashboardServer
 from fedcoord.dashboard.node_app import node_app
 from node import LocalNode, NodeConfig, TaskSpec, WorkerSpec
@@ -37,7 +37,6 @@ from node.model import Priority
 NODE_PAGE_MS = 200.0
 FED_RENDER_S = 1.0
 FED_CPU_SHARE = 0.05
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def _get_ms(url: str) -> float:
@@ -45,38 +44,6 @@ def _get_ms(url: str) -> float:
     with urllib.request.urlopen(url, timeout=30) as r:
         r.read()
     return (time.perf_counter() - t0) * 1000
-
-
-def _cpu_s(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime + stime
-    return total / _TICK
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                if int((p / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append(int(p.name))
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                continue
-    return out
-
-
-def _tree(pid: int) -> list[int]:
-    seen, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        seen.append(p)
-        todo.extend(_children(p))
-    return seen
 
 
 async def _fill(node: LocalNode, n: int) -> None:
@@ -217,8 +184,8 @@ def bench_federation(args: argparse.Namespace, res: Result) -> None:
             )
             render_s = time.perf_counter() - t0
             res.row("render, every node in the table (s)", f"{render_s:.3f}")
-            browsers = [p for p in _tree(os.getpid()) if p != os.getpid() and p != proc.pid]
-            c0, b0, w0 = _cpu_s([proc.pid]), _cpu_s(browsers), time.perf_counter()
+            browsers = [p for p in process_tree(os.getpid()) if p not in (os.getpid(), proc.pid)]
+            c0, b0, w0 = cpu_s(proc.pid), cpu_s(*browsers), time.perf_counter()
             i = 10
             while time.perf_counter() - w0 < args.watch_s:
                 time.sleep(args.period_s)
@@ -227,8 +194,8 @@ def bench_federation(args: argparse.Namespace, res: Result) -> None:
                         f.write(lines[i] + "\n")
                     i += 1
             wall = time.perf_counter() - w0
-            share = (_cpu_s([proc.pid]) - c0) / wall
-            browser_share = (_cpu_s(browsers) - b0) / wall
+            share = (cpu_s(proc.pid) - c0) / wall
+            browser_share = (cpu_s(*browsers) - b0) / wall
             shown = tab.page.locator("#c-round").text_content() or ""
             if not shown.startswith(f"#{i - 1} ") and not shown.startswith("#"):
                 res.errors.append(f"the page did not follow the rounds: {shown!r}")

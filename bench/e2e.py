@@ -28,6 +28,7 @@ from pathlib import Path
 from bench._common import (
     Result,
     check,
+    cpu_s,
     install_signal_handlers,
     make_specs,
     make_temp_dir,
@@ -74,12 +75,6 @@ def process(args: list[str], log: Path) -> Iterator[subprocess.Popen[str]]:
             proc.stdout.close()
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a live process (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def run(args: argparse.Namespace, res: Result) -> None:
     tmp = make_temp_dir("e2e")
     address = f"127.0.0.1:{_free_port()}"
@@ -107,7 +102,7 @@ def run(args: argparse.Namespace, res: Result) -> None:
                     raise RuntimeError(f"the worker did not attach: {(tmp / 'worker.log').read_text()[-2000:]}")
                 time.sleep(0.05)
             specs = make_specs(args.tasks, False)
-            cpu0 = {"node": _cpu_s(node.pid), "worker": _cpu_s(worker.pid), "producer": time.process_time()}
+            cpu0 = {"node": cpu_s(node.pid), "worker": cpu_s(worker.pid), "producer": time.process_time()}
             futures: list[concurrent.futures.Future[str]] = []
             t0 = time.perf_counter()
             gap = 1.0 / args.rate if args.rate else 0.0
@@ -130,8 +125,8 @@ def run(args: argparse.Namespace, res: Result) -> None:
                 time.sleep(0.02)
             elapsed = time.perf_counter() - t0
             cpu = {
-                "node": round(_cpu_s(node.pid) - cpu0["node"], 2),
-                "worker": round(_cpu_s(worker.pid) - cpu0["worker"], 2),
+                "node": round(cpu_s(node.pid) - cpu0["node"], 2),
+                "worker": round(cpu_s(worker.pid) - cpu0["worker"], 2),
                 "producer": round(time.process_time() - cpu0["producer"], 2),
             }
             waits_ms: list[float] = []

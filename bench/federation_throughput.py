@@ -29,8 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench._common import Result, check, install_signal_handlers, make_specs, make_temp_dir, positive_int
-from bench.e2e import _cpu_s, _free_port, process
+from bench._common import Result, check, cpu_s, install_signal_handlers, make_specs, make_temp_dir, positive_int
+from bench.e2e import _free_port, process
 from bench.federation import _cpu_s as _machine_cpu_s
 from federation.up import read_rounds as _rounds
 from node.rpc.client import NodeClient
@@ -79,7 +79,7 @@ def _one_run(
                 _wait(_took_part(rounds_file, node_id), 120, f"{node_id} taking part in a round", [node, worker])
             rounds_before = len(_rounds(rounds_file)) if rounds_file is not None else 0
             specs = make_specs(args.tasks, False)
-            node_cpu0, machine0 = _cpu_s(node.pid), _machine_cpu_s()
+            node_cpu0, machine0 = cpu_s(node.pid), _machine_cpu_s()
             t0 = time.perf_counter()
             futures: list[concurrent.futures.Future[str]] = [client.submit_one(s) for s in specs]
             ids = [f.result() for f in futures]
@@ -91,7 +91,7 @@ def _one_run(
                     break
                 time.sleep(0.02)
             elapsed = time.perf_counter() - t0
-            node_cpu, machine = _cpu_s(node.pid) - node_cpu0, _machine_cpu_s() - machine0
+            node_cpu, machine = cpu_s(node.pid) - node_cpu0, _machine_cpu_s() - machine0
             spanned = [r for r in _rounds(rounds_file)[rounds_before:]] if rounds_file is not None else []
     return {
         "mode": "on" if federation else "off",

@@ -20,8 +20,9 @@ __all__ = ["NODE_HELP", "node"]
 
 log = logging.getLogger("fedcoord.dashboard")
 
-NODE_HELP = """Run a node: the task manager served over gRPC, with health checking, reflection and a
-Prometheus /metrics endpoint, on an embedded Redis unless --redis-url names one.
+NODE_HELP = """Run a node: the task manager served over gRPC, with health checking, reflection, a
+Prometheus /metrics endpoint and a web node view (--dashboard-listen; its URL and where its
+operator token is are the second line printed), on an embedded Redis unless --redis-url names one.
 
 Settings come from a TOML file (--config, or $FEDCOORD_CONFIG; see deploy/node.example.toml for
 every key), then FEDCOORD_* environment variables (FEDCOORD_LISTEN, FEDCOORD_HANDOFF__BATCH=500),

@@ -15,9 +15,8 @@ import pickle
 import signal
 import subprocess
 import sys
-import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,6 +47,7 @@ from node.rpc.client import AsyncNodeClient, NodeClient, RemoteCallError, error_
 from node.rpc.server import NodeServer, ServerOptions
 from node.rpc.servicers import ServiceLimits
 from tests.conftest import async_wait_until, free_port, wait_until
+from tests.node_thread import NodeThread
 from tests.test_runtime import fast_config, run
 
 T = TypeVar("T")
@@ -408,64 +408,27 @@ def test_close_sends_what_is_still_lingering(redis_url: str) -> None:
 # ------------------------------------------------------------------------------------ sync client
 
 
-class BackgroundNode:
+class BackgroundNode(NodeThread):
     """A LocalNode and its NodeServer on an event loop of their own, in a thread: for the sync
     client and the command line, which block the calling thread."""
 
     def __init__(self, redis_url: str, options: ServerOptions | None = None):
+        super().__init__("test-node")
         self.redis_url = redis_url
         self.options = options or ServerOptions()
-        self.loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, name="test-node", daemon=True)
-        self.node: LocalNode | None = None
         self.address = ""
 
-    def _main(self) -> None:
-        try:
-            self.loop.run_until_complete(self._serve())
-        except BaseException as e:  # noqa: BLE001 - handed to the test thread, which raises it
-            self._error = e
-            self._ready.set()
-        finally:
-            self.loop.close()
-
-    async def _serve(self) -> None:
-        self._stop = asyncio.Event()
+    async def _serve(self, stop: asyncio.Event) -> None:
         async with (
             LocalNode.open("n1", self.redis_url, config=fast_config()) as node,
             NodeServer(node, self.options) as server,
         ):
             self.node, self.address = node, server.address
-            self._ready.set()
-            await self._stop.wait()
-
-    def call(self, fn: Callable[[LocalNode], Awaitable[T]]) -> T:
-        """Run ``fn(node)`` on the node's loop; its result."""
-        assert self.node is not None
-        node = self.node
-
-        async def go() -> T:
-            return await fn(node)
-
-        return asyncio.run_coroutine_threadsafe(go(), self.loop).result(30)
+            self.ready()
+            await stop.wait()
 
     def get(self, task_id: str) -> Task:
         return self.call(lambda node: node.get(task_id))
-
-    def __enter__(self) -> BackgroundNode:
-        self._thread.start()
-        assert self._ready.wait(30), "the node did not start"
-        if self._error is not None:
-            raise self._error
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._stop is not None:
-            self.loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(30)
 
 
 @pytest.fixture

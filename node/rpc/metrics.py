@@ -90,8 +90,9 @@ class Snapshot:
 
 
 def _read(node: LocalNode) -> Snapshot:
-    """Cheap synchronous reads, on the loop. LocalNode has no public accessors for the core's
-    counters yet: this is the one place that reaches into it."""
+    """Cheap synchronous reads, on the loop. They reach into the core rather than through
+    LocalNode's accessors (``status_counts``, ``queue_depths``, ...), which refuse while the node
+    is not serving: the gauges go on showing a degraded or fenced node's last state."""
     core = node._core
     now_ns = node._now()
     load = core.load()
