@@ -28,12 +28,14 @@ from bench._common import (
     RedisServer,
     Result,
     check,
+    cpu_s,
     gc_tune,
     install_signal_handlers,
     make_specs,
     make_temp_dir,
     peak_rss_bytes,
     positive_int,
+    process_tree,
 )
 from node import LocalNode, NodeConfig, WorkerSpec
 from node.store.keys import NodeKeys
@@ -179,6 +181,8 @@ async def run(args: argparse.Namespace, res: Result) -> None:
         gc.collect()
         with mon.active():
             t0 = time.perf_counter()
+            viewer_pids = process_tree(viewer.pid) if viewer is not None else []
+            viewer_cpu0 = cpu_s(*viewer_pids)
             workers = [
                 asyncio.create_task(worker(node, c, f"w{i}", args.claim, args.wait_s)) for i in range(args.workers)
             ]
@@ -188,6 +192,10 @@ async def run(args: argparse.Namespace, res: Result) -> None:
             ]
             await _until_done(c, [*producers, *workers], args.timeout_s, res)
             t_end = max((t for t, _ in c.acks), default=time.perf_counter())
+            if viewer is not None:  # what the viewer (the browser's processes) took from the two cores
+                res["dashboard"]["viewer_cpu_pct"] = round(
+                    100 * (cpu_s(*viewer_pids) - viewer_cpu0) / (time.perf_counter() - t0), 1
+                )
             c.all_done.set()
             for t in producers:  # only after a failure or a timeout is one still running
                 t.cancel()

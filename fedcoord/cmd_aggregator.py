@@ -56,7 +56,8 @@ def aggregator(
     dashboard_listen: Annotated[
         str,
         typer.Option(
-            help="The federation view (web page) on host:port; '' for none.",
+            help="The federation view (web page) on host:port; '' for none. Served over TLS with the "
+            "SuperLink's certificate; with --insecure on loopback only.",
             envvar="FEDCOORD_FEDERATION_DASHBOARD_LISTEN",
         ),
     ] = "127.0.0.1:9466",
@@ -105,7 +106,9 @@ def aggregator(
         from fedcoord.cmd_dashboard import start_federation_view  # noqa: PLC0415
 
         try:
-            view = start_federation_view(status, dashboard_listen)
+            view = start_federation_view(  # over TLS with the SuperLink's certificate, unless --insecure
+                status, dashboard_listen, tls=None if files is None else (files[0], files[1])
+            )
             typer.echo(f"federation view {view.url}", err=True)
         except (OSError, ValueError) as e:  # the federation runs on without its page
             typer.echo(f"fedcoord aggregator: no federation view on {dashboard_listen}: {e}", err=True)

@@ -33,10 +33,15 @@ DEFAULT_LISTEN = "127.0.0.1:9466"
 
 
 def start_federation_view(
-    rounds_file: Path, listen: str, *, node_links: Callable[[], Mapping[str, str]] | None = None
+    rounds_file: Path,
+    listen: str,
+    *,
+    node_links: Callable[[], Mapping[str, str]] | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> DashboardServer:
     """The federation view on a thread of its own; returns the server (``.url``, ``.stop_thread()``).
-    Raises OSError when the address is taken."""
+    Raises OSError when the address is taken, ValueError for an address off loopback without
+    ``tls`` (certificate, key)."""
     from fedcoord.dashboard import Access, DashboardServer  # noqa: PLC0415
     from fedcoord.dashboard.fed_app import federation_app  # noqa: PLC0415
     from fedcoord.dashboard.server import bind  # noqa: PLC0415
@@ -46,7 +51,7 @@ def start_federation_view(
     app = federation_app(
         rounds_file, Access.generated(), node_links=node_links, trusted_hosts=trusted_for(sock.getsockname()[0])
     )
-    server = DashboardServer(app, sock=sock)
+    server = DashboardServer(app, sock=sock, tls=tls)
     server.start_thread()
     return server
 
@@ -56,7 +61,11 @@ def dashboard(
     rounds_file: Annotated[
         Path, typer.Option("--rounds-file", dir_okay=False, help="The rounds file (JSON lines) to show.")
     ],
-    listen: Annotated[str, typer.Option(help="The page's address, host:port.")] = DEFAULT_LISTEN,
+    listen: Annotated[
+        str, typer.Option(help="The page's address, host:port (off loopback: only with --tls-cert and --tls-key).")
+    ] = DEFAULT_LISTEN,
+    tls_cert: Annotated[Path | None, typer.Option(help="Serve HTTPS with this certificate (PEM).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Its private key (PEM).")] = None,
 ) -> None:
     from fedcoord.dashboard.server import parse_listen  # noqa: PLC0415
 
@@ -66,8 +75,18 @@ def dashboard(
         raise typer.BadParameter(str(e), param_hint="--listen") from None
     if not rounds_file.exists():
         typer.echo(f"note: {rounds_file} does not exist yet; the page waits for its first round", err=True)
+    if (tls_cert is None) != (tls_key is None):
+        raise typer.BadParameter("TLS needs both --tls-cert and --tls-key", param_hint="--tls-cert")
+    for p in (x for x in (tls_cert, tls_key) if x is not None):
+        if not p.is_file():
+            raise typer.BadParameter(f"{p}: no such file", param_hint="--tls-*")
+    tls = None if tls_cert is None or tls_key is None else (tls_cert, tls_key)
     try:
-        server = start_federation_view(rounds_file, listen)
+        server = start_federation_view(rounds_file, listen, tls=tls)
+    except ValueError as e:
+        raise typer.BadParameter(
+            f"{e} (give --tls-cert and --tls-key, or a loopback address)", param_hint="--listen"
+        ) from None
     except OSError as e:
         typer.echo(f"fedcoord dashboard: {listen}: {e.strerror}", err=True)
         raise typer.Exit(1) from None

@@ -49,7 +49,11 @@ def node(
         str | None, typer.Option(help="Prometheus address host:port, '' for none [default: 127.0.0.1:9464].")
     ] = None,
     dashboard_listen: Annotated[
-        str | None, typer.Option(help="Web node view address host:port, '' for none [default: 127.0.0.1:9465].")
+        str | None,
+        typer.Option(
+            help="Web node view address host:port, '' for none; off loopback it is served over TLS with "
+            "--tls-cert/--tls-key (a plaintext node is refused) [default: 127.0.0.1:9465]."
+        ),
     ] = None,
     redis_url: Annotated[str | None, typer.Option(help="Redis to keep tasks in [default: an embedded one].")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Embedded Redis data [default: ./data/NODE_ID].")] = None,
@@ -216,7 +220,9 @@ async def _run(cfg: Any, join: Any = None) -> None:
                 log.warning(
                     "the node view listens on %s with no dashboard_viewer_token: anyone who reaches it reads it", host
                 )
-            d = DashboardServer(node_app(s.node, access, trusted_hosts=trusted), sock=sock)
+            t = s.config.tls  # (off loopback the config requires TLS: the node's certificate serves the page)
+            tls = None if t.cert_file is None or t.key_file is None else (Path(t.cert_file), Path(t.key_file))
+            d = DashboardServer(node_app(s.node, access, trusted_hosts=trusted), sock=sock, tls=tls)
             d.start()
             dashboard.append(d)
             print(f"dashboard {d.url} (operator token: {where})", flush=True)

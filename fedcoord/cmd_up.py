@@ -128,7 +128,7 @@ def up(
         str,
         typer.Option(
             help="The federation view (web page, linking each node's view) on host:port; '' for none "
-            "[default: a free port on loopback, printed].",
+            "[default: a free port on loopback, printed]. Loopback only: up runs without TLS.",
             envvar="FEDCOORD_FEDERATION_DASHBOARD_LISTEN",
         ),
     ] = "127.0.0.1:0",
@@ -163,7 +163,7 @@ def up(
             try:
                 view = start_federation_view(fed.status_file, dashboard_listen, node_links=fed.node_links)
                 fed.dashboard_url = view.url
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError) as e:  # (ValueError: off loopback, which needs TLS)
                 console.print(f"fedcoord up: no federation view on {dashboard_listen}: {e}")
         if not json_out:
             console.print(f"[bold]federation up[/bold] in {root} (Ctrl-C stops it)")

@@ -53,9 +53,16 @@ class DashboardNode(NodeThread):
                 await server.stop()
 
 
-def http(url: str, *, method: str = "GET", token: str | None = None, timeout_s: float = 10.0) -> tuple[int, Any]:
+def http(
+    url: str,
+    *,
+    method: str = "GET",
+    token: str | None = None,
+    headers: dict[str, str] | None = None,
+    timeout_s: float = 10.0,
+) -> tuple[int, Any]:
     """(status, decoded JSON body) of one request."""
-    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None, headers=headers or {})
     if token is not None:
         req.add_header("Authorization", f"Bearer {token}")
     try:

@@ -155,6 +155,8 @@ def test_a_taken_dashboard_address_is_refused_before_serving(tmp_path: Path, red
         (["--listen", "127.0.0.1:0"], "TLS"),
         (["--listen", "127.0.0.1:0", "--insecure", "--log-format", "xml"], "log_format"),
         (["--listen", "127.0.0.1:0", "--insecure", "--dashboard-listen", "localhost"], "dashboard_listen"),
+        # a node view off loopback: only over TLS (a plaintext node has no certificate for it)
+        (["--listen", "127.0.0.1:0", "--insecure", "--dashboard-listen", "0.0.0.0:0"], "only over TLS"),
     ],
 )
 def test_unsafe_or_bad_settings_are_refused_before_serving(
@@ -170,6 +172,33 @@ def test_unsafe_or_bad_settings_are_refused_before_serving(
     )
     assert r.returncode == 2, r.stderr
     assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_node_view_off_loopback_is_served_over_tls_with_the_nodes_certificate(
+    tmp_path: Path, redis_url: str, started: list[NodeProc]
+) -> None:
+    import ssl  # noqa: PLC0415
+
+    files = make_cluster(tmp_path / "certs", ["node1"])
+    cert = files.certs["node1"]
+    port = free_port()
+    p = NodeProc(
+        ["--node-id", "tv1", "--listen", f"127.0.0.1:{free_port()}", "--metrics-listen", "", "--redis-url", redis_url,
+         "--tls-cert", str(cert.cert), "--tls-key", str(cert.key), "--tokens", str(files.tokens),
+         "--dashboard-listen", f"0.0.0.0:{port}"],
+        tmp_path,
+    )  # fmt: skip
+    started.append(p)
+    p.wait_serving()
+    assert p.proc.stdout is not None
+    line = p.proc.stdout.readline()
+    assert line.startswith(f"dashboard https://0.0.0.0:{port}/"), line
+    ctx = ssl.create_default_context(cafile=str(files.ca.cert))
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}/api/info", context=ctx, timeout=10) as r:
+        assert r.status == 200 and b'"node_id":"tv1"' in r.read()
+    with pytest.raises((urllib.error.URLError, ConnectionError)):  # plaintext is not answered
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info", timeout=10)
+    assert p.stop() == 0
 
 
 def test_tls_and_tokens_with_roles(tmp_path: Path, redis_url: str, started: list[NodeProc]) -> None:

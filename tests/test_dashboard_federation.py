@@ -120,3 +120,14 @@ def test_the_page_goes_live_and_follows_new_rounds(tmp_path: Path, sim_rounds: l
             assert tab.errors == []
     finally:
         server.stop_thread()
+
+
+def test_the_federation_view_off_loopback_needs_tls(tmp_path: Path) -> None:
+    rounds = tmp_path / "rounds.jsonl"
+    r = subprocess.run(
+        [*FEDCOORD, "dashboard", "--rounds-file", str(rounds), "--listen", "0.0.0.0:0"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert r.returncode == 2 and "only over TLS" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    with pytest.raises(ValueError, match="only over TLS"):
+        start_federation_view(rounds, "0.0.0.0:0")

@@ -197,6 +197,20 @@ def test_removing_a_gone_worker_needs_the_operator_token(dn: DashboardNode) -> N
     assert http(url, method="POST", token=OPERATOR)[0] == 404
 
 
+def test_an_action_from_another_site_is_refused_even_with_the_token(dn: DashboardNode) -> None:
+    dn.call(lambda node: node.register_worker(WorkerSpec("w1", concurrency=1)))
+    url = dn.url + "api/workers/w1/remove"
+    own = dn.url.rstrip("/")
+    for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"},
+                    {"Sec-Fetch-Site": "same-site", "Origin": own}):  # fmt: skip
+        status, body = http(url, method="POST", token=OPERATOR, headers=headers)
+        assert status == 403 and "cross-site" in body["error"], (headers, body)
+    assert len(http(dn.url + "api/overview")[1]["workers"]) == 1  # nothing was done
+    # the page's own requests (same origin, as Chromium sends them) act
+    same = {"Origin": own, "Sec-Fetch-Site": "same-origin"}
+    assert http(url, method="POST", token=OPERATOR, headers=same) == (200, {"removed": "w1"})
+
+
 def test_the_stream_sends_a_change_without_being_asked(dn: DashboardNode) -> None:
     """Server-sent events: the first snapshot at once, then a new one after a submit."""
     req = urllib.request.Request(dn.url + "api/stream")

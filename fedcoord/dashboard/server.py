@@ -14,10 +14,13 @@ import logging
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
+
+from node.rpc.auth import is_loopback
 
 __all__ = ["DashboardServer", "bind", "parse_listen"]
 
@@ -59,14 +62,28 @@ class DashboardServer:
     """One ASGI app on one socket. ``url`` is known as soon as it is made (the socket is bound
     in the constructor)."""
 
-    def __init__(self, app: ASGIApp, listen: str = "127.0.0.1:0", *, sock: socket.socket | None = None):
+    def __init__(
+        self,
+        app: ASGIApp,
+        listen: str = "127.0.0.1:0",
+        *,
+        sock: socket.socket | None = None,
+        tls: tuple[Path, Path] | None = None,
+    ):
+        """``tls``: (certificate, key) PEM files: HTTPS. Without it only a loopback address is
+        served (ValueError otherwise): tokens and task data do not cross a network in the clear."""
         self._sock = sock if sock is not None else bind(listen)
         host, port = self._sock.getsockname()[:2]
+        if tls is None and not is_loopback(f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"):
+            self._sock.close()
+            raise ValueError(f"{host} is not a loopback address: a dashboard there is served only over TLS")
         self.host, self.port = host, port
         shown = f"[{host}]" if ":" in host else host
-        self.url = f"http://{shown}:{port}/"
+        self.url = f"{'https' if tls else 'http'}://{shown}:{port}/"
         config = uvicorn.Config(
             app,
+            ssl_certfile=None if tls is None else str(tls[0]),
+            ssl_keyfile=None if tls is None else str(tls[1]),
             log_level="warning",
             access_log=False,
             lifespan="off",

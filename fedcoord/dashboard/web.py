@@ -137,7 +137,26 @@ class Guard:
         return guarded(self.access, Role.VIEWER, handler, query_token=stream)
 
     def act(self, handler: Handler) -> Handler:
-        return guarded(self.access, Role.OPERATOR, handler)
+        checked = guarded(self.access, Role.OPERATOR, handler)
+
+        async def same_origin_only(request: Request) -> Response:
+            why = cross_site(request)
+            return error(403, why) if why is not None else await checked(request)
+
+        return same_origin_only
+
+
+def cross_site(request: Request) -> str | None:
+    """Why an action comes from another site, or None. A browser says where a request comes from
+    (``Sec-Fetch-Site``, ``Origin`` on every POST); a client that is not a browser sends neither
+    and still needs the operator token."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        return f"cross-site request refused (Sec-Fetch-Site: {site})"
+    origin = request.headers.get("origin")
+    if origin is not None and origin != f"{request.url.scheme}://{request.headers.get('host', '')}":
+        return f"cross-site request refused (Origin: {origin[:100]})"
+    return None
 
 
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]

@@ -550,6 +550,14 @@ def _check_server(c: ServerConfig) -> None:
         parse_address(c.metrics_listen, "metrics_listen")
     if c.dashboard_listen:
         parse_address(c.dashboard_listen, "dashboard_listen")
+        from node.rpc.auth import is_loopback  # noqa: PLC0415 - (auth needs grpc; config alone does not)
+
+        if not is_loopback(c.dashboard_listen) and c.tls.cert_file is None:
+            raise ValidationError(
+                "dashboard_listen",
+                f"{c.dashboard_listen} is not a loopback address: the node view is served there only over "
+                "TLS, with the node's certificate (tls.cert_file, tls.key_file); or give a loopback address",
+            )
     for key in ("dashboard_operator_token", "dashboard_viewer_token"):
         tok = getattr(c, key)
         if tok is not None and (len(tok) < 8 or any(ch.isspace() for ch in tok)):

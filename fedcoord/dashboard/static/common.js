@@ -76,13 +76,16 @@ const FC = (() => {
     window.addEventListener("resize", () => c.resize());
     return c;
   };
+  // `same(key, value)`: true when `value` is what it was the last time under `key` (then the
+  // page leaves that part alone: redrawing an unchanged table or chart is the browser's main cost).
+  const memo = () => { const last = {}; return (k, v) => { const s = JSON.stringify(v); if (last[k] === s) return true; last[k] = s; return false; }; };
   function tokenBox() {
     const box = document.getElementById("token");
     if (!box) return;
     box.value = token();
     box.addEventListener("change", () => { setToken(box.value.trim()); location.reload(); });
   }
-  return { get, post, live, esc, num, pct, secs, tag, table, chart, token, tokenBox };
+  return { get, post, live, esc, num, pct, secs, tag, table, chart, memo, token, tokenBox };
 })();
 // A token given in the address is kept for this tab and taken out of the address bar.
 if (new URLSearchParams(location.search).get("token")) history.replaceState(null, "", location.pathname);

@@ -12,22 +12,26 @@
   const queueChart = FC.chart("queue-chart");
   const thChart = FC.chart("threshold-chart");
   const tpChart = FC.chart("throughput-chart");
+  const same = FC.memo();  // what is unchanged since the last snapshot is not drawn again
 
   function render(o) {
     if (o.error) {  // the node is not serving (its store down, taken over, closing): say so
       $("state").textContent = o.state; $("state").className = "tag unhealthy";
       $("stale").textContent = `Node ${o.node_id} is ${o.state}: ${o.error}. The data below is from before.`;
       $("stale").className = "show";
+      same("cards", null);  // (the state tag is drawn again when the node serves again)
       return;
     }
-    $("state").textContent = o.state; $("state").className = "tag " + (o.state === "serving" ? "healthy" : "unknown");
-    $("c-load").textContent = pct(o.load.ratio);
-    $("c-threshold").textContent = pct(o.threshold);
-    $("c-ready").textContent = num(o.load.ready);
-    $("c-leased").textContent = num(o.load.leased) + " / " + num(o.load.slots);
-    $("c-oldest").textContent = secs(o.oldest_queued_age_s);
-    $("c-completed").textContent = num(o.totals.completed || 0);
-    queueChart.setOption({
+    if (!same("cards", [o.state, o.load, o.threshold, o.oldest_queued_age_s, o.totals.completed])) {
+      $("state").textContent = o.state; $("state").className = "tag " + (o.state === "serving" ? "healthy" : "unknown");
+      $("c-load").textContent = pct(o.load.ratio);
+      $("c-threshold").textContent = pct(o.threshold);
+      $("c-ready").textContent = num(o.load.ready);
+      $("c-leased").textContent = num(o.load.leased) + " / " + num(o.load.slots);
+      $("c-oldest").textContent = secs(o.oldest_queued_age_s);
+      $("c-completed").textContent = num(o.totals.completed || 0);
+    }
+    if (!same("queues", o.queues)) queueChart.setOption({
       animation: false, grid: { left: 50, right: 50, top: 20, bottom: 30 }, tooltip: { trigger: "axis" },
       xAxis: { type: "category", data: o.queues.map((q) => q.priority) },
       yAxis: [{ type: "value", name: "tasks", minInterval: 1 }, { type: "value", name: "oldest s" }],
@@ -36,17 +40,17 @@
         { name: "oldest waited (s)", type: "line", yAxisIndex: 1, data: o.queues.map((q) => q.oldest_age_s ?? 0), itemStyle: { color: "#e08a1e" } },
       ],
     });
-    table($("lines"), [{ t: "capabilities" }, { t: "difficulty", num: 1 }, { t: "priority" }, { t: "in line", num: 1 }, { t: "oldest waited", num: 1 }, { t: "workers able", num: 1 }],
+    if (!same("lines", o.lines)) table($("lines"), [{ t: "capabilities" }, { t: "difficulty", num: 1 }, { t: "priority" }, { t: "in line", num: 1 }, { t: "oldest waited", num: 1 }, { t: "workers able", num: 1 }],
       o.lines.map((l) => `<tr><td>${esc(l.capabilities.join(", ") || "(none)")}</td><td class="num">${l.difficulty}</td><td>${esc(l.priority)}</td><td class="num">${num(l.depth)}</td><td class="num">${secs(l.oldest_age_s)}</td><td class="num ${l.takers ? "" : "err"}">${l.takers}</td></tr>`),
       "nothing in line");
-    table($("types"), [{ t: "type" }, { t: "active tasks", num: 1 }],
+    if (!same("types", o.types)) table($("types"), [{ t: "type" }, { t: "active tasks", num: 1 }],
       Object.entries(o.types).map(([k, v]) => `<tr><td>${esc(k)}</td><td class="num">${num(v)}</td></tr>`), "no active tasks");
-    table($("workers"), [{ t: "worker" }, { t: "health" }, { t: "skill", num: 1 }, { t: "capabilities" }, { t: "load", num: 1 }, { t: "active", num: 1 }, { t: "completed", num: 1 }, { t: "failed", num: 1 }, { t: "success rate", num: 1 }, { t: "avg completion", num: 1 }, { t: "" }],
+    if (!same("workers", o.workers)) table($("workers"), [{ t: "worker" }, { t: "health" }, { t: "skill", num: 1 }, { t: "capabilities" }, { t: "load", num: 1 }, { t: "active", num: 1 }, { t: "completed", num: 1 }, { t: "failed", num: 1 }, { t: "success rate", num: 1 }, { t: "avg completion", num: 1 }, { t: "" }],
       o.workers.map((w) => `<tr><td>${esc(w.id)}</td><td>${tag(w.health)}</td><td class="num">${w.skill}</td><td>${esc(w.capabilities.join(", "))}</td><td class="num">${pct(w.load)}</td><td class="num">${w.active} / ${w.concurrency}</td><td class="num">${num(w.completed)}</td><td class="num">${num(w.failed)}</td><td class="num">${pct(w.success_rate)}</td><td class="num">${secs(w.avg_completion_s)}</td>` +
         `<td>${w.health !== "healthy" ? `<button class="act" data-remove="${esc(w.id)}" ${role === "operator" ? "" : "disabled title='needs the operator token'"}>remove</button>` : ""}</td></tr>`),
       "no workers registered");
     const to = o.handoff ? Object.entries(o.handoff.to_peers) : [];
-    table($("handoffs"), [{ t: "peer" }, { t: "tasks handed off", num: 1 }],
+    if (!same("handoffs", o.handoff)) table($("handoffs"), [{ t: "peer" }, { t: "tasks handed off", num: 1 }],
       to.map(([p, n]) => `<tr><td>${esc(p)}</td><td class="num">${num(n)}</td></tr>`), o.handoff ? "none lately" : "hand-off is off on this node");
     // What changed decides what to fetch again (at most once a second: a busy node changes all the time).
     const totals = JSON.stringify(o.totals), active = JSON.stringify(o.active);
