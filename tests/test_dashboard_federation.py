@@ -69,6 +69,13 @@ def test_a_missing_node_and_an_empty_file_are_shown_as_such(sim_rounds: list[str
     n3 = next(n for n in v["nodes"] if n["id"] == "n3")
     assert n3["health"] == "missing" and n3["load"] is None
     assert v["last"]["missing"] == ["n3"]
+    # a SuperNode missing before it told its node id: the ServerApp's placeholder, shown while the
+    # last round has it, gone once a later round knows every node by its id
+    early = json.loads(sim_rounds[-2])
+    early["missing"] = ["supernode-7151"]
+    assert "supernode-7151" in [n["id"] for n in federation_view([json.loads(sim_rounds[-3]), early])["nodes"]]
+    later = federation_view([early, json.loads(sim_rounds[-1])])
+    assert not any(n["id"].startswith("supernode-") for n in later["nodes"]), later["nodes"]
 
 
 def test_the_tail_reads_whole_lines_as_they_come_and_a_new_file_again(tmp_path: Path, sim_rounds: list[str]) -> None:

@@ -102,7 +102,11 @@ def federation_view(
     known: dict[str, None] = {}
     for r in rs:
         for k in (*r.get("nodes", {}), *r.get("thresholds", {}), *r.get("missing", ())):
-            known.setdefault(k, None)
+            # "supernode-ID": a SuperNode missing before it ever told its node id (the ServerApp's
+            # placeholder); once it has, it is listed by its id: the placeholder stays only while
+            # the last round still has it
+            if not k.startswith("supernode-") or r is last:
+                known.setdefault(k, None)
     for k in links:
         known.setdefault(k, None)
     nodes = []
