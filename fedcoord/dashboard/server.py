@@ -20,7 +20,7 @@ from typing import Any
 import uvicorn
 from starlette.types import ASGIApp
 
-from node.rpc.auth import is_loopback
+from node.rpc.auth import is_loopback_host
 
 __all__ = ["DashboardServer", "bind", "parse_listen"]
 
@@ -74,7 +74,7 @@ class DashboardServer:
         served (ValueError otherwise): tokens and task data do not cross a network in the clear."""
         self._sock = sock if sock is not None else bind(listen)
         host, port = self._sock.getsockname()[:2]
-        if tls is None and not is_loopback(f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"):
+        if tls is None and not is_loopback_host(host):
             self._sock.close()
             raise ValueError(f"{host} is not a loopback address: a dashboard there is served only over TLS")
         self.host, self.port = host, port

@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from fedcoord.dashboard.access import Access, Denied, Role
+from node.rpc.auth import is_loopback_host
 
 __all__ = [
     "LOOPBACK_HOSTS",
@@ -165,7 +166,7 @@ LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
 def trusted_for(host: str) -> list[str] | None:
     """The Host names a page bound to ``host`` answers to: loopback names on loopback, any
     name elsewhere (a page on a network interface is reached by names it cannot know)."""
-    return LOOPBACK_HOSTS if host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.") else None
+    return LOOPBACK_HOSTS if is_loopback_host(host) else None
 
 
 def build_app(routes: Sequence[BaseRoute], live: Live, *, trusted_hosts: list[str] | None) -> Starlette:

@@ -60,6 +60,7 @@ __all__ = [
     "check_plaintext",
     "described_methods",
     "is_loopback",
+    "is_loopback_host",
     "server_credentials",
 ]
 
@@ -465,7 +466,8 @@ def _hosts_of(address: str) -> list[str]:
     return hosts
 
 
-def _host_is_loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """Whether a host name or IP (no port: ``127.0.0.2``, ``::1``, ``localhost``) is this machine's loopback."""
     name = host.lower().rstrip(".")
     if name == "localhost":
         return True
@@ -485,7 +487,7 @@ def is_loopback(address: str) -> bool:
     if address.startswith(("unix:", "unix-abstract:")):
         return True
     hosts = _hosts_of(address)
-    return bool(hosts) and all(_host_is_loopback(h) for h in hosts)
+    return bool(hosts) and all(is_loopback_host(h) for h in hosts)
 
 
 def check_plaintext(address: str, allow_insecure: bool) -> None:
