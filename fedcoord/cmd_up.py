@@ -27,7 +27,7 @@ A web dashboard (the federation view, linking each node's own view) is served on
 printed at start. The terminal view shows per node its queue, load, threshold, hand-offs in and out and the privacy
 budget left; per round the participants, missing replies and the federation's load. Children
 that die are restarted (a SuperLink on its database, with the run submitted again). Ctrl-C (or
---duration) stops everything and leaves no process behind; --json prints a final report.
+--duration, or --rounds) stops everything and leaves no process behind; --json prints a final report.
 
 Exit status: 0 done, 1 the federation could not start, 130 interrupted before it did."""
 
@@ -105,6 +105,12 @@ def up(
     duration: Annotated[
         float | None, typer.Option("--duration", min=1.0, help="Stop after this many seconds (default: Ctrl-C).")
     ] = None,
+    rounds: Annotated[
+        int | None,
+        typer.Option(
+            "--rounds", min=1, help="Stop once this many rounds have run (with --duration: whichever comes first)."
+        ),
+    ] = None,
     period_s: Annotated[
         float, typer.Option("--period-s", min=1.0, help="Seconds between the federation's rounds.")
     ] = 10.0,
@@ -176,6 +182,8 @@ def up(
             while not stopping["now"] and (duration is None or time.monotonic() - t0 < duration):
                 fed.supervise()
                 snap = fed.snapshot()
+                if rounds is not None and snap["rounds"] >= rounds:
+                    break
                 if live is not None:
                     live.update(_dashboard(snap))
                 elif not json_out:

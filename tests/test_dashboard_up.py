@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Page
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from node.model import Priority, TaskSpec, TaskStatus, WorkerSpec
 from node.rpc.client import NodeClient
@@ -96,6 +98,20 @@ def up(tmp_path: Path) -> Iterator[Up]:
         assert left.stdout.strip() == "", f"processes left behind:\n{left.stdout}"
 
 
+def _all_reporting(page: Page, up: Up, timeout_ms: float) -> None:
+    """Wait for the 3 nodes to be shown reporting; on a timeout, say what the page and the last
+    round had instead (the rounds file, ``up``'s log)."""
+    try:
+        page.wait_for_function(ALL_REPORTING, timeout=timeout_ms)
+    except PlaywrightTimeout:
+        rows = page.locator("#nodes tbody tr").all_text_contents()
+        lines = (up.root / "rounds.jsonl").read_text().splitlines() if (up.root / "rounds.jsonl").exists() else []
+        raise AssertionError(
+            f"not all 3 nodes reporting after {timeout_ms / 1000:.0f} s\npage rows: {rows}\n"
+            f"last rounds: {lines[-2:]}\nup log: {up.log.read_text()[-2500:]}"
+        ) from None
+
+
 def _dead_letter(address: str) -> str:
     """One task failed for good on the node at ``address`` (only the test's worker can take it), its
     error text markup (a task type cannot hold any: the node refuses it)."""
@@ -117,7 +133,7 @@ def test_the_dashboard_of_fedcoord_up_moves_acts_and_recovers_after_the_aggregat
         page = tab.page
         page.wait_for_function("document.querySelector('#live').textContent === 'live'", timeout=30_000)
         # the 3 nodes, once a round has heard from them
-        page.wait_for_function(ALL_REPORTING, timeout=150_000)
+        _all_reporting(page, up, 150_000)
         rows = page.locator("#nodes tbody tr td:first-child").all_text_contents()
         assert sorted(rows) == ["n1", "n2", "n3"]
         # a number moves while tasks flow: the next round comes with its numbers
@@ -166,5 +182,5 @@ def test_the_dashboard_of_fedcoord_up_moves_acts_and_recovers_after_the_aggregat
             " && !document.querySelector('#stale').classList.contains('show')",
             timeout=180_000,
         )
-        page.wait_for_function(ALL_REPORTING, timeout=120_000)
+        _all_reporting(page, up, 120_000)
         assert tab.errors == [], tab.errors

@@ -4,6 +4,7 @@ engine against simulated nodes give the event path's result on the same config."
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -72,3 +73,31 @@ def test_flower_engine_refuses_what_it_cannot_run(change: dict[str, object], nam
     assert e.value.field == name
     with pytest.raises(ValidationError):
         simulate_flower(cfg)
+
+
+_FORKS = """
+import subprocess
+from concurrent import futures
+import node  # first, as every entry point of ours does
+import grpc
+server = grpc.server(futures.ThreadPoolExecutor(2))
+server.add_insecure_port("127.0.0.1:0")
+server.start()
+for _ in range(10):  # as Ray starts its GCS and raylet: a real fork (preexec_fn), a gRPC server running
+    assert subprocess.Popen(["true"], preexec_fn=lambda: None).wait() == 0
+server.stop(None)
+"""
+
+
+@pytest.mark.parametrize("fork_support", [None, "1"])
+def test_no_grpc_fork_handler_runs_in_the_children_ray_forks(fork_support: str | None) -> None:
+    """gRPC's fork handlers, which now and then killed Ray's GCS or raylet before it ran, are off
+    once ``node`` is imported (they log each fork at INFO when on); the environment still wins."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRPC_")}
+    env["GRPC_VERBOSITY"] = "INFO"
+    if fork_support is not None:
+        env["GRPC_ENABLE_FORK_SUPPORT"] = fork_support
+    argv = [sys.executable, "-c", _FORKS]
+    done = subprocess.run(argv, check=False, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert ("fork_posix" in done.stderr) is (fork_support == "1"), done.stderr[-2000:]
