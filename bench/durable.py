@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import random
 import subprocess
 import sys
@@ -168,6 +169,8 @@ async def run(args: argparse.Namespace, res: Result) -> None:
             [sys.executable, "-m", "bench._viewer", dash.url, args.dashboard, str(args.timeout_s)],
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
+        if args.viewer_cpus is not None:  # before it starts its browser, which inherits it
+            os.sched_setaffinity(viewer.pid, args.viewer_cpus)
         await asyncio.sleep(5.0 if args.dashboard == "browser" else 1.0)  # the page is open and live
         res["dashboard"] = {"mode": args.dashboard, "url": dash.url}
     try:
@@ -268,6 +271,17 @@ async def run(args: argparse.Namespace, res: Result) -> None:
     res.target("steady durable lifecycles/s", ">=", TARGET, res["steady_lifecycles_per_s"], "lifecycles/s")
 
 
+def _cpus(text: str) -> set[int]:
+    """``1`` or ``0,2`` or ``2-3``: a set of CPU numbers."""
+    out: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise argparse.ArgumentTypeError(f"not a CPU list: {text!r} (e.g. 1 or 0,2 or 2-3)")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench.durable", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -297,8 +311,21 @@ def main(argv: list[str] | None = None) -> int:
         help="serve the node view while it runs, watched by another process: its live stream and the task "
         "pages it fetches (stream), or a headless Chromium on the page (browser)",
     )
+    p.add_argument(
+        "--viewer-cpus",
+        type=_cpus,
+        default=None,
+        help="CPUs for the viewer (and its browser), e.g. 1; this process and its Redis get the others, whatever "
+        "--dashboard is (so that off and browser compare the node on the same CPUs, the browser not taking from "
+        "them, as on a machine of its own)",
+    )
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args(argv)
+    if args.viewer_cpus is not None:
+        node_cpus = os.sched_getaffinity(0) - args.viewer_cpus
+        if not node_cpus or not args.viewer_cpus <= os.sched_getaffinity(0):
+            p.error(f"--viewer-cpus must be a strict subset of this process's CPUs {sorted(os.sched_getaffinity(0))}")
+        os.sched_setaffinity(0, node_cpus)  # before any thread or child: they inherit it
     install_signal_handlers()
     if args.batch > 10_000 or args.claim > 10_000:
         p.error("--batch and --claim must be <= 10000 (Limits.max_batch)")
@@ -309,6 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     res = Result("durable", args)
     res["gc"] = gc_tune(args.gc_tune)
+    res["cpus"] = {
+        "node": sorted(os.sched_getaffinity(0)),
+        "viewer": sorted(args.viewer_cpus) if args.viewer_cpus is not None else None,
+    }
     return res.run_and_emit(lambda: asyncio.run(run(args, res)))
 
 

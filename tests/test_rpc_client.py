@@ -631,11 +631,12 @@ def test_cli_defaults_to_the_clients_default_address_and_loads_grpc_only_when_it
 
 
 def test_cli_errors_are_one_line_without_a_traceback(bg: BackgroundNode) -> None:
-    r = fedcoord("status", "--node", f"127.0.0.1:{free_port()}", "--insecure")
+    # (waiting 1 s for a connection, not the default 10)
+    r = fedcoord("status", "--node", f"127.0.0.1:{free_port()}", "--insecure", "--connect-timeout", "1")
     assert r.exit_code == 1
     assert "cannot reach the node at 127.0.0.1:" in r.stderr and "Traceback" not in r.output
     assert len(r.stderr.strip().splitlines()) == 1
-    r = fedcoord("status", "--node", bg.address)  # TLS to a plaintext node
+    r = fedcoord("status", "--node", bg.address, "--connect-timeout", "1")  # TLS to a plaintext node
     assert r.exit_code == 1 and "--insecure" in r.stderr
     r = fedcoord("submit", "x", "--node", "10.0.0.1:50051", "--insecure")
     assert r.exit_code == 1 and "loopback" in r.stderr
