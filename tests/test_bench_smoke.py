@@ -113,6 +113,20 @@ def test_submit_benchmark_runs_the_node_in_its_own_process_and_counts_every_ackn
     assert [t["metric"] for t in data["targets"]] == ["submit_one tasks/s acknowledged"]
 
 
+def test_the_durable_bench_gives_its_viewer_cpus_of_its_own(tmp_path: Path) -> None:
+    """--viewer-cpus: the node (and its Redis) on the other CPUs; all of them is refused."""
+    cpus = sorted(os.sched_getaffinity(0))
+    every = ",".join(map(str, cpus))
+    argv = [sys.executable, "-m", "bench.durable", "--tasks", "10", "--viewer-cpus", every]
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2 and "--viewer-cpus must be a strict subset" in proc.stderr, proc.stderr
+    if len(cpus) > 1:  # (on a machine of one CPU there is none to give)
+        args = ["--tasks", "3000", "--batch", "500", "--dashboard", "stream", "--viewer-cpus", str(cpus[-1])]
+        data = run_bench("durable", args, tmp_path)
+        assert data["cpus"] == {"node": cpus[:-1], "viewer": [cpus[-1]]}
+        assert data["errors"] == [] and data["verified"] is True
+
+
 def test_a_bad_benchmark_parameter_is_refused_with_its_name(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "bench.core", "--batch", "20000"],
