@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 # - fork support off. With it on, gRPC's fork handlers run in every child forked while a gRPC
 #   server of ours runs, and now and then abort it (SIGABRT) between fork and exec: Ray's head
 #   (``simulate --engine flower``, started by ``Popen(preexec_fn=...)`` beside the nodes' server)
-#   then lost its GCS or raylet and timed out after 30 s (3 runs in 4 here). Every child we or
+#   then lost its GCS or raylet and timed out after 30 s (docs/notes/simulation.md). Every child we or
 #   Ray start execs a program: none uses gRPC across a bare fork, so the handlers buy nothing.
 # - core log level ERROR: no INFO line per fork or per connection.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
