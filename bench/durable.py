@@ -148,10 +148,11 @@ async def run(args: argparse.Namespace, res: Result) -> None:
     server = None
     if args.embedded:
         data_dir = make_temp_dir("durable")
-        node = await LocalNode.start(NODE_ID, data_dir=data_dir, config=NodeConfig(embedded_fsync=args.fsync))
+        config = NodeConfig() if args.fsync is None else NodeConfig(embedded_fsync=args.fsync)
+        node = await LocalNode.start(NODE_ID, data_dir=data_dir, config=config)
         res["redis"] = {
             "mode": "embedded (LocalNode's own redis-server, unix socket)",
-            "appendfsync": args.fsync,
+            "appendfsync": config.embedded_fsync,
             "data_dir": str(data_dir),
         }
     else:
@@ -299,8 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--fsync",
         choices=("everysec", "always"),
-        default="everysec",
-        help="the embedded redis-server's appendfsync (with --embedded)",
+        default=None,
+        help="the embedded redis-server's appendfsync (with --embedded; default: the node's, always)",
     )
     p.add_argument("--gc-tune", action="store_true", help="gc.set_threshold(100_000, 50, 100) first")
     p.add_argument("--timeout-s", type=float, default=600.0)
@@ -331,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--batch and --claim must be <= 10000 (Limits.max_batch)")
     if not 0 <= args.trim < 0.5:
         p.error("--trim must be in [0, 0.5)")
-    if args.fsync != "everysec" and not args.embedded:
+    if args.fsync is not None and not args.embedded:
         p.error("--fsync applies to the embedded redis-server: add --embedded")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     res = Result("durable", args)

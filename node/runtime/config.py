@@ -50,10 +50,11 @@ class NodeConfig:
     history: bool = True  # keep per-minute analytics in the store (24 h)
     listener_check_s: float = 1.0  # how often to look for subscribers of the event channel
     seed: int | None = None  # random seed (ids, backoff jitter); None: from the OS
-    # The embedded Redis's appendfsync: "everysec" (an acknowledged change survives a Redis or
-    # node crash, and all but about the last second survives a power loss) or "always" (every
-    # write is on disk before Redis replies; see the README for its cost).
-    embedded_fsync: str = "everysec"
+    # The embedded Redis's appendfsync: "always" (every write is on disk before Redis replies:
+    # an acknowledged change survives a node or Redis crash and a power loss) or "everysec"
+    # (~10% faster; but while a slow fsync runs Redis holds its writes back up to 2 s and still
+    # replies, so a Redis crash then loses acknowledged changes: docs/notes/node-decisions.md).
+    embedded_fsync: str = "always"
     # After loading, move what was loaded out of the garbage collector's sight (gc.freeze):
     # long-lived task records then cost nothing in later collections. Process-wide.
     gc_freeze: bool = True
