@@ -1,5 +1,5 @@
 """Claim-to-lease latency over gRPC at a steady 1,000 tasks per second, against a ``fedcoord node``
-process on its own embedded Redis (append-only file, fsync every second).
+process on its own embedded Redis (append-only file, fsync every commit).
 
 Two measurements, each ``--tasks`` long after ``--warmup`` untimed ones:
 

@@ -1,6 +1,6 @@
 """End to end across processes: one producer calling ``NodeClient.submit_one`` once per task, one
 ``fedcoord worker`` process running a no-op handler, and a ``fedcoord node`` process on its own
-embedded Redis (append-only file, fsync every second). Three processes plus redis-server, the
+embedded Redis (append-only file, its default fsync: every commit). Three processes plus redis-server, the
 real commands, plaintext on loopback.
 
 Timed: from the first ``submit_one`` to the moment the node counts every task completed (this
