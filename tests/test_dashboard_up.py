@@ -105,7 +105,8 @@ def _all_reporting(page: Page, up: Up, timeout_ms: float) -> None:
         page.wait_for_function(ALL_REPORTING, timeout=timeout_ms)
     except PlaywrightTimeout:
         rows = page.locator("#nodes tbody tr").all_text_contents()
-        lines = (up.root / "rounds.jsonl").read_text().splitlines() if (up.root / "rounds.jsonl").exists() else []
+        rounds = up.root / "rounds.jsonl"
+        lines = rounds.read_text().splitlines() if rounds.exists() else []
         raise AssertionError(
             f"not all 3 nodes reporting after {timeout_ms / 1000:.0f} s\npage rows: {rows}\n"
             f"last rounds: {lines[-2:]}\nup log: {up.log.read_text()[-2500:]}"

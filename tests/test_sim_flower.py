@@ -89,14 +89,19 @@ server.stop(None)
 """
 
 
+def _python_without_grpc_env(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``code`` in a fresh interpreter whose environment has no GRPC_* variable but ``env``'s."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GRPC_")}
+    argv = [sys.executable, "-c", code]
+    done = subprocess.run(argv, check=False, env={**clean, **env}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def test_no_grpc_fork_handler_runs_in_the_children_ray_forks() -> None:
     """gRPC's fork handlers, which now and then killed Ray's GCS or raylet before it ran, are off
     once ``node`` is imported (when on, they log at INFO each fork they skip, most forks here)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRPC_")}
-    env["GRPC_VERBOSITY"] = "INFO"
-    argv = [sys.executable, "-c", _FORKS]
-    done = subprocess.run(argv, check=False, env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    done = _python_without_grpc_env(_FORKS, GRPC_VERBOSITY="INFO")
     assert "fork_posix" not in done.stderr, done.stderr[-2000:]
 
 
@@ -116,10 +121,6 @@ print(seen)
 
 @pytest.mark.parametrize(("preset", "seen"), [(None, "0"), ("1", "1")])
 def test_grpc_loads_with_fork_support_off_unless_the_environment_says(preset: str | None, seen: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRPC_")}
-    if preset is not None:
-        env["GRPC_ENABLE_FORK_SUPPORT"] = preset
-    argv = [sys.executable, "-c", _WHEN_GRPC_LOADS]
-    done = subprocess.run(argv, check=False, env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    env = {} if preset is None else {"GRPC_ENABLE_FORK_SUPPORT": preset}
+    done = _python_without_grpc_env(_WHEN_GRPC_LOADS, **env)
     assert done.stdout.strip() == repr([seen])

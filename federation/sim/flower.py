@@ -299,7 +299,7 @@ def simulate_flower(
     cfg: SimConfig,
     progress: Callable[[float], None] | None = None,
     *,
-    ttl_s: float = 120.0,  # the first round waits for Ray's actors to start: 8 s idle, 39 s beside 2 CPU hogs
+    ttl_s: float = 120.0,  # the first round waits for Ray's actors to start: 39 s beside 2 CPU hogs
     nodes_wait_s: float = 120.0,
     cpus_per_client: float = 1.0,
 ) -> SimResult:
